@@ -1,0 +1,624 @@
+"""The fire ledger's hot path: claim due fires and queued tasks, record finished tasks.
+
+Each function is one short transaction for a whole batch, written so that per-fire work is a
+few dictionary operations and the database sees a handful of statements per batch, not one
+per fire. Exactly once rests on three things in the same transaction: the row locks on the
+due schedules (SKIP LOCKED on PostgreSQL; SQLite's IMMEDIATE transactions serialise writers),
+the unique fire key (schedule, scheduled_for, attempt) with ON CONFLICT DO NOTHING, and the
+fence (the caller's lease epoch or live membership), checked before anything is written.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from django.db import connection, transaction
+from django.utils.dateparse import parse_datetime
+
+from scheduler import timing
+from scheduler.models import Job, Member, Schedule, Task
+
+log = logging.getLogger("opscenter.ledger")
+
+SKIPPED_OVERLAP = "skipped: the previous run was still going (overlap policy skip)"
+CHUNK = 500  # rows per multi-row statement; keeps SQLite under its variable limit
+
+
+# ---------------------------------------------------------------- small helpers
+
+
+def _is_pg() -> bool:
+    return connection.vendor == "postgresql"
+
+
+def _param(value: datetime | None):
+    """A datetime as the backend stores it (SQLite keeps naive UTC text)."""
+    if value is None or _is_pg():
+        return value
+    return connection.ops.adapt_datetimefield_value(value)
+
+
+def _as_dt(value) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        dt = value
+    else:
+        dt = parse_datetime(str(value))
+    if dt is not None and dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt
+
+
+def _chunks(rows: list, size: int = CHUNK):
+    for i in range(0, len(rows), size):
+        yield rows[i : i + size]
+
+
+@dataclass(slots=True)
+class JobSnapshot:
+    """What a member needs of a job to start and finish its tasks (read under the job's lock)."""
+
+    id: int
+    name: str
+    kind: str
+    command: str
+    working_directory: str
+    parameters: dict
+    data_map: dict
+    stateful: bool
+    timeout_seconds: int | None
+    max_retries: int
+    retry_backoff_seconds: float
+    max_parallel: int
+    overlap_policy: str
+    recover_lost: bool
+
+
+JOB_FIELDS = [f.name for f in JobSnapshot.__dataclass_fields__.values()]
+
+
+@dataclass(slots=True)
+class Started:
+    """A task this member has just claimed and must start now."""
+
+    task_id: int
+    job: JobSnapshot
+    schedule_id: int | None
+    scheduled_for: datetime
+    attempt: int
+    trigger: str
+    parameters: dict
+
+
+@dataclass
+class ClaimResult:
+    started: list[Started] = field(default_factory=list)
+    fired: int = 0          # fires taken from schedules (run, queued or skipped)
+    misfired: int = 0       # owed fires recorded as misfires
+    fenced: bool = False    # the fence refused: this member may not claim now
+    more: bool = False      # the batch was full: there may be more work right away
+    blocked: bool = False   # ready queued tasks wait for their job's running tasks to end
+
+
+class Fenced(Exception):
+    """The member's lease or membership no longer allows it to write as an active member."""
+
+
+# ---------------------------------------------------------------- the fence
+
+
+def check_fence(cluster_id: int, member_id: int, epoch: int | None, dead_after: float) -> None:
+    """Inside the caller's transaction: refuse unless this member may act as an active member.
+
+    Passive clusters pass the lease epoch: the lease must still be ours and unexpired on the
+    database clock, and on PostgreSQL the cluster row stays share-locked until commit, so a
+    takeover cannot commit between this check and our writes. Others pass None: the member
+    must be live and its heartbeat fresh, so a member that froze and was declared dead fires
+    nothing when it wakes up.
+    """
+    with connection.cursor() as cursor:
+        if epoch is not None:
+            sql = (
+                "SELECT 1 FROM scheduler_cluster WHERE id = %s AND lease_holder_id = %s "
+                "AND lease_epoch = %s AND lease_expires_at > %s"
+            )
+            if _is_pg():
+                sql = sql.replace("> %s", "> clock_timestamp()") + " FOR SHARE"
+                cursor.execute(sql, [cluster_id, member_id, epoch])
+            else:
+                cursor.execute(sql, [cluster_id, member_id, epoch, _param(_utcnow())])
+        else:
+            sql = (
+                "SELECT 1 FROM scheduler_member WHERE id = %s AND state IN ('active', 'stopping') "
+                "AND heartbeat_at > %s"
+            )
+            if _is_pg():
+                sql = sql.replace("> %s", "> clock_timestamp() - %s * interval '1 second'")
+                cursor.execute(sql + " FOR SHARE", [member_id, dead_after])
+            else:
+                cursor.execute(sql, [member_id, _param(_utcnow() - timedelta(seconds=dead_after))])
+        if cursor.fetchone() is None:
+            raise Fenced()
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+# ---------------------------------------------------------------- claiming
+
+
+class TimingCache:
+    """Timing objects by (schedule id, version): built once per definition, not per fire."""
+
+    def __init__(self) -> None:
+        self._cache: dict[int, tuple[int, timing.Timing]] = {}
+
+    def get(self, row: dict) -> timing.Timing:
+        hit = self._cache.get(row["id"])
+        if hit is not None and hit[0] == row["version"]:
+            return hit[1]
+        t = timing.Timing(
+            kind=row["kind"],
+            cron=row["cron"] or "",
+            timezone=row["timezone"] or "UTC",
+            interval_seconds=row["interval_seconds"] or 0,
+            anchor=_as_dt(row["anchor_at"]) or _as_dt(row["start_at"]),
+            run_at=_as_dt(row["run_at"]),
+            start_at=_as_dt(row["start_at"]),
+            end_at=_as_dt(row["end_at"]),
+        )
+        self._cache[row["id"]] = (row["version"], t)
+        return t
+
+
+SCHEDULE_FIELDS = [
+    "id", "job_id", "version", "next_fire_at", "kind", "cron", "timezone", "interval_seconds",
+    "anchor_at", "run_at", "start_at", "end_at", "misfire_policy", "misfire_grace_seconds",
+    "run_all_limit",
+]
+
+
+def _affinity_filter(names: list[str]):
+    from django.db.models import Q
+
+    return Q(job__affinity="") | Q(job__affinity__in=names)
+
+
+def _lock_jobs(job_ids: set[int]) -> dict[int, JobSnapshot]:
+    """Read the jobs of a batch, locked in id order (no deadlock between members), so the
+    overlap and max-parallel decisions of two members cannot interleave."""
+    qs = Job.objects.filter(id__in=sorted(job_ids)).order_by("id").values(*JOB_FIELDS)
+    if _is_pg():
+        qs = qs.select_for_update(of=("self",))
+    return {row["id"]: JobSnapshot(**row) for row in qs}
+
+
+def _running_counts(job_ids: set[int]) -> dict[int, int]:
+    """Running tasks per job, over the whole cluster (index task_job_unfinished)."""
+    if not job_ids:
+        return {}
+    from django.db.models import Count
+
+    rows = (
+        Task.objects.filter(job_id__in=job_ids, state=Task.State.RUNNING)
+        .values("job_id")
+        .annotate(n=Count("id"))
+    )
+    return {r["job_id"]: r["n"] for r in rows}
+
+
+def claim(
+    *,
+    cluster_id: int,
+    member_id: int,
+    member_names: list[str],
+    capacity: int,
+    epoch: int | None,
+    dead_after: float,
+    cache: TimingCache,
+    batch_limit: int = 1000,
+) -> ClaimResult:
+    """Take what this member can start now: ready queued tasks first, then due fires.
+
+    `member_names` are the member's name and labels (for job affinity). One transaction.
+    """
+    result = ClaimResult()
+    if capacity <= 0:
+        return result
+    limit = min(capacity, batch_limit)
+    try:
+        with transaction.atomic():
+            check_fence(cluster_id, member_id, epoch, dead_after)
+            now = _db_now_in_tx()
+            affinity = _affinity_filter(member_names)
+
+            queued_qs = (
+                Task.objects.filter(cluster_id=cluster_id, state=Task.State.QUEUED,
+                                    not_before__lte=now, job__paused=False)
+                .filter(affinity)
+                .order_by("not_before", "id")
+                .values("id", "job_id", "schedule_id", "scheduled_for", "attempt", "trigger",
+                        "parameters")
+            )
+            due_qs = (
+                Schedule.objects.filter(cluster_id=cluster_id, paused=False,
+                                        next_fire_at__lte=now, job__paused=False)
+                .filter(affinity)
+                .order_by("next_fire_at")
+                .values(*SCHEDULE_FIELDS)
+            )
+            if _is_pg():
+                queued_qs = queued_qs.select_for_update(skip_locked=True, of=("self",))
+                due_qs = due_qs.select_for_update(skip_locked=True, of=("self",))
+            queued = list(queued_qs[:limit])
+            due = list(due_qs[:limit]) if len(queued) < limit else []
+            if not queued and not due:
+                return result
+            result.more = len(queued) + len(due) >= limit
+
+            jobs = _lock_jobs({r["job_id"] for r in queued} | {r["job_id"] for r in due})
+            running = _running_counts(set(jobs))
+            free = limit
+            to_start: list[dict] = []      # queued tasks to switch to running
+            new_rows: list[tuple] = []     # task rows to insert
+            misfires: list[tuple] = []
+            advances: list[tuple] = []     # (schedule id, next_fire_at, last_fire_at)
+            replace_jobs: set[int] = set()
+
+            for row in queued:
+                job = jobs.get(row["job_id"])
+                if job is None or free <= 0:
+                    continue
+                if running.get(job.id, 0) >= job.max_parallel:
+                    continue  # stays queued until a run of its job ends
+                running[job.id] = running.get(job.id, 0) + 1
+                free -= 1
+                to_start.append(row)
+
+            for row in due:
+                job = jobs.get(row["job_id"])
+                if job is None:
+                    continue
+                t = cache.get(row)
+                try:
+                    plan = timing.plan_fires(
+                        t, _as_dt(row["next_fire_at"]), now,
+                        grace=timedelta(seconds=row["misfire_grace_seconds"]),
+                        policy=row["misfire_policy"], run_all_limit=row["run_all_limit"],
+                    )
+                except timing.TimingError as exc:
+                    # A definition that cannot be computed must not stall the batch: park it.
+                    log.error("schedule %s cannot be computed (%s); it is not fired",
+                              row["id"], exc)
+                    advances.append((row["id"], None, None))
+                    continue
+                if plan.misfire is not None:
+                    m = plan.misfire
+                    misfires.append((row["id"], m.first, m.last, m.count, row["misfire_policy"],
+                                     m.reason))
+                    result.misfired += m.count
+                for fire_at in plan.run:
+                    result.fired += 1
+                    busy = running.get(job.id, 0) >= job.max_parallel
+                    if not busy and free > 0:
+                        state = Task.State.RUNNING
+                        running[job.id] = running.get(job.id, 0) + 1
+                        free -= 1
+                    elif busy and job.overlap_policy == Job.Overlap.SKIP:
+                        state = Task.State.SKIPPED
+                    else:
+                        # Busy with `queue` or `replace`, or this member is full: it waits
+                        # for a slot (any member may then take it).
+                        state = Task.State.QUEUED
+                        if busy and job.overlap_policy == Job.Overlap.REPLACE:
+                            replace_jobs.add(job.id)
+                    new_rows.append((job.id, row["id"], fire_at, state))
+                last = plan.run[-1] if plan.run else None
+                advances.append((row["id"], plan.next_fire, last))
+
+            result.blocked = len(to_start) < len(queued)
+            inserted = _insert_fires(cluster_id, member_id, now, new_rows)
+            _start_queued(member_id, now, [r["id"] for r in to_start])
+            _advance_schedules(advances)
+            if misfires:
+                _record_misfires(cluster_id, member_id, misfires)
+            if replace_jobs:
+                Task.objects.filter(job_id__in=replace_jobs, state=Task.State.RUNNING,
+                                    cancel_reason="").update(
+                    cancel_reason="replaced by a newer run (overlap policy replace)")
+    except Fenced:
+        result.fenced = True
+        return result
+
+    for row in to_start:
+        job = jobs[row["job_id"]]
+        result.started.append(Started(
+            task_id=row["id"], job=job, schedule_id=row["schedule_id"],
+            scheduled_for=_as_dt(row["scheduled_for"]), attempt=row["attempt"],
+            trigger=row["trigger"], parameters=row["parameters"] or {},
+        ))
+    for task_id, job_id, schedule_id, fire_at, state in inserted:
+        if state == Task.State.RUNNING:
+            result.started.append(Started(
+                task_id=task_id, job=jobs[job_id], schedule_id=schedule_id,
+                scheduled_for=fire_at, attempt=1, trigger=Task.Trigger.SCHEDULE, parameters={},
+            ))
+    return result
+
+
+def _db_now_in_tx() -> datetime:
+    if _is_pg():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT clock_timestamp()")
+            return cursor.fetchone()[0]
+    return _utcnow()
+
+
+def _insert_fires(cluster_id: int, member_id: int, now: datetime,
+                  rows: list[tuple]) -> list[tuple]:
+    """Insert fire tasks; the unique fire key drops any that exist. Returns what was inserted
+    as (task id, job id, schedule id, scheduled_for, state)."""
+    out: list[tuple] = []
+    cols = ("cluster_id, job_id, schedule_id, scheduled_for, attempt, trigger, state, member_id, "
+            "not_before, created_at, started_at, finished_at, error, parameters, requested_by, "
+            "cancel_reason")
+    nowp = _param(now)
+    for chunk in _chunks(rows):
+        values = []
+        params: list = []
+        for job_id, schedule_id, fire_at, state in chunk:
+            running = state == Task.State.RUNNING
+            skipped = state == Task.State.SKIPPED
+            values.append(
+                "(%s, %s, %s, %s, 1, 'schedule', %s, %s, %s, %s, %s, %s, %s, '{}', '', '')")
+            params += [
+                cluster_id, job_id, schedule_id, _param(fire_at), state,
+                member_id if running else None,
+                nowp if state == Task.State.QUEUED else None,
+                nowp, nowp if running else None, nowp if skipped else None,
+                SKIPPED_OVERLAP if skipped else "",
+            ]
+        sql = (f"INSERT INTO scheduler_task ({cols}) VALUES {', '.join(values)} "
+               "ON CONFLICT DO NOTHING RETURNING id, job_id, schedule_id, scheduled_for, state")
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            for task_id, job_id, schedule_id, fire_at, state in cursor.fetchall():
+                out.append((task_id, job_id, schedule_id, _as_dt(fire_at), state))
+    if len(out) != len(rows):
+        log.warning("%d fire(s) were already in the ledger and were not started again",
+                    len(rows) - len(out))
+    return out
+
+
+def _start_queued(member_id: int, now: datetime, task_ids: list[int]) -> None:
+    if task_ids:
+        Task.objects.filter(id__in=task_ids, state=Task.State.QUEUED).update(
+            state=Task.State.RUNNING, member_id=member_id, started_at=now
+        )
+
+
+def _advance_schedules(advances: list[tuple]) -> None:
+    if not advances:
+        return
+    with connection.cursor() as cursor:
+        if _is_pg():
+            for chunk in _chunks(advances, 5000):
+                cursor.execute(
+                    "UPDATE scheduler_schedule AS s SET next_fire_at = v.nf, "
+                    "last_fire_at = COALESCE(v.lf, s.last_fire_at) "
+                    "FROM (SELECT unnest(%s::bigint[]) AS id, unnest(%s::timestamptz[]) AS nf, "
+                    "unnest(%s::timestamptz[]) AS lf) AS v WHERE s.id = v.id",
+                    [[a[0] for a in chunk], [a[1] for a in chunk], [a[2] for a in chunk]],
+                )
+        else:
+            cursor.executemany(
+                "UPDATE scheduler_schedule SET next_fire_at = %s, "
+                "last_fire_at = COALESCE(%s, last_fire_at) WHERE id = %s",
+                [(_param(nf), _param(lf), sid) for sid, nf, lf in advances],
+            )
+
+
+def _record_misfires(cluster_id: int, member_id: int, misfires: list[tuple]) -> None:
+    from scheduler.models import Event, MisfireRecord
+
+    MisfireRecord.objects.bulk_create([
+        MisfireRecord(cluster_id=cluster_id, schedule_id=sid, first_fire_at=first,
+                      last_fire_at=last, fire_count=count, policy=policy, reason=reason,
+                      member_id=member_id)
+        for sid, first, last, count, policy, reason in misfires
+    ])
+    for sid, first, last, count, policy, reason in misfires:
+        Event.objects.create(
+            cluster_id=cluster_id, kind=Event.Kind.MISFIRE, member_id=member_id,
+            schedule_id=sid,
+            message=f"schedule {sid}: {count} missed fire(s) from {first:%Y-%m-%d %H:%M:%S} "
+                    f"to {last:%Y-%m-%d %H:%M:%S} UTC not run ({reason})",
+            data={"first": first.isoformat(), "last": last.isoformat(), "count": count,
+                  "policy": policy, "reason": reason},
+        )
+
+
+# ---------------------------------------------------------------- finishing
+
+
+@dataclass(slots=True)
+class Finished:
+    task_id: int
+    job: JobSnapshot
+    schedule_id: int | None
+    scheduled_for: datetime
+    attempt: int
+    parameters: dict
+    state: str
+    exit_code: int | None
+    error: str
+    data: dict | None
+    log_text: str = ""
+
+
+def record_finished(cluster_id: int, member_id: int, finished: list[Finished],
+                    logs: list[tuple[int, str]]) -> list[int]:
+    """Write the outcomes of finished tasks and their last log chunks, store stateful jobs'
+    data maps, and queue retries with backoff. Returns the ids whose result was discarded
+    because the task is no longer ours (declared lost while this member was away)."""
+    discarded: list[int] = []
+    with transaction.atomic():
+        write_logs(logs)
+        if not finished:
+            return discarded
+        now = _db_now_in_tx()
+        kept = _finish_rows(member_id, now, finished)
+        discarded = [f.task_id for f in finished if f.task_id not in kept]
+        retries = []
+        from scheduler.models import Event
+
+        for f in finished:
+            if f.task_id not in kept:
+                continue
+            if f.state == Task.State.SUCCEEDED and f.job.stateful and f.data is not None:
+                Job.objects.filter(pk=f.job.id).update(data_map=f.data)
+            if f.state in (Task.State.FAILED, Task.State.TIMED_OUT):
+                if f.attempt <= f.job.max_retries:
+                    delay = f.job.retry_backoff_seconds * (2 ** (f.attempt - 1))
+                    retries.append(Task(
+                        cluster_id=cluster_id, job_id=f.job.id, schedule_id=f.schedule_id,
+                        scheduled_for=f.scheduled_for, attempt=f.attempt + 1,
+                        trigger=Task.Trigger.RETRY, state=Task.State.QUEUED,
+                        not_before=now + timedelta(seconds=delay), parameters=f.parameters,
+                        retry_of_id=f.task_id,
+                    ))
+                Event.objects.create(
+                    cluster_id=cluster_id, kind=Event.Kind.TASK_FAILED, member_id=member_id,
+                    job_id=f.job.id, task_id=f.task_id,
+                    message=f"task {f.task_id} of job {f.job.name} {f.state.replace('_', ' ')}:"
+                            f" {f.error}" + (" (retry queued)" if f.attempt <= f.job.max_retries
+                                             else ""),
+                )
+        if retries:
+            Task.objects.bulk_create(retries, ignore_conflicts=True)
+    return discarded
+
+
+def _finish_rows(member_id: int, now: datetime, finished: list[Finished]) -> set[int]:
+    """Conditional on the task still being ours and running: a result of a task that was
+    declared lost (and perhaps re-run elsewhere) must not overwrite the ledger."""
+    kept: set[int] = set()
+    with connection.cursor() as cursor:
+        if _is_pg():
+            for chunk in _chunks(finished, 5000):
+                cursor.execute(
+                    "UPDATE scheduler_task AS t SET state = v.state, finished_at = %s, "
+                    "exit_code = v.code, error = v.error "
+                    "FROM (SELECT unnest(%s::bigint[]) AS id, unnest(%s::text[]) AS state, "
+                    "unnest(%s::int[]) AS code, unnest(%s::text[]) AS error) AS v "
+                    "WHERE t.id = v.id AND t.state = 'running' AND t.member_id = %s "
+                    "RETURNING t.id",
+                    [now, [f.task_id for f in chunk], [f.state for f in chunk],
+                     [f.exit_code for f in chunk], [f.error[:10000] for f in chunk], member_id],
+                )
+                kept.update(r[0] for r in cursor.fetchall())
+        else:
+            nowp = _param(now)
+            for f in finished:
+                cursor.execute(
+                    "UPDATE scheduler_task SET state = %s, finished_at = %s, exit_code = %s, "
+                    "error = %s WHERE id = %s AND state = 'running' AND member_id = %s",
+                    [f.state, nowp, f.exit_code, f.error[:10000], f.task_id, member_id],
+                )
+                if cursor.rowcount == 1:
+                    kept.add(f.task_id)
+    return kept
+
+
+def write_logs(logs: list[tuple[int, str]]) -> None:
+    from scheduler.models import TaskLog
+
+    if logs:
+        TaskLog.objects.bulk_create([TaskLog(task_id=t, text=text) for t, text in logs if text])
+
+
+# ---------------------------------------------------------------- recovery
+
+
+def recover_lost_tasks(cluster_id: int, member_id: int, member_name: str, epoch: int | None,
+                       dead_after: float) -> int:
+    """Mark the running tasks of dead members lost and queue a recovery run for jobs that ask
+    for it. Fenced like a claim; the conditional update makes it happen once."""
+    from scheduler.models import Event
+
+    try:
+        with transaction.atomic():
+            check_fence(cluster_id, member_id, epoch, dead_after)
+            dead = list(Member.objects.filter(cluster_id=cluster_id, state=Member.State.DEAD)
+                        .filter(tasks__state=Task.State.RUNNING).distinct()
+                        .values_list("id", "name"))
+            if not dead:
+                return 0
+            now = _db_now_in_tx()
+            total = 0
+            for dead_id, dead_name in dead:
+                lost = list(
+                    Task.objects.select_for_update()
+                    .filter(member_id=dead_id, state=Task.State.RUNNING)
+                    .values("id", "job_id", "schedule_id", "scheduled_for", "attempt",
+                            "parameters", "job__recover_lost", "job__name")
+                ) if _is_pg() else list(
+                    Task.objects.filter(member_id=dead_id, state=Task.State.RUNNING)
+                    .values("id", "job_id", "schedule_id", "scheduled_for", "attempt",
+                            "parameters", "job__recover_lost", "job__name")
+                )
+                ids = [r["id"] for r in lost]
+                changed = Task.objects.filter(id__in=ids, state=Task.State.RUNNING).update(
+                    state=Task.State.LOST, lost_at=now, finished_at=now,
+                    error=f"lost: member {dead_name} died while the task ran",
+                )
+                if changed != len(ids):
+                    raise RuntimeError("tasks changed under a recovery lock")
+                recoveries = [
+                    Task(cluster_id=cluster_id, job_id=r["job_id"], schedule_id=r["schedule_id"],
+                         scheduled_for=r["scheduled_for"], attempt=r["attempt"] + 1,
+                         trigger=Task.Trigger.RECOVERY, state=Task.State.QUEUED, not_before=now,
+                         parameters=r["parameters"], retry_of_id=r["id"],
+                         requested_by=member_name)
+                    for r in lost if r["job__recover_lost"]
+                ]
+                Task.objects.bulk_create(recoveries, ignore_conflicts=True)
+                for r in lost:
+                    Event.objects.create(
+                        cluster_id=cluster_id, kind=Event.Kind.TASK_LOST, member_id=dead_id,
+                        job_id=r["job_id"], task_id=r["id"], actor=member_name,
+                        message=f"task {r['id']} of job {r['job__name']} lost with member "
+                                f"{dead_name}" + ("; recovery run queued"
+                                                  if r["job__recover_lost"] else ""),
+                        data={"recovered": r["job__recover_lost"]},
+                    )
+                total += len(lost)
+            return total
+    except Fenced:
+        return 0
+
+
+def cancel_requests(member_id: int) -> list[tuple[int, str]]:
+    """Running tasks of this member that an operator or the overlap policy asked to stop."""
+    return list(
+        Task.objects.filter(member_id=member_id, state=Task.State.RUNNING)
+        .exclude(cancel_reason="").values_list("id", "cancel_reason")
+    )
+
+
+def next_wake(cluster_id: int, member_names: list[str]) -> datetime | None:
+    """The earliest time something claimable by this member becomes due."""
+    affinity = _affinity_filter(member_names)
+    from django.db.models import Min
+
+    fire = (Schedule.objects.filter(cluster_id=cluster_id, paused=False,
+                                    next_fire_at__isnull=False, job__paused=False)
+            .filter(affinity).aggregate(m=Min("next_fire_at"))["m"])
+    retry = (Task.objects.filter(cluster_id=cluster_id, state=Task.State.QUEUED,
+                                 job__paused=False)
+             .filter(affinity).aggregate(m=Min("not_before"))["m"])
+    candidates = [d for d in (fire, retry) if d is not None]
+    return min(candidates) if candidates else None
+

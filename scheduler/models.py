@@ -1,0 +1,851 @@
+"""The scheduler's data: clusters and their members, jobs, schedules, the task ledger,
+job chains and orders, and the event log. One database is the single source of truth.
+
+Every daemon query names the index it relies on (see each Meta.indexes).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator
+from django.db import models, transaction
+from django.db.models import Q
+from django.db.models.functions import Now
+
+from scheduler import timing
+from scheduler.clock import db_now
+from scheduler.validators import (
+    validate_cron,
+    validate_data_map,
+    validate_name,
+    validate_timezone,
+)
+from scheduler.wakeup import notify_nodes
+
+
+def empty_dict() -> dict:
+    return {}
+
+
+def empty_list() -> list:
+    return []
+
+
+class Cluster(models.Model):
+    """One logical scheduler; every job, chain and member belongs to exactly one."""
+
+    class Mode(models.TextChoices):
+        SINGLE = "single", "single node"
+        PASSIVE = "passive", "passive (fail-over)"
+        ACTIVE = "active", "active (load balancing)"
+
+    name = models.CharField(max_length=100, unique=True, validators=[validate_name])
+    description = models.TextField(blank=True)
+    # Set by the first member that starts; later members must match it while any is alive.
+    mode = models.CharField(max_length=10, choices=Mode.choices, blank=True)
+    # Passive cluster lease: the active member, its epoch, and until when it holds.
+    lease_holder = models.ForeignKey(
+        "Member", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    lease_epoch = models.BigIntegerField(default=0)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    # A switch-over asked for by an operator: the active member hands the lease to this one.
+    handover_to = models.ForeignKey(
+        "Member", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(db_default=Now(), editable=False)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def live_members(self):
+        return self.members.filter(state__in=Member.LIVE_STATES)
+
+
+class Member(models.Model):
+    """One running `runscheduler` process. A restart is a new row; the old one stays as history."""
+
+    class State(models.TextChoices):
+        ACTIVE = "active", "active"
+        STANDBY = "standby", "standby"
+        STOPPING = "stopping", "stopping"
+        STOPPED = "stopped", "stopped"
+        DEAD = "dead", "dead"
+
+    class Role(models.TextChoices):
+        NONE = "", "-"
+        PRIMARY = "primary", "primary"
+        BACKUP = "backup", "backup"
+
+    LIVE_STATES = ("active", "standby", "stopping")
+
+    cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="members")
+    name = models.CharField(max_length=100, validators=[validate_name])
+    mode = models.CharField(max_length=10, choices=Cluster.Mode.choices)
+    role = models.CharField(max_length=10, choices=Role.choices, blank=True)
+    backup_precedence = models.IntegerField(default=0)
+    reclaim = models.BooleanField(default=False)
+    labels = models.JSONField(default=empty_list, blank=True)
+    workers = models.PositiveIntegerField(default=1)
+    host = models.CharField(max_length=255)
+    ip = models.CharField(max_length=64, blank=True)
+    pid = models.PositiveIntegerField()
+    version = models.CharField(max_length=40)
+    state = models.CharField(max_length=10, choices=State.choices)
+    started_at = models.DateTimeField(db_default=Now())
+    heartbeat_at = models.DateTimeField(db_default=Now())
+    # The member's own clock minus the database's, seen at its last heartbeat (milliseconds).
+    clock_skew_ms = models.IntegerField(default=0)
+    running_tasks = models.PositiveIntegerField(default=0)
+    stopped_at = models.DateTimeField(null=True, blank=True)
+    stop_reason = models.CharField(max_length=200, blank=True)
+    declared_dead_by = models.CharField(max_length=100, blank=True)
+
+    class Meta:
+        ordering = ["cluster", "name", "-started_at"]
+        constraints = [
+            # A second live member with the same name in a cluster is impossible.
+            models.UniqueConstraint(
+                fields=["cluster", "name"],
+                condition=Q(state__in=("active", "standby", "stopping")),
+                name="member_one_live_name_per_cluster",
+            )
+        ]
+        indexes = [
+            # detect_dead_members and the console's cluster view: live members of a cluster.
+            models.Index(fields=["cluster", "state"], name="member_cluster_state"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name}@{self.cluster.name}" if self.cluster_id else self.name
+
+    @property
+    def is_live(self) -> bool:
+        return self.state in self.LIVE_STATES
+
+
+class JobQuerySet(models.QuerySet):
+    def in_cluster(self, cluster_name: str):
+        return self.filter(cluster__name=cluster_name)
+
+
+class Job(models.Model):
+    """What runs: a shell command line or a Python callable."""
+
+    class Kind(models.TextChoices):
+        SHELL = "shell", "shell command"
+        PYTHON = "python", "python callable"
+
+    class Overlap(models.TextChoices):
+        QUEUE = "queue", "queue the new run"
+        SKIP = "skip", "skip the new run"
+        REPLACE = "replace", "stop the running one, start the new one"
+
+    class Executor(models.TextChoices):
+        NODE = "node", "node worker pool"
+
+    cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="jobs")
+    name = models.CharField(max_length=100, validators=[validate_name])
+    title = models.CharField(max_length=200, blank=True)
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.SHELL)
+    command = models.TextField(
+        help_text="shell: a command line for /bin/sh; python: a dotted path such as "
+        "'myapp.jobs:nightly' to a callable that receives a context."
+    )
+    working_directory = models.CharField(max_length=500, blank=True)
+    parameters = models.JSONField(
+        default=empty_dict,
+        blank=True,
+        validators=[validate_data_map],
+        help_text="JSON object; shell jobs see each key in their environment.",
+    )
+    stateful = models.BooleanField(
+        default=False,
+        help_text="Store the data map a run leaves behind for the next run; runs never overlap.",
+    )
+    data_map = models.JSONField(
+        default=empty_dict,
+        blank=True,
+        validators=[validate_data_map],
+        help_text="The job data map; a stateful job's runs read and update it.",
+    )
+    timeout_seconds = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)], help_text="Empty: no limit."
+    )
+    max_retries = models.PositiveIntegerField(default=0)
+    retry_backoff_seconds = models.FloatField(
+        default=10.0,
+        validators=[MinValueValidator(0.0)],
+        help_text="Wait before retry n: this times 2^(n-1).",
+    )
+    max_parallel = models.PositiveIntegerField(default=1, validators=[MinValueValidator(1)])
+    overlap_policy = models.CharField(max_length=10, choices=Overlap.choices, default="queue")
+    recover_lost = models.BooleanField(
+        default=True, help_text="Run again a task lost with a dead member."
+    )
+    affinity = models.CharField(
+        max_length=100,
+        blank=True,
+        help_text="Run only on the member of this name or on members with this --label.",
+    )
+    executor = models.CharField(max_length=10, choices=Executor.choices, default="node")
+    paused = models.BooleanField(default=False)
+    created_at = models.DateTimeField(db_default=Now(), editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = JobQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["cluster", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["cluster", "name"], name="job_unique_name_in_cluster"),
+            models.CheckConstraint(
+                condition=Q(max_parallel__gte=1), name="job_max_parallel_positive"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        errors = {}
+        if self.kind == self.Kind.PYTHON:
+            path = (self.command or "").strip()
+            if not path or " " in path or ("." not in path and ":" not in path):
+                errors["command"] = (
+                    "A python job needs a dotted path to a callable, e.g. 'myapp.jobs:nightly'."
+                )
+        elif not (self.command or "").strip():
+            errors["command"] = "A shell job needs a command line."
+        if self.stateful and self.max_parallel != 1:
+            errors["max_parallel"] = "A stateful job never overlaps: max parallel must be 1."
+        if self.affinity:
+            try:
+                validate_name(self.affinity)
+            except ValidationError as exc:
+                errors["affinity"] = exc.messages
+        if errors:
+            raise ValidationError(errors)
+
+    # -- operator actions: each is a conditional update plus an event, safe from any door --
+
+    def pause(self, actor: str = "") -> bool:
+        with transaction.atomic():
+            changed = Job.objects.filter(pk=self.pk, paused=False).update(paused=True)
+            if changed:
+                Event.record(self.cluster_id, Event.Kind.JOB_PAUSED, actor=actor, job=self,
+                             message=f"job {self.name} paused")
+        self.paused = True
+        return bool(changed)
+
+    def resume(self, actor: str = "") -> bool:
+        with transaction.atomic():
+            changed = Job.objects.filter(pk=self.pk, paused=True).update(paused=False)
+            if changed:
+                # Fires owed while paused are not owed: start again from now.
+                now = db_now()
+                for schedule in self.schedules.select_for_update():
+                    schedule.restart_from(now)
+                Event.record(self.cluster_id, Event.Kind.JOB_RESUMED, actor=actor, job=self,
+                             message=f"job {self.name} resumed")
+                notify_nodes(self.cluster_id)
+        self.paused = False
+        return bool(changed)
+
+    def run_now(self, actor: str = "", parameters: dict | None = None) -> Task:
+        """Queue a manual run; the first member with free capacity (and affinity) starts it."""
+        if parameters is not None:
+            validate_data_map(parameters)
+        with transaction.atomic():
+            now = db_now()
+            task = Task.objects.create(
+                cluster_id=self.cluster_id,
+                job=self,
+                trigger=Task.Trigger.MANUAL,
+                state=Task.State.QUEUED,
+                scheduled_for=now,
+                not_before=now,
+                parameters=parameters or {},
+                requested_by=actor,
+            )
+            Event.record(self.cluster_id, Event.Kind.JOB_RUN_NOW, actor=actor, job=self,
+                         task=task, message=f"job {self.name}: run now requested")
+        return task
+
+
+class Schedule(models.Model):
+    """When a job runs: cron in a time zone, a fixed interval, or once."""
+
+    class Kind(models.TextChoices):
+        CRON = "cron", "cron"
+        INTERVAL = "interval", "fixed interval"
+        ONCE = "once", "once"
+
+    class Misfire(models.TextChoices):
+        RUN_ONCE = "run_once", "run once for all missed fires"
+        RUN_ALL = "run_all", "run every missed fire (bounded)"
+        SKIP = "skip", "skip missed fires"
+
+    # Denormalised from the job so the daemon's due query reads one table.
+    cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="+", editable=False)
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="schedules")
+    title = models.CharField(max_length=200, blank=True)
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.CRON)
+    cron = models.CharField(
+        max_length=200, blank=True, validators=[validate_cron],
+        help_text="Five fields: minute hour day-of-month month day-of-week.",
+    )
+    timezone = models.CharField(max_length=64, default="UTC", validators=[validate_timezone])
+    interval_seconds = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)]
+    )
+    run_at = models.DateTimeField(null=True, blank=True, help_text="For a schedule that runs once.")
+    start_at = models.DateTimeField(null=True, blank=True)
+    end_at = models.DateTimeField(null=True, blank=True)
+    # Interval fires are anchor + k * interval: no drift however late a fire was taken.
+    anchor_at = models.DateTimeField(null=True, blank=True, editable=False)
+    misfire_policy = models.CharField(max_length=10, choices=Misfire.choices, default="run_once")
+    misfire_grace_seconds = models.PositiveIntegerField(
+        default=5, help_text="A fire taken later than this is a misfire and follows the policy."
+    )
+    run_all_limit = models.PositiveIntegerField(
+        default=100, validators=[MinValueValidator(1)],
+        help_text="run_all: at most this many missed fires are run; older ones are recorded.",
+    )
+    paused = models.BooleanField(default=False)
+    next_fire_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_fire_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # Bumped on every change of the definition; a node caches the maths by (id, version).
+    version = models.PositiveIntegerField(default=1, editable=False)
+    created_at = models.DateTimeField(db_default=Now(), editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    DEFINITION_FIELDS = (
+        "kind", "cron", "timezone", "interval_seconds", "run_at", "start_at", "end_at",
+        "misfire_policy", "misfire_grace_seconds", "run_all_limit",
+    )
+
+    class Meta:
+        ordering = ["job", "id"]
+        indexes = [
+            # claim_due_fires: due, unpaused schedules of a cluster by next fire time.
+            models.Index(
+                fields=["cluster", "next_fire_at"],
+                condition=Q(paused=False, next_fire_at__isnull=False),
+                name="schedule_due",
+            ),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(interval_seconds__isnull=True) | Q(interval_seconds__gte=1),
+                name="schedule_interval_positive",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.job.name}: {self.describe()}" if self.job_id else self.describe()
+
+    def describe(self) -> str:
+        if self.kind == self.Kind.CRON:
+            return f"cron '{self.cron}' {self.timezone}"
+        if self.kind == self.Kind.INTERVAL:
+            return f"every {self.interval_seconds} s"
+        return f"once at {self.run_at:%Y-%m-%d %H:%M:%S %Z}" if self.run_at else "once"
+
+    def timing(self) -> timing.Timing:
+        return timing.Timing(
+            kind=self.kind,
+            cron=self.cron or "",
+            timezone=self.timezone or "UTC",
+            interval_seconds=self.interval_seconds or 0,
+            anchor=self.anchor_at or self.start_at,
+            run_at=self.run_at,
+            start_at=self.start_at,
+            end_at=self.end_at,
+        )
+
+    def definition(self) -> dict:
+        """The definition in force, as plain JSON, for the event log (the audit reads it back)."""
+        out = {}
+        for name in self.DEFINITION_FIELDS + ("anchor_at",):
+            value = getattr(self, name)
+            out[name] = value.isoformat() if hasattr(value, "isoformat") else value
+        return out
+
+    def clean(self) -> None:
+        errors: dict[str, str] = {}
+        if self.kind == self.Kind.CRON and not self.cron:
+            errors["cron"] = "A cron schedule needs a cron expression."
+        if self.kind == self.Kind.INTERVAL and not self.interval_seconds:
+            errors["interval_seconds"] = "An interval schedule needs an interval of at least 1 s."
+        if self.kind == self.Kind.ONCE and not self.run_at:
+            errors["run_at"] = "A schedule that runs once needs a time."
+        if self.start_at and self.end_at and self.end_at <= self.start_at:
+            errors["end_at"] = "The end must be after the start."
+        if not errors:
+            try:
+                timing.check(self._timing_for_check())
+            except timing.TimingError as exc:
+                errors["__all__"] = str(exc)
+        if errors:
+            raise ValidationError(errors)
+
+    def _timing_for_check(self) -> timing.Timing:
+        t = self.timing()
+        if t.kind == "interval" and t.anchor is None:
+            # Not saved yet: the anchor will be the time of the save.
+            from django.utils import timezone as djtz
+
+            return timing.Timing(**{**_timing_kwargs(t), "anchor": djtz.now()})
+        return t
+
+    def save(self, *args, **kwargs) -> None:
+        """Saving recomputes the next fire from now when the definition changed, and records
+        the definition in force in the event log so an edit can be audited on both sides."""
+        if self.job_id and not self.cluster_id:
+            self.cluster_id = self.job.cluster_id
+        previous = None
+        if self.pk:
+            previous = Schedule.objects.filter(pk=self.pk).values(*self.DEFINITION_FIELDS,
+                                                                  "paused").first()
+        changed = previous is None or any(
+            previous[f] != getattr(self, f) for f in self.DEFINITION_FIELDS
+        )
+        with transaction.atomic(using=kwargs.get("using")):
+            if changed:
+                now = db_now()
+                if self.kind == self.Kind.INTERVAL:
+                    self.anchor_at = self.start_at or now
+                else:
+                    self.anchor_at = None
+                if previous is not None:
+                    self.version = (self.version or 1) + 1
+                self.next_fire_at = timing.first_fire(self.timing(), now)
+            super().save(*args, **kwargs)
+            if changed:
+                Event.record(
+                    self.cluster_id,
+                    Event.Kind.SCHEDULE_CHANGED if previous else Event.Kind.SCHEDULE_CREATED,
+                    job_id=self.job_id, schedule=self, actor=getattr(self, "_actor", ""),
+                    message=f"schedule {self.pk} of job {self.job.name}: {self.describe()}",
+                    data={"definition": self.definition(), "version": self.version},
+                )
+
+    def restart_from(self, now) -> None:
+        """Resume point: the next fire at or after `now` (fires owed while paused are not owed)."""
+        self.next_fire_at = timing.first_fire(self.timing(), now)
+        Schedule.objects.filter(pk=self.pk).update(next_fire_at=self.next_fire_at)
+
+    def pause(self, actor: str = "") -> bool:
+        with transaction.atomic():
+            changed = Schedule.objects.filter(pk=self.pk, paused=False).update(paused=True)
+            if changed:
+                Event.record(self.cluster_id, Event.Kind.SCHEDULE_PAUSED, actor=actor,
+                             job_id=self.job_id, schedule=self,
+                             message=f"schedule {self.pk} of job {self.job.name} paused")
+        self.paused = True
+        return bool(changed)
+
+    def resume(self, actor: str = "") -> bool:
+        with transaction.atomic():
+            changed = Schedule.objects.filter(pk=self.pk, paused=True).update(paused=False)
+            if changed:
+                self.restart_from(db_now())
+                Event.record(self.cluster_id, Event.Kind.SCHEDULE_RESUMED, actor=actor,
+                             job_id=self.job_id, schedule=self,
+                             message=f"schedule {self.pk} of job {self.job.name} resumed")
+                notify_nodes(self.cluster_id)
+        self.paused = False
+        return bool(changed)
+
+
+def _timing_kwargs(t: timing.Timing) -> dict:
+    return {name: getattr(t, name) for name in t.__dataclass_fields__}
+
+
+class TaskQuerySet(models.QuerySet):
+    def unfinished(self):
+        return self.filter(state__in=Task.UNFINISHED_STATES)
+
+
+class Task(models.Model):
+    """One execution of a job: a fire of a schedule, a retry, a recovery, or a manual run.
+
+    The fire ledger: (schedule, scheduled_for, attempt) is unique, so a fire cannot start twice.
+    """
+
+    class State(models.TextChoices):
+        QUEUED = "queued", "queued"
+        RUNNING = "running", "running"
+        SUCCEEDED = "succeeded", "succeeded"
+        FAILED = "failed", "failed"
+        TIMED_OUT = "timed_out", "timed out"
+        CANCELLED = "cancelled", "cancelled"
+        LOST = "lost", "lost"
+        SKIPPED = "skipped", "skipped"
+
+    class Trigger(models.TextChoices):
+        SCHEDULE = "schedule", "schedule"
+        MANUAL = "manual", "run now"
+        RETRY = "retry", "retry"
+        RECOVERY = "recovery", "recovery"
+
+    UNFINISHED_STATES = ("queued", "running")
+    FINISHED_STATES = ("succeeded", "failed", "timed_out", "cancelled", "lost", "skipped")
+
+    cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="+")
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="tasks")
+    schedule = models.ForeignKey(
+        Schedule, null=True, blank=True, on_delete=models.SET_NULL, related_name="tasks"
+    )
+    scheduled_for = models.DateTimeField(help_text="The fire time this task is for.")
+    attempt = models.PositiveIntegerField(default=1)
+    trigger = models.CharField(max_length=10, choices=Trigger.choices)
+    state = models.CharField(max_length=10, choices=State.choices)
+    member = models.ForeignKey(
+        Member, null=True, blank=True, on_delete=models.SET_NULL, related_name="tasks"
+    )
+    # A queued task (retry, recovery, overlap queue, run now) starts no earlier than this.
+    not_before = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(db_default=Now())
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    exit_code = models.IntegerField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    parameters = models.JSONField(default=empty_dict, blank=True,
+                                  help_text="Merged over the job's parameters for this run.")
+    retry_of = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    requested_by = models.CharField(max_length=150, blank=True)
+    # Set by an operator or by the overlap policy `replace`; the owning member stops the task.
+    cancel_reason = models.CharField(max_length=200, blank=True)
+    lost_at = models.DateTimeField(null=True, blank=True)
+
+    objects = TaskQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["schedule", "scheduled_for", "attempt"],
+                condition=Q(schedule__isnull=False),
+                name="task_one_per_fire_attempt",
+            ),
+        ]
+        indexes = [
+            # claim_queued_tasks: ready queued tasks of a cluster.
+            models.Index(fields=["cluster", "not_before"], condition=Q(state="queued"),
+                         name="task_queued"),
+            # overlap checks and max_parallel: unfinished tasks of a job.
+            models.Index(fields=["job", "state"], condition=Q(state__in=("queued", "running")),
+                         name="task_job_unfinished"),
+            # recover_lost_tasks and cancel requests: running tasks of a member.
+            models.Index(fields=["member"], condition=Q(state="running"),
+                         name="task_member_running"),
+            # admin and console lists: a job's tasks, newest first.
+            models.Index(fields=["job", "-scheduled_for"], name="task_job_recent"),
+            # prune_history: old finished tasks.
+            models.Index(fields=["created_at"], name="task_created"),
+        ]
+
+    def __str__(self) -> str:
+        return f"task {self.pk} of {self.job.name if self.job_id else '?'}"
+
+    @property
+    def lateness(self) -> timedelta | None:
+        if self.started_at and self.scheduled_for and self.trigger == self.Trigger.SCHEDULE:
+            return self.started_at - self.scheduled_for
+        return None
+
+    def log_text(self) -> str:
+        return "".join(self.log_chunks.order_by("id").values_list("text", flat=True))
+
+    def request_cancel(self, reason: str, actor: str = "") -> bool:
+        """Ask the member running this task to stop it (a queued one is cancelled at once)."""
+        with transaction.atomic():
+            queued = Task.objects.filter(pk=self.pk, state=Task.State.QUEUED).update(
+                state=Task.State.CANCELLED, finished_at=Now(), error=f"cancelled: {reason}"
+            )
+            running = 0
+            if not queued:
+                running = Task.objects.filter(pk=self.pk, state=Task.State.RUNNING).update(
+                    cancel_reason=reason
+                )
+            if queued or running:
+                notify_nodes(self.cluster_id)
+                Event.record(self.cluster_id, Event.Kind.TASK_CANCEL, actor=actor,
+                             job_id=self.job_id, task=self, message=f"{self}: cancel ({reason})")
+        return bool(queued or running)
+
+
+class TaskLog(models.Model):
+    """Captured output of a task, stored in chunks while it runs so it can be read live."""
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="log_chunks")
+    text = models.TextField()
+    created_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"log of task {self.task_id}"
+
+
+class MisfireRecord(models.Model):
+    """Owed fires that were deliberately not run, one row per consecutive range."""
+
+    cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="+")
+    schedule = models.ForeignKey(Schedule, on_delete=models.CASCADE, related_name="misfires")
+    first_fire_at = models.DateTimeField()
+    last_fire_at = models.DateTimeField()
+    fire_count = models.PositiveIntegerField()
+    policy = models.CharField(max_length=10, choices=Schedule.Misfire.choices)
+    reason = models.CharField(max_length=20)
+    member = models.ForeignKey(Member, null=True, blank=True, on_delete=models.SET_NULL,
+                               related_name="+")
+    decided_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["schedule", "first_fire_at"], name="misfire_schedule")]
+
+    def __str__(self) -> str:
+        return f"{self.fire_count} fire(s) of schedule {self.schedule_id} not run ({self.reason})"
+
+
+class JobChain(models.Model):
+    """An ordered graph of nodes that orders travel, node by node."""
+
+    cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="chains")
+    name = models.CharField(max_length=100, validators=[validate_name])
+    title = models.CharField(max_length=200, blank=True)
+    distributed = models.BooleanField(
+        default=False, help_text="In an active cluster any member may process any step."
+    )
+    stopped = models.BooleanField(default=False, help_text="A stopped chain moves no order.")
+    max_orders = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)],
+        help_text="At most this many orders processed at once; empty: no limit.",
+    )
+    created_at = models.DateTimeField(db_default=Now(), editable=False)
+
+    class Meta:
+        ordering = ["cluster", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["cluster", "name"], name="chain_unique_name_in_cluster")
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def check_chain_graph(nodes: list[dict]) -> list[str]:
+    """Problems of a chain's graph, each naming the node; [] when it is sound.
+
+    `nodes` are dicts with state, job (truthy when set), next_state, error_state.
+    """
+    problems = []
+    by_state: dict[str, dict] = {}
+    for node in nodes:
+        if node["state"] in by_state:
+            problems.append(f"State '{node['state']}' is used by more than one node.")
+        by_state[node["state"]] = node
+    if not nodes:
+        return ["A job chain needs at least one node with a job and one end node."]
+    ends = {s for s, n in by_state.items() if not n["job"]}
+    if not ends:
+        problems.append("The chain has no end node (a node without a job).")
+    for state, node in by_state.items():
+        if not node["job"]:
+            if node["next_state"] or node["error_state"]:
+                problems.append(f"Node '{state}' has no job, so it is an end node and "
+                                "cannot have a next or error state.")
+            continue
+        for label in ("next_state", "error_state"):
+            target = node[label]
+            if not target:
+                problems.append(f"Node '{state}' runs a job but has no {label.replace('_', ' ')}.")
+            elif target not in by_state:
+                problems.append(f"Node '{state}': {label.replace('_', ' ')} '{target}' "
+                                "is not a state of this chain.")
+    if problems:
+        return problems
+    # Every node must be able to reach an end node: walk backwards from the ends.
+    reaches_end = set(ends)
+    grew = True
+    while grew:
+        grew = False
+        for state, node in by_state.items():
+            if state not in reaches_end and (
+                node["next_state"] in reaches_end or node["error_state"] in reaches_end
+            ):
+                reaches_end.add(state)
+                grew = True
+    for state in by_state:
+        if state not in reaches_end:
+            problems.append(f"Node '{state}' cannot reach an end node.")
+    return problems
+
+
+class ChainNode(models.Model):
+    class Action(models.TextChoices):
+        ACTIVE = "active", "active"
+        STOPPED = "stopped", "stopped (orders wait here)"
+        SKIPPED = "skipped", "skipped (orders pass through)"
+
+    chain = models.ForeignKey(JobChain, on_delete=models.CASCADE, related_name="nodes")
+    state = models.CharField(max_length=100, validators=[validate_name])
+    job = models.ForeignKey(Job, null=True, blank=True, on_delete=models.PROTECT,
+                            related_name="chain_nodes", help_text="Empty: an end node.")
+    next_state = models.CharField(max_length=100, blank=True)
+    error_state = models.CharField(max_length=100, blank=True)
+    action = models.CharField(max_length=10, choices=Action.choices, default="active")
+    position = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["chain", "position", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["chain", "state"], name="node_unique_state_in_chain")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.chain.name}:{self.state}" if self.chain_id else self.state
+
+    @property
+    def is_end(self) -> bool:
+        return self.job_id is None
+
+    def clean(self) -> None:
+        if self.job_id and self.chain_id and self.job.cluster_id != self.chain.cluster_id:
+            raise ValidationError({"job": "The job belongs to another cluster."})
+
+
+class Order(models.Model):
+    """A run of a job chain with its own parameters; it sits at a node state."""
+
+    class Status(models.TextChoices):
+        WAITING = "waiting", "waiting at a node"
+        RUNNING = "running", "running a step"
+        SUSPENDED = "suspended", "suspended"
+        FINISHED = "finished", "finished"
+        FAILED = "failed", "failed"
+
+    chain = models.ForeignKey(JobChain, on_delete=models.CASCADE, related_name="orders")
+    order_id = models.CharField(max_length=100, validators=[validate_name])
+    title = models.CharField(max_length=200, blank=True)
+    parameters = models.JSONField(default=empty_dict, blank=True, validators=[validate_data_map])
+    priority = models.IntegerField(default=0)
+    initial_state = models.CharField(max_length=100)
+    end_state = models.CharField(max_length=100, blank=True)
+    state = models.CharField(max_length=100, help_text="The node state the order is at.")
+    status = models.CharField(max_length=10, choices=Status.choices, default="waiting")
+    member = models.ForeignKey(Member, null=True, blank=True, on_delete=models.SET_NULL,
+                               related_name="+")
+    # Guards every move: an update names the version it read.
+    version = models.PositiveIntegerField(default=1)
+    created_at = models.DateTimeField(db_default=Now(), editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["chain", "-priority", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["chain", "order_id"], name="order_unique_id_in_chain")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.chain.name}/{self.order_id}" if self.chain_id else self.order_id
+
+    def clean(self) -> None:
+        if not self.chain_id:
+            return
+        states = set(self.chain.nodes.values_list("state", flat=True))
+        errors = {}
+        if self.initial_state not in states:
+            errors["initial_state"] = (f"'{self.initial_state}' is not a state of chain "
+                                       f"{self.chain.name} (states: {', '.join(sorted(states))}).")
+        if self.end_state and self.end_state not in states:
+            errors["end_state"] = f"'{self.end_state}' is not a state of chain {self.chain.name}."
+        if self.state and self.state not in states:
+            errors["state"] = f"'{self.state}' is not a state of chain {self.chain.name}."
+        if errors:
+            raise ValidationError(errors)
+
+    def save(self, *args, **kwargs) -> None:
+        if not self.state:
+            self.state = self.initial_state
+        super().save(*args, **kwargs)
+
+
+class Event(models.Model):
+    """The append-only event log (outbox): membership, roles, operator actions, misfires.
+
+    Its id order is the order of events; the console follows it by id.
+    """
+
+    class Kind(models.TextChoices):
+        MEMBER_JOINED = "member.joined"
+        MEMBER_ACTIVE = "member.active"
+        MEMBER_STANDBY = "member.standby"
+        MEMBER_STOPPING = "member.stopping"
+        MEMBER_STOPPED = "member.stopped"
+        MEMBER_DEAD = "member.dead"
+        MEMBER_REFUSED = "member.refused"
+        LEASE_TAKEN = "lease.taken"
+        LEASE_LOST = "lease.lost"
+        LEASE_HANDOVER = "lease.handover"
+        SWITCHOVER_REQUESTED = "switchover.requested"
+        JOB_PAUSED = "job.paused"
+        JOB_RESUMED = "job.resumed"
+        JOB_RUN_NOW = "job.run_now"
+        SCHEDULE_CREATED = "schedule.created"
+        SCHEDULE_CHANGED = "schedule.changed"
+        SCHEDULE_PAUSED = "schedule.paused"
+        SCHEDULE_RESUMED = "schedule.resumed"
+        MISFIRE = "misfire"
+        TASK_LOST = "task.lost"
+        TASK_CANCEL = "task.cancel"
+        TASK_FAILED = "task.failed"
+
+    cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="events")
+    created_at = models.DateTimeField(db_default=Now())
+    kind = models.CharField(max_length=30, choices=Kind.choices)
+    actor = models.CharField(max_length=150, blank=True, help_text="Who: a user or a member.")
+    member = models.ForeignKey(Member, null=True, blank=True, on_delete=models.SET_NULL,
+                               related_name="+")
+    job = models.ForeignKey(Job, null=True, blank=True, on_delete=models.SET_NULL,
+                            related_name="+")
+    schedule = models.ForeignKey(Schedule, null=True, blank=True, on_delete=models.SET_NULL,
+                                 related_name="+")
+    task = models.ForeignKey(Task, null=True, blank=True, on_delete=models.SET_NULL,
+                             related_name="+")
+    message = models.TextField()
+    data = models.JSONField(default=empty_dict, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [
+            # The console's follower and the audit: a cluster's events in order.
+            models.Index(fields=["cluster", "id"], name="event_cluster_id"),
+            models.Index(fields=["created_at"], name="event_created"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.message}"
+
+    @classmethod
+    def record(cls, cluster_id: int, kind: str, *, message: str, actor: str = "",
+               member=None, job=None, job_id=None, schedule=None, task=None,
+               data: dict | None = None) -> Event:
+        return cls.objects.create(
+            cluster_id=cluster_id, kind=kind, message=message, actor=actor or "",
+            member=member, job_id=job_id if job_id is not None else getattr(job, "pk", None),
+            schedule=schedule, task=task, data=data or {},
+        )
+

@@ -1,0 +1,550 @@
+"""The scheduler node: one `runscheduler` process, a loop of named steps.
+
+Each step does one thing and says whether it found work; the loop sleeps only when none did,
+until the earliest moment something becomes due, a heartbeat is owed, a worker finishes, or
+(on PostgreSQL) a NOTIFY says that a schedule, job or lease changed. Jobs run in a bounded
+thread pool; the main thread alone talks to the database, in short batched transactions.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from django.conf import settings
+from django.db import DatabaseError, InterfaceError, OperationalError, connection
+
+from scheduler import executors, ledger, membership
+from scheduler.clock import db_now
+from scheduler.models import Cluster, Event, Member, Task
+
+log = logging.getLogger("opscenter.node")
+
+DB_ERRORS = (OperationalError, InterfaceError, DatabaseError)
+
+
+@dataclass
+class NodeSettings:
+    heartbeat_interval: float = 1.0
+    dead_after: float = 5.0
+    takeover_stagger: float = 1.0
+    stop_grace: float = 30.0
+    log_limit_bytes: int = 1_000_000
+    log_flush_interval: float = 1.0
+    batch_limit: int = 1000
+    task_retention_days: int = 30
+    event_retention_days: int = 30
+
+    @classmethod
+    def from_django(cls, **overrides) -> NodeSettings:
+        conf = settings.OPSCENTER
+        values = dict(
+            heartbeat_interval=conf["HEARTBEAT_INTERVAL"],
+            dead_after=conf["DEAD_AFTER"],
+            takeover_stagger=conf["TAKEOVER_STAGGER"],
+            stop_grace=conf["STOP_GRACE"],
+            log_limit_bytes=conf["LOG_LIMIT_BYTES"],
+            task_retention_days=conf["TASK_RETENTION_DAYS"],
+            event_retention_days=conf["EVENT_RETENTION_DAYS"],
+        )
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+@dataclass
+class Running:
+    """A task this member runs: its executor handles and what is needed to finish it."""
+
+    started: ledger.Started
+    log: executors.LogBuffer
+    cancel: executors.Cancel
+    outcome: executors.Outcome | None = None
+    interrupted: bool = False
+
+
+@dataclass
+class Clock:
+    """The member's estimate of the database clock: monotonic time plus a measured offset."""
+
+    offset: float = 0.0  # db epoch seconds minus time.monotonic()
+
+    def measure(self) -> float:
+        before = time.monotonic()
+        now = db_now()
+        after = time.monotonic()
+        self.offset = now.timestamp() - (before + after) / 2
+        return (time.time() - now.timestamp()) * 1000  # this machine's skew, for the record
+
+    def now(self) -> float:
+        return time.monotonic() + self.offset
+
+    def seconds_until(self, at: datetime) -> float:
+        return at.timestamp() - self.now()
+
+
+@dataclass
+class Stats:
+    started: int = 0
+    finished: int = 0
+    misfired: int = 0
+    discarded: int = 0
+    claims: int = 0
+    db_errors: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+class Node:
+    def __init__(self, opts: membership.MemberOptions, conf: NodeSettings | None = None):
+        self.opts = opts
+        self.conf = conf or NodeSettings.from_django()
+        self.member: Member | None = None
+        self.epoch: int | None = None  # passive cluster: the lease epoch while active
+        self.clock = Clock()
+        self.wake = threading.Event()
+        self.stopping = False
+        self.forced = False
+        self.running: dict[int, Running] = {}
+        self.done: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self.pool = ThreadPoolExecutor(max_workers=opts.workers,
+                                       thread_name_prefix=f"job-{opts.name}")
+        self.cache = ledger.TimingCache()
+        self.stats = Stats()
+        self.names = [opts.name, *opts.labels]
+        self._next_beat = 0.0
+        self._next_dead_check = 0.0
+        self._next_log_flush = 0.0
+        self._next_prune = 0.0
+        self._next_recover = 0.0
+        self._connected_since = time.monotonic()
+        self._db_down_since: float | None = None
+        self._backoff = 0.0
+        self._nothing_claimable_until = 0.0
+        self._listener: threading.Thread | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    @property
+    def is_passive(self) -> bool:
+        return self.opts.mode == Cluster.Mode.PASSIVE
+
+    def may_run(self) -> bool:
+        """Active members claim work; a passive cluster's standbys only watch."""
+        if self.stopping or self.member is None:
+            return False
+        return self.epoch is not None if self.is_passive else True
+
+    def install_signal_handlers(self) -> None:
+        def handler(signum, frame):
+            if self.stopping:
+                self.forced = True
+                log.warning("second signal: forcing exit")
+            else:
+                log.warning("signal %s: stopping (no new work; running tasks may finish within "
+                            "%.0f s)", signal.Signals(signum).name, self.conf.stop_grace)
+            self.stopping = True
+            self.wake.set()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def start(self) -> Member:
+        self._set_application_name()
+        self.clock.measure()
+        self.member = membership.register(self.opts, self.conf.dead_after)
+        log.info("member %s joined cluster %s as %s (pid %d, %d workers)", self.member.name,
+                 self.opts.cluster, self.opts.mode, os.getpid(), self.opts.workers)
+        self._connected_since = time.monotonic()
+        if connection.vendor == "postgresql":
+            self._listener = threading.Thread(target=self._listen, name="listen", daemon=True)
+            self._listener.start()
+        return self.member
+
+    def run(self) -> None:
+        """Run until asked to stop, then stop cleanly."""
+        if self.member is None:
+            self.start()
+        while not self.stopping:
+            self.tick()
+        self.shutdown()
+
+    def tick(self) -> bool:
+        """One pass of the loop; sleeps when no step found work. Returns whether any did."""
+        busy = False
+        try:
+            if self._db_down_since is not None:
+                self._reconnect()
+            busy |= self.step_heartbeat()
+            busy |= self.step_detect_dead()
+            busy |= self.step_record_finished()
+            busy |= self.step_flush_logs()
+            if self.may_run():
+                busy |= self.step_recover_lost()
+                busy |= self.step_claim()
+            self.step_prune()
+            self._backoff = 0.0
+        except DB_ERRORS as exc:
+            self._database_weather(exc)
+            return False
+        if not busy and not self.stopping:
+            self._sleep()
+        return busy
+
+    # ------------------------------------------------------------ steps
+
+    def step_heartbeat(self) -> bool:
+        mono = time.monotonic()
+        if mono < self._next_beat:
+            return False
+        self._next_beat = mono + self.conf.heartbeat_interval
+        skew = self.clock.measure()
+        alive = membership.heartbeat(self.member.pk, len(self.running), int(skew))
+        if not alive:
+            self._declared_dead()
+            return True
+        self._check_cancel_requests()
+        if self.is_passive:
+            self._keep_or_seek_lease()
+        return False
+
+    def step_detect_dead(self) -> bool:
+        mono = time.monotonic()
+        if mono < self._next_dead_check:
+            return False
+        self._next_dead_check = mono + self.conf.heartbeat_interval / 4
+        # Right after our own reconnect every heartbeat looks old: wait before judging others.
+        if mono - self._connected_since < self.conf.dead_after:
+            return False
+        dead = membership.declare_dead(
+            self.member.cluster_id, self.member, self.member.name, self.conf.dead_after,
+            check_locks=True, lock_grace=self.conf.heartbeat_interval,
+        )
+        if dead:
+            self._next_recover = 0.0
+            if self.is_passive and self.epoch is None:
+                self._keep_or_seek_lease()
+        return bool(dead)
+
+    def step_recover_lost(self) -> bool:
+        mono = time.monotonic()
+        if mono < self._next_recover:
+            return False
+        self._next_recover = mono + self.conf.heartbeat_interval / 4
+        recovered = ledger.recover_lost_tasks(
+            self.member.cluster_id, self.member.pk, self.member.name, self.epoch,
+            self.conf.dead_after,
+        )
+        if recovered:
+            log.warning("marked %d task(s) of dead members lost", recovered)
+        return bool(recovered)
+
+    def step_claim(self) -> bool:
+        if time.monotonic() < self._nothing_claimable_until:
+            return False
+        capacity = self.opts.workers - len(self.running)
+        if capacity <= 0:
+            return False
+        result = ledger.claim(
+            cluster_id=self.member.cluster_id, member_id=self.member.pk,
+            member_names=self.names, capacity=capacity, epoch=self.epoch,
+            dead_after=self.conf.dead_after, cache=self.cache, batch_limit=self.conf.batch_limit,
+        )
+        self.stats.claims += 1
+        if result.fenced:
+            log.warning("claim refused by the fence: this member is not allowed to fire now")
+            if self.is_passive:
+                self._lease_lost("the lease was no longer ours when claiming")
+            self._next_beat = 0.0  # find out at once what happened to us
+            return False
+        self.stats.misfired += result.misfired
+        for started in result.started:
+            self._start(started)
+        if result.blocked and not result.started:
+            # What is ready cannot start now (its job is at max parallel): wait for a
+            # finish or the next beat instead of spinning on it.
+            self._nothing_claimable_until = time.monotonic() + self.conf.heartbeat_interval
+        return bool(result.started) or result.more or bool(result.fired)
+
+    def step_record_finished(self) -> bool:
+        finished: list[ledger.Finished] = []
+        while True:
+            try:
+                task_id = self.done.get_nowait()
+            except queue.Empty:
+                break
+            run = self.running.get(task_id)
+            if run is None or run.outcome is None:
+                continue
+            s, o = run.started, run.outcome
+            state, error = o.state, o.error
+            if run.interrupted and state == Task.State.CANCELLED:
+                state, error = Task.State.LOST, "lost: interrupted by the stop of its member"
+            finished.append(ledger.Finished(
+                task_id=s.task_id, job=s.job, schedule_id=s.schedule_id,
+                scheduled_for=s.scheduled_for, attempt=s.attempt, parameters=s.parameters,
+                state=state, exit_code=o.exit_code, error=error, data=o.data,
+            ))
+        if not finished:
+            return False
+        logs = [(f.task_id, self.running[f.task_id].log.drain()) for f in finished]
+        discarded = ledger.record_finished(self.member.cluster_id, self.member.pk, finished, logs)
+        for f in finished:
+            self.running.pop(f.task_id, None)
+        self.stats.finished += len(finished)
+        if discarded:
+            self.stats.discarded += len(discarded)
+            log.warning("results of task(s) %s discarded: they were declared lost while this "
+                        "member was unreachable", discarded)
+        self._nothing_claimable_until = 0.0
+        return True
+
+    def step_flush_logs(self) -> bool:
+        mono = time.monotonic()
+        if mono < self._next_log_flush or not self.running:
+            return False
+        self._next_log_flush = mono + self.conf.log_flush_interval
+        logs = [(task_id, run.log.drain()) for task_id, run in self.running.items()]
+        logs = [(t, text) for t, text in logs if text]
+        if logs:
+            ledger.write_logs(logs)
+        return False
+
+    def step_prune(self) -> bool:
+        mono = time.monotonic()
+        if mono < self._next_prune:
+            return False
+        self._next_prune = mono + 3600
+        from scheduler.retention import prune
+
+        pruned = prune(self.member.cluster_id, self.conf.task_retention_days,
+                       self.conf.event_retention_days)
+        return bool(pruned)
+
+    # ------------------------------------------------------------ running jobs
+
+    def _start(self, started: ledger.Started) -> None:
+        job = started.job
+        run = Running(started=started, log=executors.LogBuffer(self.conf.log_limit_bytes),
+                      cancel=executors.Cancel())
+        self.running[started.task_id] = run
+        task_run = executors.TaskRun(
+            task_id=started.task_id, job_name=job.name, kind=job.kind, command=job.command,
+            working_directory=job.working_directory,
+            parameters={**job.parameters, **started.parameters}, data=job.data_map,
+            timeout=job.timeout_seconds, scheduled_for=started.scheduled_for,
+            attempt=started.attempt, cluster=self.opts.cluster, member=self.opts.name,
+        )
+        self.stats.started += 1
+        self.pool.submit(self._execute, run, task_run)
+
+    def _execute(self, run: Running, task_run: executors.TaskRun) -> None:
+        try:
+            run.outcome = executors.execute(task_run, run.log, run.cancel)
+        except BaseException as exc:  # execute never raises; this is the last line of defence
+            run.outcome = executors.Outcome("failed", None, f"executor error: {exc!r}")
+        self.done.put(run.started.task_id)
+        self.wake.set()
+
+    def _check_cancel_requests(self) -> None:
+        if not self.running:
+            return
+        for task_id, reason in ledger.cancel_requests(self.member.pk):
+            run = self.running.get(task_id)
+            if run is not None and not run.cancel.requested:
+                log.info("cancelling task %s: %s", task_id, reason)
+                run.cancel.request(reason)
+
+    def _cancel_all(self, reason: str, interrupted: bool) -> None:
+        for run in self.running.values():
+            run.interrupted = interrupted
+            run.cancel.request(reason)
+
+    # ------------------------------------------------------------ passive cluster
+
+    def _keep_or_seek_lease(self) -> None:
+        if self.stopping:
+            if self.epoch is not None:
+                membership.renew_lease(self.member, self.epoch, self.conf.dead_after)
+            return
+        if self.epoch is not None:
+            if not membership.renew_lease(self.member, self.epoch, self.conf.dead_after):
+                self._lease_lost("the lease was taken over or expired")
+                return
+            if membership.hand_over_if_asked(self.member, self.epoch, self.conf.dead_after):
+                log.warning("handed the lease over on request; now standby")
+                self.epoch = None
+            return
+        epoch = membership.seek_lease(self.member, self.conf.dead_after, self.conf.dead_after,
+                                      self.conf.takeover_stagger)
+        if epoch is not None:
+            self.epoch = epoch
+            self._nothing_claimable_until = 0.0
+            log.warning("member %s is now active (epoch %d)", self.member.name, epoch)
+
+    def _lease_lost(self, why: str) -> None:
+        if self.epoch is None:
+            return
+        log.error("lease lost: %s; standing by", why)
+        self.epoch = None
+        membership.set_state(self.member, Member.State.STANDBY,
+                             f"member {self.member.name} lost the lease ({why}) and stands by",
+                             Event.Kind.LEASE_LOST)
+
+    # ------------------------------------------------------------ failures
+
+    def _declared_dead(self) -> None:
+        """Others declared us dead while we were away: our running tasks are theirs to recover.
+        Stop them, drop their results, and join again as a new member."""
+        log.error("this member was declared dead by the cluster; stopping its tasks and "
+                  "joining again")
+        self.epoch = None
+        self._cancel_all("its member was declared dead", interrupted=False)
+        self._wait_for_running(5.0)
+        self.running.clear()
+        self.member = membership.register(self.opts, self.conf.dead_after)
+        self._connected_since = time.monotonic()
+
+    def _database_weather(self, exc: Exception) -> None:
+        """A lost database is weather: log, back off, reconnect, carry on."""
+        self.stats.db_errors += 1
+        if self._db_down_since is None:
+            self._db_down_since = time.monotonic()
+            log.error("database error (%s); retrying", str(exc).strip().splitlines()[0][:200])
+        try:
+            connection.close()
+        except Exception as close_exc:  # closing a broken connection may fail too
+            log.debug("closing the broken connection: %s", close_exc)
+        self._backoff = min(max(self._backoff * 2, 0.1), 1.0)
+        self.wake.wait(self._backoff)
+        self.wake.clear()
+
+    def _reconnect(self) -> None:
+        connection.ensure_connection()
+        self._set_application_name()
+        membership.acquire_member_lock(self.member.pk)
+        down = time.monotonic() - (self._db_down_since or time.monotonic())
+        self._db_down_since = None
+        self._connected_since = time.monotonic()
+        self._next_beat = 0.0
+        log.warning("database back after %.1f s", down)
+        # Before acting on anything held before the outage, re-check lease and membership.
+        if self.epoch is not None and not membership.renew_lease(self.member, self.epoch,
+                                                                 self.conf.dead_after):
+            self._lease_lost("the lease expired during the database outage")
+
+    def _set_application_name(self) -> None:
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT set_config('application_name', %s, false)",
+                               [f"opscenter {self.opts.cluster}/{self.opts.name}"[:63]])
+
+    # ------------------------------------------------------------ sleeping and waking
+
+    def _sleep(self) -> None:
+        timeout = max(self._next_beat - time.monotonic(), 0.0)
+        timeout = min(timeout, max(self._next_dead_check - time.monotonic(), 0.0))
+        if self.running:
+            timeout = min(timeout, max(self._next_log_flush - time.monotonic(), 0.0))
+        if self.may_run() and len(self.running) < self.opts.workers \
+                and time.monotonic() >= self._nothing_claimable_until:
+            try:
+                due = ledger.next_wake(self.member.cluster_id, self.names)
+            except DB_ERRORS as exc:
+                self._database_weather(exc)
+                return
+            if due is not None:
+                timeout = min(timeout, max(self.clock.seconds_until(due), 0.0))
+        if timeout > 0:
+            self.wake.wait(timeout)
+        self.wake.clear()
+
+    def _listen(self) -> None:
+        """PostgreSQL LISTEN on its own connection; a NOTIFY for our cluster wakes the loop."""
+        import psycopg
+
+        from scheduler.wakeup import CHANNEL
+
+        db = settings.DATABASES["default"]
+        params = {"dbname": db["NAME"], "user": db.get("USER") or None,
+                  "password": db.get("PASSWORD") or None, "host": db.get("HOST") or None,
+                  "port": db.get("PORT") or None, "autocommit": True,
+                  "application_name": f"opscenter {self.opts.cluster}/{self.opts.name} listen"[:63]}
+        params = {k: v for k, v in params.items() if v is not None}
+        backoff = 0.1
+        while not self.stopping:
+            try:
+                with psycopg.connect(**params) as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    backoff = 0.1
+                    while not self.stopping:
+                        for note in conn.notifies(timeout=1.0):
+                            if self.member and note.payload == str(self.member.cluster_id):
+                                self._nothing_claimable_until = 0.0
+                                self.wake.set()
+            except Exception as exc:  # the listener is a convenience: never let it die
+                log.debug("listener: %s", exc)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    # ------------------------------------------------------------ stopping
+
+    def _wait_for_running(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while self.running and time.monotonic() < deadline and not self.forced:
+            try:
+                self.step_record_finished()
+                self.step_flush_logs()
+                self.step_heartbeat()
+            except DB_ERRORS as exc:
+                self._database_weather(exc)
+                continue
+            if self.running:
+                self.wake.wait(min(0.2, max(deadline - time.monotonic(), 0.0)))
+                self.wake.clear()
+
+    def shutdown(self) -> None:
+        """Stop claiming, let running tasks finish within the grace period, stop the rest,
+        record everything, and mark the member stopped."""
+        if self.member is None:
+            return
+        try:
+            membership.set_state(self.member, Member.State.STOPPING,
+                                 f"member {self.member.name} is stopping",
+                                 Event.Kind.MEMBER_STOPPING)
+        except DB_ERRORS as exc:
+            self._database_weather(exc)
+        if self.running:
+            log.info("waiting up to %.0f s for %d running task(s)", self.conf.stop_grace,
+                     len(self.running))
+            self._wait_for_running(self.conf.stop_grace)
+        if self.running:
+            log.warning("stopping %d task(s) still running after the grace period",
+                        len(self.running))
+            self._cancel_all("node stopped", interrupted=True)
+            self.forced = False
+            self._wait_for_running(executors.KILL_GRACE + 2.0)
+        for _ in range(20):
+            try:
+                self.step_record_finished()
+                self.step_flush_logs()
+                reason = "normal stop" if not self.running else "forced stop"
+                membership.mark_stopped(self.member, reason)
+                break
+            except DB_ERRORS as exc:
+                self._database_weather(exc)
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        log.info("member %s stopped (%d started, %d finished)", self.member.name,
+                 self.stats.started, self.stats.finished)
+
+
+def default_node_name() -> str:
+    import socket
+
+    return socket.gethostname().split(".")[0] or "node"
+
