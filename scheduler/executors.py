@@ -221,7 +221,7 @@ def execute(
         if run.kind == "python":
             return _execute_python(run, log, cancel, kill_grace)
         return Outcome("failed", None, f"unknown job kind {run.kind!r}")
-    except Exception as exc:  # noqa: BLE001 - the daemon's contract: never raise
+    except Exception as exc:  # the daemon's contract: never raise
         # A bug here must not kill the daemon's worker thread or lose the task's end.
         log.write(f"[opscenter] executor error\n{traceback.format_exc()}")
         return Outcome("failed", None, f"executor error: {_describe(exc)}")
@@ -484,7 +484,7 @@ class _LogBufferHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             self._log.write(self.format(record) + "\n")
-        except Exception:  # noqa: BLE001 - logging's own convention for a failing handler
+        except Exception:  # logging's convention for a failing handler
             self.handleError(record)
 
 
@@ -494,7 +494,7 @@ def _execute_python(run: TaskRun, log: LogBuffer, cancel: Cancel, kill_grace: fl
         log.write("[opscenter] working_directory is ignored for python jobs\n")
     # A Logger made directly, not through logging.getLogger(): the manager would keep every task's
     # logger for the life of the process. No parent, no propagation: it writes only to this log.
-    logger = logging.Logger(f"opscenter.task.{run.task_id}", logging.DEBUG)  # noqa: LOG001
+    logger = logging.Logger(f"opscenter.task.{run.task_id}", logging.DEBUG)
     logger.propagate = False
     logger.addHandler(_LogBufferHandler(log))
     ctx = JobContext(
@@ -547,7 +547,7 @@ def _run_callable(path: str, ctx: JobContext, log: LogBuffer, result: _PythonRes
     try:
         try:
             func = _resolve_callable(path)
-        except Exception as exc:  # noqa: BLE001 - any import failure is the job's failure
+        except Exception as exc:  # any import failure is the job's failure
             log.write(traceback.format_exc())
             result.exit_code = 1
             result.error = _shorten(f"cannot load {path!r}: {_describe(exc)}", _ERROR_MAX)
@@ -567,7 +567,7 @@ def _run_callable(path: str, ctx: JobContext, log: LogBuffer, result: _PythonRes
                 log.write(f"{exc.code}\n")
                 result.exit_code = 1
                 result.error = _shorten(f"SystemExit: {exc.code}", _ERROR_MAX)
-        except BaseException as exc:  # noqa: BLE001 - whatever the job raises is its failure
+        except BaseException as exc:  # whatever the job raises is its failure
             log.write(traceback.format_exc())
             result.exit_code = 1
             result.error = _shorten(_describe(exc), _ERROR_MAX)

@@ -479,6 +479,14 @@ def record_finished(cluster_id: int, member_id: int, finished: list[Finished],
                 continue
             if f.state == Task.State.SUCCEEDED and f.job.stateful and f.data is not None:
                 Job.objects.filter(pk=f.job.id).update(data_map=f.data)
+            if f.state == Task.State.LOST and f.job.recover_lost:
+                # Interrupted by its member's stop: another member (or this one, back) runs it.
+                retries.append(Task(
+                    cluster_id=cluster_id, job_id=f.job.id, schedule_id=f.schedule_id,
+                    scheduled_for=f.scheduled_for, attempt=f.attempt + 1,
+                    trigger=Task.Trigger.RECOVERY, state=Task.State.QUEUED, not_before=now,
+                    parameters=f.parameters, retry_of_id=f.task_id,
+                ))
             if f.state in (Task.State.FAILED, Task.State.TIMED_OUT):
                 if f.attempt <= f.job.max_retries:
                     delay = f.job.retry_backoff_seconds * (2 ** (f.attempt - 1))

@@ -35,6 +35,12 @@ MODULE = __name__  # "tests.test_executors" when collected as a package module
 # Helpers
 
 
+@pytest.fixture(autouse=True)
+def _fast_passwords():
+    """Replaces the shared autouse fixture of tests/conftest.py, which needs pytest-django's
+    `settings`: these tests run without Django (-p no:django), as the executor itself does."""
+
+
 def shell(command: str, **fields) -> TaskRun:
     return TaskRun(task_id=7, job_name="backup", kind="shell", command=command, **fields)
 

@@ -1,0 +1,316 @@
+"""The node's steps, driven in this process against the test database."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import pytest
+from django.db.models import Count
+
+from scheduler.clock import db_now
+from scheduler.membership import MemberOptions
+from scheduler.models import Event, Job, Member, MisfireRecord, Schedule, Task
+from scheduler.node import Node, NodeSettings
+
+FAST = NodeSettings(heartbeat_interval=0.2, dead_after=1.0, takeover_stagger=0.2,
+                    stop_grace=2.0, log_flush_interval=0.1)
+
+# Python job callables used by the tests (dotted paths tests.test_node:...).
+RUNS: list[dict] = []
+
+
+def noop(ctx):
+    return None
+
+
+def count_runs(ctx):
+    ctx.data["runs"] = ctx.data.get("runs", 0) + 1
+    ctx.logger.info("run %s", ctx.data["runs"])
+
+
+def fail(ctx):
+    raise RuntimeError(f"failing on attempt {ctx.attempt}")
+
+
+def block(ctx):
+    ctx.cancelled.wait(30)
+
+
+def make_node(cluster_name="test", name="n1", mode="single", workers=4, conf=FAST, **kw):
+    node = Node(MemberOptions(cluster=cluster_name, name=name, mode=mode, workers=workers, **kw),
+                conf)
+    node.start()
+    return node
+
+
+def drive(node: Node, until, timeout: float = 10.0, message: str = ""):
+    """Run the node's loop until `until()` is truthy."""
+    deadline = time.monotonic() + timeout
+    while not until():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {message or until}")
+        node.tick()
+    return until()
+
+
+def add_job(cluster, name, command="tests.test_node:noop", kind="python", **kw) -> Job:
+    job = Job(cluster=cluster, name=name, kind=kind, command=command, **kw)
+    job.full_clean()
+    job.save()
+    return job
+
+
+def add_interval(job, seconds=1, **kw) -> Schedule:
+    schedule = Schedule(job=job, kind="interval", interval_seconds=seconds, **kw)
+    schedule.full_clean()
+    schedule.save()
+    return schedule
+
+
+def finished(job, n=1):
+    return lambda: Task.objects.filter(job=job, finished_at__isnull=False).count() >= n
+
+
+@pytest.fixture
+def node(cluster):
+    n = make_node()
+    yield n
+    n.stopping = True
+    n.shutdown()
+
+
+def test_interval_schedule_fires_once_per_fire_in_order(node, cluster):
+    job = add_job(cluster, "tick")
+    schedule = add_interval(job, 1)
+    drive(node, finished(job, 3), message="three runs")
+    tasks = list(Task.objects.filter(schedule=schedule).order_by("scheduled_for"))
+    times = [t.scheduled_for for t in tasks]
+    assert len(set(times)) == len(times)
+    assert all((b - a) == timedelta(seconds=1) for a, b in zip(times, times[1:], strict=False))
+    assert times[0] == schedule.anchor_at
+    assert all(t.member_id == node.member.pk and t.attempt == 1 for t in tasks)
+    done = [t for t in tasks if t.finished_at]
+    assert all(t.state == "succeeded" for t in done)
+    # Late by milliseconds, not by a poll interval.
+    assert max(t.lateness for t in done) < timedelta(milliseconds=500)
+
+
+def test_shell_job_log_and_parameters_are_recorded(node, cluster):
+    job = add_job(cluster, "shell", kind="shell", command='echo "to $WHO"; echo oops >&2; exit 3',
+                  parameters={"WHO": "operators"})
+    task = job.run_now(actor="alice")
+    drive(node, lambda: Task.objects.get(pk=task.pk).finished_at, message="manual run")
+    task.refresh_from_db()
+    assert task.state == "failed" and task.exit_code == 3
+    assert task.log_text() == "to operators\noops\n"
+    assert task.trigger == "manual" and task.requested_by == "alice"
+    assert Event.objects.filter(kind="task.failed", task=task).exists()
+
+
+def test_log_is_readable_while_the_task_runs(node, cluster):
+    job = add_job(cluster, "chatty", kind="shell",
+                  command="echo first; sleep 30; echo never")
+    task = job.run_now()
+    drive(node, lambda: "first" in Task.objects.get(pk=task.pk).log_text(), message="live log")
+    assert Task.objects.get(pk=task.pk).state == "running"
+    task.request_cancel("test over")
+    drive(node, lambda: Task.objects.get(pk=task.pk).finished_at, message="cancel")
+    assert Task.objects.get(pk=task.pk).state == "cancelled"
+
+
+def test_paused_job_and_paused_schedule_start_nothing(node, cluster):
+    job = add_job(cluster, "paused-job")
+    add_interval(job, 1)
+    job.pause(actor="bob")
+    other = add_job(cluster, "paused-schedule")
+    schedule = add_interval(other, 1)
+    schedule.pause(actor="bob")
+    witness = add_job(cluster, "witness")
+    add_interval(witness, 1)
+    drive(node, finished(witness, 2), message="witness runs")
+    assert not Task.objects.filter(job__in=[job, other]).exists()
+    assert Event.objects.filter(kind="job.paused", actor="bob").exists()
+    # Resumed, it fires from now on, not the fires owed while paused.
+    before = db_now()
+    job.resume(actor="bob")
+    drive(node, finished(job, 1), message="resumed job runs")
+    assert Task.objects.filter(job=job).earliest("scheduled_for").scheduled_for >= before
+
+
+def test_overlap_skip_records_skipped_fires(node, cluster):
+    job = add_job(cluster, "slow", command="tests.test_node:block", overlap_policy="skip")
+    add_interval(job, 1)
+    drive(node, lambda: Task.objects.filter(job=job, state="skipped").count() >= 2,
+          message="skipped fires")
+    assert Task.objects.filter(job=job, state="running").count() == 1
+    skipped = Task.objects.filter(job=job, state="skipped").first()
+    assert "overlap" in skipped.error and skipped.member_id is None
+
+
+def test_overlap_queue_runs_fires_one_after_another(node, cluster):
+    job = add_job(cluster, "queued", kind="shell", command="sleep 0.4", overlap_policy="queue")
+    add_interval(job, 1)
+    drive(node, finished(job, 3), timeout=15)
+    tasks = Task.objects.filter(job=job, finished_at__isnull=False).order_by("started_at")
+    for a, b in zip(tasks, tasks[1:], strict=False):
+        assert b.started_at >= a.finished_at  # never two at once
+
+
+def test_overlap_replace_stops_the_running_task(node, cluster):
+    job = add_job(cluster, "replace", command="tests.test_node:block", overlap_policy="replace")
+    add_interval(job, 1)
+    drive(node, lambda: Task.objects.filter(job=job, state="cancelled").exists(), timeout=15,
+          message="replaced run")
+    cancelled = Task.objects.filter(job=job, state="cancelled").first()
+    assert "replaced" in cancelled.error
+    drive(node, lambda: Task.objects.filter(job=job, state="running",
+                                            scheduled_for__gt=cancelled.scheduled_for).exists(),
+          message="the newer run started")
+
+
+def test_max_parallel_bounds_running_tasks(node, cluster):
+    job = add_job(cluster, "wide", command="tests.test_node:block", max_parallel=2)
+    for _ in range(4):
+        job.run_now()
+    drive(node, lambda: Task.objects.filter(job=job, state="running").count() == 2)
+    for _ in range(5):
+        node.tick()
+    assert Task.objects.filter(job=job, state="running").count() == 2
+    assert Task.objects.filter(job=job, state="queued").count() == 2
+
+
+def test_failed_task_is_retried_with_backoff(node, cluster):
+    job = add_job(cluster, "flaky", command="tests.test_node:fail", max_retries=2,
+                  retry_backoff_seconds=0.2)
+    first = job.run_now()
+    drive(node, lambda: Task.objects.filter(job=job, finished_at__isnull=False).count() == 3,
+          message="three attempts")
+    attempts = list(Task.objects.filter(job=job).order_by("attempt"))
+    assert [t.attempt for t in attempts] == [1, 2, 3]
+    assert [t.trigger for t in attempts] == ["manual", "retry", "retry"]
+    assert all(t.state == "failed" for t in attempts)
+    assert attempts[1].retry_of_id == first.pk
+    # Backoff: retry n waits backoff * 2^(n-1) after the previous attempt ended.
+    assert attempts[1].started_at - attempts[0].finished_at >= timedelta(seconds=0.2)
+    assert attempts[2].started_at - attempts[1].finished_at >= timedelta(seconds=0.4)
+    assert "RuntimeError: failing on attempt 3" in attempts[2].error
+    for _ in range(5):
+        node.tick()
+    assert Task.objects.filter(job=job).count() == 3  # no fourth attempt
+
+
+def test_stateful_job_keeps_its_data_map(node, cluster):
+    job = add_job(cluster, "counter", command="tests.test_node:count_runs", stateful=True,
+                  data_map={"runs": 10})
+    add_interval(job, 1)
+    drive(node, finished(job, 3), timeout=15)
+    job.refresh_from_db()
+    assert job.data_map["runs"] >= 13
+    assert "run 11" in Task.objects.filter(job=job).order_by("id").first().log_text()
+
+
+def test_misfire_run_once_coalesces_an_outage(node, cluster):
+    job = add_job(cluster, "outage")
+    schedule = add_interval(job, 1)
+    # An outage of an hour: the schedule's next fire is an hour ago.
+    Schedule.objects.filter(pk=schedule.pk).update(
+        next_fire_at=schedule.next_fire_at - timedelta(hours=1))
+    drive(node, finished(job, 1))
+    record = MisfireRecord.objects.get(schedule=schedule)
+    assert record.reason == "run_once" and record.policy == "run_once"
+    assert record.fire_count >= 3590
+    assert Event.objects.filter(kind="misfire", schedule=schedule).exists()
+    late = Task.objects.filter(schedule=schedule).order_by("scheduled_for")
+    # Every owed fire is either a task or inside the misfire record, never both.
+    assert late.first().scheduled_for > record.last_fire_at
+
+
+def test_misfire_skip_runs_nothing_late(node, cluster):
+    job = add_job(cluster, "skippy")
+    schedule = add_interval(job, 1, misfire_policy="skip")
+    start = db_now()
+    Schedule.objects.filter(pk=schedule.pk).update(
+        next_fire_at=schedule.next_fire_at - timedelta(minutes=10))
+    drive(node, lambda: MisfireRecord.objects.filter(schedule=schedule).exists())
+    drive(node, finished(job, 1))
+    assert not Task.objects.filter(schedule=schedule,
+                                   scheduled_for__lt=start - timedelta(seconds=6)).exists()
+
+
+def test_dead_members_tasks_are_lost_and_recovered(node, cluster):
+    job = add_job(cluster, "victim", kind="shell", command="true")
+    ghost = Member.objects.create(cluster=cluster, name="ghost", mode="single", host="h", pid=1,
+                                  version="x", state="active")
+    task = Task.objects.create(cluster=cluster, job=job, trigger="manual", state="running",
+                               member=ghost, scheduled_for=db_now(), started_at=db_now())
+    # The ghost's heartbeat is old: declared dead, its task lost and run again here.
+    Member.objects.filter(pk=ghost.pk).update(heartbeat_at=db_now() - timedelta(seconds=10))
+    node._connected_since -= 10
+    drive(node, lambda: Task.objects.filter(retry_of=task, state="succeeded").exists(),
+          message="recovery run")
+    task.refresh_from_db()
+    ghost.refresh_from_db()
+    assert ghost.state == "dead" and ghost.declared_dead_by == "n1"
+    assert task.state == "lost" and "ghost" in task.error
+    recovery = Task.objects.get(retry_of=task)
+    assert recovery.trigger == "recovery" and recovery.attempt == 2
+    assert recovery.member_id == node.member.pk
+    assert Event.objects.filter(kind="member.dead", member=ghost).exists()
+    assert Event.objects.filter(kind="task.lost", task=task).exists()
+
+
+def test_a_member_declared_dead_fires_nothing_and_joins_again(node, cluster):
+    job = add_job(cluster, "fenced")
+    add_interval(job, 1)
+    drive(node, finished(job, 1))
+    old = node.member.pk
+    Member.objects.filter(pk=old).update(state="dead")
+    before = Task.objects.filter(job=job).count()
+    # The claim's fence refuses at once; the next heartbeat joins as a new member.
+    node._next_beat = float("inf")
+    assert node.step_claim() is False
+    assert Task.objects.filter(job=job).count() == before
+    node._next_beat = 0
+    drive(node, lambda: node.member.pk != old, message="joins again")
+    assert Member.objects.get(pk=node.member.pk).state == "active"
+
+
+def test_stop_lets_tasks_finish_then_stops_the_rest(cluster):
+    node = make_node(conf=NodeSettings(heartbeat_interval=0.2, dead_after=1.0, stop_grace=0.5,
+                                       log_flush_interval=0.1))
+    job = add_job(cluster, "stubborn", command="tests.test_node:block")
+    task = job.run_now()
+    drive(node, lambda: Task.objects.get(pk=task.pk).state == "running")
+    node.stopping = True
+    node.shutdown()
+    task.refresh_from_db()
+    assert task.state == "lost" and "stop" in task.error
+    member = Member.objects.get(pk=node.member.pk)
+    assert member.state == "stopped" and member.stop_reason == "normal stop"
+    assert not Task.objects.filter(state="running").exists()
+    # Its job asks for recovery: a queued run waits for the next member.
+    recovery = Task.objects.get(retry_of=task)
+    assert recovery.state == "queued" and recovery.trigger == "recovery"
+    assert recovery.attempt == 2
+
+
+def test_one_task_per_fire_with_two_members_in_process(cluster):
+    """Two active members in one process share the schedules; no fire runs twice."""
+    a = make_node(name="a", mode="active")
+    b = make_node(name="b", mode="active")
+    jobs = [add_job(cluster, f"j{i}") for i in range(20)]
+    for job in jobs:
+        add_interval(job, 1)
+    deadline = time.monotonic() + 4
+    while time.monotonic() < deadline:
+        a.tick()
+        b.tick()
+    per_fire = (Task.objects.filter(job__in=jobs).values("schedule_id", "scheduled_for")
+                .annotate(n=Count("id")).filter(n__gt=1))
+    assert not per_fire.exists()
+    members = set(Task.objects.filter(job__in=jobs).values_list("member__name", flat=True))
+    assert members == {"a", "b"}
+    for n in (a, b):
+        n.stopping = True
+        n.shutdown()
