@@ -41,6 +41,10 @@ class NodeSettings:
     batch_limit: int = 1000
     task_retention_days: int = 30
     event_retention_days: int = 30
+    # PostgreSQL ends a session idle inside a transaction for this long (None: half of
+    # dead_after; 0: never). A member frozen mid-claim then releases its row locks and its
+    # advisory lock, so it can neither stall the others nor hide that it is gone.
+    idle_in_transaction_timeout: float | None = None
 
     @classmethod
     def from_django(cls, **overrides) -> NodeSettings:
@@ -155,12 +159,14 @@ class Node:
         signal.signal(signal.SIGINT, handler)
 
     def start(self) -> Member:
-        self._set_application_name()
+        self._configure_session()
         self.clock.measure()
         self.member = membership.register(self.opts, self.conf.dead_after)
         log.info("member %s joined cluster %s as %s (pid %d, %d workers)", self.member.name,
                  self.opts.cluster, self.opts.mode, os.getpid(), self.opts.workers)
-        self._connected_since = time.monotonic()
+        # Joining judged the others already; only a reconnect calls for a wait (see
+        # step_detect_dead).
+        self._connected_since = time.monotonic() - self.conf.dead_after
         if connection.vendor == "postgresql":
             self._listener = threading.Thread(target=self._listen, name="listen", daemon=True)
             self._listener.start()
@@ -426,7 +432,7 @@ class Node:
 
     def _reconnect(self) -> None:
         connection.ensure_connection()
-        self._set_application_name()
+        self._configure_session()
         membership.acquire_member_lock(self.member.pk)
         down = time.monotonic() - (self._db_down_since or time.monotonic())
         self._db_down_since = None
@@ -438,11 +444,19 @@ class Node:
                                                                  self.conf.dead_after):
             self._lease_lost("the lease expired during the database outage")
 
-    def _set_application_name(self) -> None:
-        if connection.vendor == "postgresql":
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT set_config('application_name', %s, false)",
-                               [f"opscenter {self.opts.cluster}/{self.opts.name}"[:63]])
+    def _configure_session(self) -> None:
+        """Name the session after the member (pg_stat_activity shows who is who) and bound how
+        long it may sit idle inside a transaction."""
+        if connection.vendor != "postgresql":
+            return
+        idle = self.conf.idle_in_transaction_timeout
+        if idle is None:
+            idle = max(self.conf.dead_after / 2, 0.5)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT set_config('application_name', %s, false), "
+                           "set_config('idle_in_transaction_session_timeout', %s, false)",
+                           [f"opscenter {self.opts.cluster}/{self.opts.name}"[:63],
+                            str(int(idle * 1000))])
 
     # ------------------------------------------------------------ sleeping and waking
 

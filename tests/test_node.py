@@ -13,8 +13,9 @@ from scheduler.membership import MemberOptions
 from scheduler.models import Event, Job, Member, MisfireRecord, Schedule, Task
 from scheduler.node import Node, NodeSettings
 
+# The test's own transaction stays open between ticks: no idle-in-transaction limit here.
 FAST = NodeSettings(heartbeat_interval=0.2, dead_after=1.0, takeover_stagger=0.2,
-                    stop_grace=2.0, log_flush_interval=0.1)
+                    stop_grace=2.0, log_flush_interval=0.1, idle_in_transaction_timeout=0)
 
 # Python job callables used by the tests (dotted paths tests.test_node:...).
 RUNS: list[dict] = []
@@ -278,7 +279,7 @@ def test_a_member_declared_dead_fires_nothing_and_joins_again(node, cluster):
 
 def test_stop_lets_tasks_finish_then_stops_the_rest(cluster):
     node = make_node(conf=NodeSettings(heartbeat_interval=0.2, dead_after=1.0, stop_grace=0.5,
-                                       log_flush_interval=0.1))
+                                       log_flush_interval=0.1, idle_in_transaction_timeout=0))
     job = add_job(cluster, "stubborn", command="tests.test_node:block")
     task = job.run_now()
     drive(node, lambda: Task.objects.get(pk=task.pk).state == "running")
