@@ -508,9 +508,15 @@ def _execute_python(run: TaskRun, log: LogBuffer, cancel: Cancel, kill_grace: fl
         attempt=run.attempt,
         cluster=run.cluster,
         member=run.member,
-        cancelled=threading.Event(),
+        # Without a time limit the job runs in the caller's (pool) thread, and a cancel reaches
+        # it through this same event; a thread per task would cost more than a no-op job.
+        cancelled=cancel._event if _no_limit(run.timeout) else threading.Event(),
     )
     result = _PythonResult()
+    if _no_limit(run.timeout):
+        _run_callable(run.command, ctx, log, result)
+        return _python_outcome(run, log, cancel, ctx, result,
+                               "cancelled" if cancel.requested else None)
     # Its own thread, so that a timeout or cancel can return to the daemon even if the callable
     # never does; daemon=True so such a thread does not block the daemon's exit.
     thread = threading.Thread(
@@ -528,7 +534,15 @@ def _execute_python(run: TaskRun, log: LogBuffer, cancel: Cancel, kill_grace: fl
             log.write("[opscenter] python job did not stop after cancel; its thread is abandoned\n")
             error = _stop_error(stopped_by, run, cancel)
             return Outcome(stopped_by, None, error, None)
+    return _python_outcome(run, log, cancel, ctx, result, stopped_by)
 
+
+def _no_limit(timeout: float | None) -> bool:
+    return timeout is None or timeout <= 0
+
+
+def _python_outcome(run: TaskRun, log: LogBuffer, cancel: Cancel, ctx: JobContext,
+                    result: _PythonResult, stopped_by: str | None) -> Outcome:
     if isinstance(result.returned, dict):
         ctx.data.update(result.returned)
     elif result.returned is not None:

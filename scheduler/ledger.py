@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from django.db import connection, transaction
+from django.db.models import Count, F, OuterRef, Subquery
+from django.db.models.functions import Coalesce
 from django.utils.dateparse import parse_datetime
 
 from scheduler import timing
@@ -108,38 +110,44 @@ class Fenced(Exception):
 # ---------------------------------------------------------------- the fence
 
 
-def check_fence(cluster_id: int, member_id: int, epoch: int | None, dead_after: float) -> None:
+def check_fence(cluster_id: int, member_id: int, epoch: int | None,
+                dead_after: float) -> datetime:
     """Inside the caller's transaction: refuse unless this member may act as an active member.
 
     Passive clusters pass the lease epoch: the lease must still be ours and unexpired on the
     database clock, and on PostgreSQL the cluster row stays share-locked until commit, so a
     takeover cannot commit between this check and our writes. Others pass None: the member
     must be live and its heartbeat fresh, so a member that froze and was declared dead fires
-    nothing when it wakes up.
+    nothing when it wakes up. Returns the database's time, read in the same statement.
     """
     with connection.cursor() as cursor:
         if epoch is not None:
             sql = (
-                "SELECT 1 FROM scheduler_cluster WHERE id = %s AND lease_holder_id = %s "
+                "SELECT %s FROM scheduler_cluster WHERE id = %s AND lease_holder_id = %s "
                 "AND lease_epoch = %s AND lease_expires_at > %s"
             )
             if _is_pg():
-                sql = sql.replace("> %s", "> clock_timestamp()") + " FOR SHARE"
+                sql = sql.replace("> %s", "> clock_timestamp()").replace(
+                    "SELECT %s", "SELECT clock_timestamp()") + " FOR SHARE"
                 cursor.execute(sql, [cluster_id, member_id, epoch])
             else:
-                cursor.execute(sql, [cluster_id, member_id, epoch, _param(_utcnow())])
+                cursor.execute(sql, [1, cluster_id, member_id, epoch, _param(_utcnow())])
         else:
             sql = (
-                "SELECT 1 FROM scheduler_member WHERE id = %s AND state IN ('active', 'stopping') "
-                "AND heartbeat_at > %s"
+                "SELECT %s FROM scheduler_member WHERE id = %s "
+                "AND state IN ('active', 'stopping') AND heartbeat_at > %s"
             )
             if _is_pg():
                 sql = sql.replace("> %s", "> clock_timestamp() - %s * interval '1 second'")
+                sql = sql.replace("SELECT %s", "SELECT clock_timestamp()")
                 cursor.execute(sql + " FOR SHARE", [member_id, dead_after])
             else:
-                cursor.execute(sql, [member_id, _param(_utcnow() - timedelta(seconds=dead_after))])
-        if cursor.fetchone() is None:
+                cursor.execute(sql, [1, member_id,
+                                     _param(_utcnow() - timedelta(seconds=dead_after))])
+        row = cursor.fetchone()
+        if row is None:
             raise Fenced()
+        return row[0] if _is_pg() else _utcnow()
 
 
 def _utcnow() -> datetime:
@@ -186,27 +194,26 @@ def _affinity_filter(names: list[str]):
     return Q(job__affinity="") | Q(job__affinity__in=names)
 
 
-def _lock_jobs(job_ids: set[int]) -> dict[int, JobSnapshot]:
-    """Read the jobs of a batch, locked in id order (no deadlock between members), so the
-    overlap and max-parallel decisions of two members cannot interleave."""
-    qs = Job.objects.filter(id__in=sorted(job_ids)).order_by("id").values(*JOB_FIELDS)
+def _running_of(job_ref: str):
+    """Running tasks of a job, cluster-wide, as a subquery (index task_job_unfinished)."""
+    running = (Task.objects.filter(job_id=OuterRef(job_ref), state=Task.State.RUNNING)
+               .order_by().values("job_id").annotate(n=Count("id")).values("n"))
+    return Coalesce(Subquery(running), 0)
+
+
+def _lock_jobs(job_ids: set[int]) -> tuple[dict[int, JobSnapshot], dict[int, int]]:
+    """Read the jobs of a batch with their running counts, locked in id order (no deadlock
+    between members), so the overlap and max-parallel decisions of two members cannot
+    interleave."""
+    qs = (Job.objects.filter(id__in=sorted(job_ids)).order_by("id")
+          .annotate(running=_running_of("pk")).values(*JOB_FIELDS, "running"))
     if _is_pg():
         qs = qs.select_for_update(of=("self",))
-    return {row["id"]: JobSnapshot(**row) for row in qs}
-
-
-def _running_counts(job_ids: set[int]) -> dict[int, int]:
-    """Running tasks per job, over the whole cluster (index task_job_unfinished)."""
-    if not job_ids:
-        return {}
-    from django.db.models import Count
-
-    rows = (
-        Task.objects.filter(job_id__in=job_ids, state=Task.State.RUNNING)
-        .values("job_id")
-        .annotate(n=Count("id"))
-    )
-    return {r["job_id"]: r["n"] for r in rows}
+    jobs, running = {}, {}
+    for row in qs:
+        running[row["id"]] = row.pop("running")
+        jobs[row["id"]] = JobSnapshot(**row)
+    return jobs, running
 
 
 def claim(
@@ -230,14 +237,16 @@ def claim(
     limit = min(capacity, batch_limit)
     try:
         with transaction.atomic():
-            check_fence(cluster_id, member_id, epoch, dead_after)
-            now = _db_now_in_tx()
+            now = check_fence(cluster_id, member_id, epoch, dead_after)
             affinity = _affinity_filter(member_names)
 
             queued_qs = (
                 Task.objects.filter(cluster_id=cluster_id, state=Task.State.QUEUED,
                                     not_before__lte=now, job__paused=False)
                 .filter(affinity)
+                # Only tasks whose job has a free slot: blocked ones must not fill the batch.
+                .annotate(job_running=_running_of("job_id"))
+                .filter(job_running__lt=F("job__max_parallel"))
                 .order_by("not_before", "id")
                 .values("id", "job_id", "schedule_id", "scheduled_for", "attempt", "trigger",
                         "parameters")
@@ -253,13 +262,12 @@ def claim(
                 queued_qs = queued_qs.select_for_update(skip_locked=True, of=("self",))
                 due_qs = due_qs.select_for_update(skip_locked=True, of=("self",))
             queued = list(queued_qs[:limit])
-            due = list(due_qs[:limit]) if len(queued) < limit else []
+            due = list(due_qs[: limit - len(queued)]) if len(queued) < limit else []
             if not queued and not due:
                 return result
             result.more = len(queued) + len(due) >= limit
 
-            jobs = _lock_jobs({r["job_id"] for r in queued} | {r["job_id"] for r in due})
-            running = _running_counts(set(jobs))
+            jobs, running = _lock_jobs({r["job_id"] for r in queued} | {r["job_id"] for r in due})
             free = limit
             to_start: list[dict] = []      # queued tasks to switch to running
             new_rows: list[tuple] = []     # task rows to insert
@@ -429,8 +437,8 @@ def _record_misfires(cluster_id: int, member_id: int, misfires: list[tuple]) -> 
                       member_id=member_id)
         for sid, first, last, count, policy, reason in misfires
     ])
-    for sid, first, last, count, policy, reason in misfires:
-        Event.objects.create(
+    Event.objects.bulk_create([
+        Event(
             cluster_id=cluster_id, kind=Event.Kind.MISFIRE, member_id=member_id,
             schedule_id=sid,
             message=f"schedule {sid}: {count} missed fire(s) from {first:%Y-%m-%d %H:%M:%S} "
@@ -438,6 +446,8 @@ def _record_misfires(cluster_id: int, member_id: int, misfires: list[tuple]) -> 
             data={"first": first.isoformat(), "last": last.isoformat(), "count": count,
                   "policy": policy, "reason": reason},
         )
+        for sid, first, last, count, policy, reason in misfires
+    ])
 
 
 # ---------------------------------------------------------------- finishing

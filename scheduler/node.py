@@ -101,6 +101,7 @@ class Stats:
     discarded: int = 0
     claims: int = 0
     db_errors: int = 0
+    claim_seconds: float = 0.0
     extra: dict = field(default_factory=dict)
 
 
@@ -256,12 +257,14 @@ class Node:
         capacity = self.opts.workers - len(self.running)
         if capacity <= 0:
             return False
+        began = time.perf_counter()
         result = ledger.claim(
             cluster_id=self.member.cluster_id, member_id=self.member.pk,
             member_names=self.names, capacity=capacity, epoch=self.epoch,
             dead_after=self.conf.dead_after, cache=self.cache, batch_limit=self.conf.batch_limit,
         )
         self.stats.claims += 1
+        self.stats.claim_seconds += time.perf_counter() - began
         if result.fenced:
             log.warning("claim refused by the fence: this member is not allowed to fire now")
             if self.is_passive:
@@ -553,8 +556,10 @@ class Node:
             except DB_ERRORS as exc:
                 self._database_weather(exc)
         self.pool.shutdown(wait=False, cancel_futures=True)
-        log.info("member %s stopped (%d started, %d finished)", self.member.name,
-                 self.stats.started, self.stats.finished)
+        s = self.stats
+        log.info("member %s stopped (%d started, %d finished, %d misfired; %d claims taking "
+                 "%.1f s)", self.member.name, s.started, s.finished, s.misfired, s.claims,
+                 s.claim_seconds)
 
 
 def default_node_name() -> str:

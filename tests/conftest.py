@@ -72,19 +72,21 @@ class NodeProcess:
         return self.log_path.read_text(errors="replace")
 
     def signal(self, sig: int) -> None:
-        os.kill(self.proc.pid, sig)
+        # The whole group: a wrapper such as faketime passes no signal on. Jobs run in
+        # sessions of their own, so they are not hit.
+        os.killpg(self.proc.pid, sig)
 
     def wait(self, timeout: float = 30.0) -> int:
         return self.proc.wait(timeout=timeout)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGCONT)
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.proc.wait(timeout=10)
+        # Kill the group even when the leader is gone: a child of a wrapper may live on.
+        try:
+            os.killpg(self.proc.pid, signal.SIGCONT)
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=10)
         self._log.close()
 
 
