@@ -1,0 +1,841 @@
+"""The operator's admin: every model, the daemon's fields read-only, and operator actions
+that call the model methods, so each one is recorded in the event log with the user's name.
+
+What the daemon owns (member rows, tasks, misfires, events, next fire times, lease fields)
+is shown, never edited here. A schedule's page previews its next fire times, both for the
+saved definition and live while it is edited (static/scheduler/schedule_preview.js).
+"""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin import ActionLocation
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import models
+from django.db.models import (
+    Case,
+    Count,
+    DurationField,
+    ExpressionWrapper,
+    F,
+    OuterRef,
+    Q,
+    Subquery,
+    Value,
+    When,
+)
+from django.db.models.functions import Now
+from django.forms.models import BaseInlineFormSet
+from django.http import HttpResponse
+from django.urls import path, reverse
+from django.utils.html import format_html, format_html_join
+
+from scheduler import timing
+from scheduler.clock import db_now
+from scheduler.membership import MemberRefused, request_switchover
+from scheduler.models import (
+    ChainNode,
+    Cluster,
+    Event,
+    Job,
+    JobChain,
+    Member,
+    MisfireRecord,
+    Order,
+    Schedule,
+    Task,
+    check_chain_graph,
+)
+from scheduler.validators import parse_data_map, validate_data_map
+
+admin.site.site_header = "opscenter operations"
+admin.site.site_title = "opscenter"
+admin.site.index_title = "Operations"
+
+# Operator actions are offered on the change list and, as one-click actions, on the object's
+# own page (Django 6.1's change-form actions), so no template override is needed.
+LIST_AND_PAGE = [ActionLocation.CHANGE_LIST, ActionLocation.CHANGE_FORM]
+
+PREVIEW_COUNT = 10
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+STATE_COLOURS = {
+    "queued": "#6c757d",
+    "running": "#0b6bcb",
+    "succeeded": "#1e7e34",
+    "failed": "#c82333",
+    "timed_out": "#c82333",
+    "cancelled": "#856404",
+    "lost": "#6f42c1",
+    "skipped": "#6c757d",
+    "active": "#1e7e34",
+    "standby": "#0b6bcb",
+    "stopping": "#856404",
+    "stopped": "#6c757d",
+    "dead": "#c82333",
+}
+
+
+# ---------------------------------------------------------------------------- small helpers
+
+
+def actor_of(request) -> str:
+    return request.user.get_username()
+
+
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def report(request, done: int, skipped: int, noun: str, verb: str, skipped_as: str) -> None:
+    """'3 jobs paused; 1 was already paused' as a success (or, if nothing changed, a warning)."""
+    text = f"{plural(done, noun)} {verb}"
+    if skipped:
+        text += f"; {skipped} {'was' if skipped == 1 else 'were'} already {skipped_as}"
+    messages.add_message(request, messages.SUCCESS if done else messages.WARNING, text)
+
+
+def badge(state: str, label: str = ""):
+    colour = STATE_COLOURS.get(state, "#6c757d")
+    return format_html(
+        '<span style="background:{};color:#fff;padding:1px 6px;border-radius:8px;'
+        'white-space:nowrap">{}</span>', colour, label or state,
+    )
+
+
+def seconds(delta) -> str:
+    return "-" if delta is None else f"{delta.total_seconds():.1f} s"
+
+
+def short_time(value) -> str:
+    return value.strftime(TIME_FORMAT) if value else "-"
+
+
+def admin_link(obj, text=None):
+    if obj is None:
+        return "-"
+    url = reverse(f"admin:scheduler_{obj._meta.model_name}_change", args=[obj.pk])
+    return format_html('<a href="{}">{}</a>', url, text if text is not None else obj)
+
+
+def save_changed(obj, form, change: bool) -> None:
+    """Save only the fields the operator changed: the daemon writes other fields of the same
+    row meanwhile (a stateful job's data map, an order's state), and a full save would put
+    back the values read when the page was loaded. (Fields with a callable default, such as
+    the data maps, carry their initial value in the form, so "changed" means changed by the
+    operator since the page was loaded.)"""
+    if change:
+        obj.save(update_fields=[*form.changed_data, "updated_at"])
+    else:
+        obj.save()
+
+
+def save_schedule(schedule: Schedule, changed: list[str] | None, actor: str) -> None:
+    # The event that Schedule.save() writes says who changed the definition.
+    schedule._actor = actor
+    if schedule.pk is None or changed is None:
+        schedule.save()
+        return
+    fields = {*changed, "updated_at"}
+    if fields & set(Schedule.DEFINITION_FIELDS):
+        # save() recomputes these when the definition changed; they must be written too.
+        fields |= {"anchor_at", "version", "next_fire_at"}
+    schedule.save(update_fields=sorted(fields))
+
+
+class DataMapField(forms.JSONField):
+    """A job data map typed as JSON. Empty means {}; anything but a JSON object of plain
+    values is refused with the validator's message. The model field's validators are not
+    enough here: Django skips them for "empty" values such as [] and null."""
+
+    widget = forms.Textarea(attrs={"rows": 4, "cols": 80, "style": "font-family: monospace"})
+
+    def to_python(self, value):
+        if self.disabled:
+            return value
+        if value in self.empty_values:
+            return {}
+        if isinstance(value, str):
+            return parse_data_map(value)
+        validate_data_map(value)
+        return value
+
+
+DATA_MAP_OVERRIDES = {models.JSONField: {"form_class": DataMapField}}
+
+
+def label_jobs_with_cluster(formfield):
+    """Job names are unique per cluster only, so a job select says which cluster."""
+    if formfield is not None:
+        formfield.queryset = formfield.queryset.select_related("cluster")
+        formfield.label_from_instance = lambda job: f"{job.cluster.name} / {job.name}"
+    return formfield
+
+
+class JobFilter(admin.RelatedFieldListFilter):
+    def field_choices(self, field, request, model_admin):
+        return [(job.pk, f"{job.cluster.name} / {job.name}")
+                for job in Job.objects.select_related("cluster")]
+
+
+class MemberFilter(admin.RelatedFieldListFilter):
+    def field_choices(self, field, request, model_admin):
+        # One query, not one per member for its cluster's name.
+        return [(m.pk, f"{m.name}@{m.cluster.name} (pid {m.pid})")
+                for m in Member.objects.select_related("cluster")]
+
+
+def heartbeat_age():
+    # The database's clock, like everything that judges a heartbeat (one clock).
+    return ExpressionWrapper(Now() - F("heartbeat_at"), output_field=DurationField())
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Rows the daemon writes: shown, never added or edited here."""
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+# ---------------------------------------------------------------------------- schedule preview
+
+
+class PreviewForm(forms.Form):
+    """The query of the preview view: a schedule's definition as typed, not yet saved."""
+
+    kind = forms.ChoiceField(choices=Schedule.Kind.choices)
+    cron = forms.CharField(required=False)
+    timezone = forms.CharField(required=False)
+    interval_seconds = forms.IntegerField(required=False)
+    run_at = forms.DateTimeField(required=False)
+    start_at = forms.DateTimeField(required=False)
+    end_at = forms.DateTimeField(required=False)
+    now = forms.DateTimeField(required=False, help_text="Preview from this time, not now.")
+
+
+def preview_table(fires: list[timing.PreviewFire], zone: str):
+    if not fires:
+        return format_html('<p class="help">{}</p>', "No fire after now.")
+    rows = format_html_join(
+        "",
+        '<tr class="fire"><td>{}</td><td>{}</td><td>{}</td><td style="color:#c82333">{}</td></tr>',
+        ((i, fire.local.strftime(f"%a {TIME_FORMAT} %Z"), fire.at.strftime(f"{TIME_FORMAT}Z"),
+          fire.note) for i, fire in enumerate(fires, 1)),
+    )
+    return format_html(
+        '<table class="schedule-preview-table"><thead><tr><th>#</th><th>{}</th><th>UTC</th>'
+        "<th>DST note</th></tr></thead><tbody>{}</tbody></table>", zone, rows,
+    )
+
+
+def error_list(errors: list[str]):
+    return format_html('<ul class="errorlist">{}</ul>',
+                       format_html_join("", "<li>{}</li>", ((e,) for e in errors)))
+
+
+def validation_messages(exc: ValidationError, model=Schedule) -> list[str]:
+    if not hasattr(exc, "error_dict"):
+        return list(exc.messages)
+    out = []
+    for name, errors in exc.message_dict.items():
+        label = "" if name == "__all__" else f"{model._meta.get_field(name).verbose_name}: "
+        out.extend(f"{label}{message}" for message in errors)
+    return out
+
+
+def preview_for_query(query) -> tuple[list[timing.PreviewFire], str, list[str]]:
+    """(fires, zone, errors) for a definition given as query parameters."""
+    form = PreviewForm(query)
+    if not form.is_valid():
+        return [], "", [f"{name}: {message}" if name != "__all__" else message
+                        for name, errors in form.errors.items() for message in errors]
+    data = form.cleaned_data
+    schedule = Schedule(
+        kind=data["kind"], cron=data["cron"],
+        # A bare URL without a zone means UTC; an emptied field is refused as the form would.
+        timezone=data["timezone"] if "timezone" in query else "UTC",
+        interval_seconds=data["interval_seconds"], run_at=data["run_at"],
+        start_at=data["start_at"], end_at=data["end_at"],
+    )
+    try:
+        schedule.full_clean(exclude={"job", "cluster"}, validate_unique=False,
+                            validate_constraints=False)
+    except ValidationError as exc:
+        return [], "", validation_messages(exc)
+    now = data["now"] or db_now()
+    if schedule.kind == Schedule.Kind.INTERVAL:
+        # What Schedule.save() will do: an interval counts from its start, else from now.
+        schedule.anchor_at = schedule.start_at or now
+    try:
+        return timing.preview(schedule.timing(), now, PREVIEW_COUNT), schedule.timezone, []
+    except timing.TimingError as exc:
+        return [], "", [str(exc)]
+
+
+def preview_box(schedule: Schedule | None):
+    """The saved definition's next fire times, and a place for the live preview of edits."""
+    if schedule is None or schedule.pk is None:
+        saved = format_html('<p class="help">{}</p>',
+                            "Not saved yet: the preview follows your edits.")
+    else:
+        try:
+            fires = timing.preview(schedule.timing(), db_now(), PREVIEW_COUNT)
+            saved = preview_table(fires, schedule.timezone)
+        except timing.TimingError as exc:
+            saved = error_list([str(exc)])
+        if schedule.paused:
+            saved = format_html('<p class="help">Paused: it fires at these times once resumed.'
+                                "</p>{}", saved)
+    return format_html(
+        '<div class="schedule-preview" data-url="{}"><div class="schedule-preview-saved">{}</div>'
+        '<div class="schedule-preview-live" aria-live="polite"></div></div>',
+        reverse("admin:scheduler_schedule_preview"), saved,
+    )
+
+
+SCHEDULE_MEDIA = forms.Media(js=["scheduler/schedule_preview.js"])
+
+
+# ---------------------------------------------------------------------------- clusters, members
+
+
+class MemberInline(admin.TabularInline):
+    model = Member
+    extra = 0
+    can_delete = False
+    show_change_link = True
+    fields = ("name", "state_badge", "role", "backup_precedence", "host", "pid", "version",
+              "started_at", "heartbeat", "running_tasks", "stopped_at", "stop_reason")
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def get_queryset(self, request):
+        # Live members first, then history (a restart is a new row), newest first.
+        live_first = Case(When(state__in=Member.LIVE_STATES, then=Value(0)), default=Value(1))
+        return (super().get_queryset(request).annotate(live_rank=live_first,
+                                                        heartbeat_age=heartbeat_age())
+                .order_by("live_rank", "name", "-started_at"))
+
+    @admin.display(description="state")
+    def state_badge(self, obj):
+        return badge(obj.state)
+
+    @admin.display(description="last heartbeat")
+    def heartbeat(self, obj):
+        return f"{seconds(getattr(obj, 'heartbeat_age', None))} ago"
+
+
+@admin.register(Cluster)
+class ClusterAdmin(admin.ModelAdmin):
+    list_display = ("name", "mode", "active_member", "lease_epoch", "lease_expires_at",
+                    "live_members")
+    list_filter = ("mode",)
+    search_fields = ("name", "description")
+    list_select_related = ("lease_holder",)
+    fields = ("name", "description", "mode", "lease_holder", "lease_epoch", "lease_expires_at",
+              "handover_to", "created_at")
+    readonly_fields = ("mode", "lease_holder", "lease_epoch", "lease_expires_at", "handover_to",
+                       "created_at")
+    inlines = [MemberInline]
+    actions = ["switch_over"]
+
+    def get_readonly_fields(self, request, obj=None):
+        # Nodes and commands find a cluster by its name.
+        return self.readonly_fields + (("name",) if obj else ())
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(
+            live_count=Count("members", filter=Q(members__state__in=Member.LIVE_STATES))
+        )
+
+    @admin.display(description="active member", ordering="lease_holder__name")
+    def active_member(self, obj):
+        holder = obj.lease_holder
+        if holder is None:
+            return "-"
+        return holder.name if holder.state == "active" else f"{holder.name} ({holder.state})"
+
+    @admin.display(description="live members", ordering="live_count")
+    def live_members(self, obj):
+        return obj.live_count
+
+    @admin.action(description="Switch over to the primary",
+                  description_plural="Switch over to the primary", permissions=["change"],
+                  location=LIST_AND_PAGE)
+    def switch_over(self, request, queryset):
+        for cluster in queryset:
+            try:
+                target = request_switchover(cluster.name, None, actor_of(request))
+            except MemberRefused as exc:
+                messages.error(request, f"Cluster {cluster.name}: {exc}")
+            else:
+                messages.success(request, f"Cluster {cluster.name}: switch-over to {target.name} "
+                                          "requested; the active member hands over shortly.")
+
+
+@admin.register(Member)
+class MemberAdmin(ReadOnlyAdmin):
+    list_display = ("name", "cluster", "state_badge", "role", "backup_precedence", "host", "pid",
+                    "version", "started_at", "heartbeat", "running_tasks", "skew",
+                    "stop_reason")
+    list_filter = ("cluster", "state", "mode")
+    search_fields = ("name", "host", "cluster__name")
+    list_select_related = ("cluster",)
+    date_hierarchy = "started_at"
+    readonly_fields = ("heartbeat", "skew")
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(heartbeat_age=heartbeat_age())
+
+    def has_delete_permission(self, request, obj=None):
+        # History rows only: a live member's row is its identity while it runs. (Asks the
+        # user's delete permission past ReadOnlyAdmin, which refuses every delete.)
+        return admin.ModelAdmin.has_delete_permission(self, request, obj) and (
+            obj is None or not obj.is_live)
+
+    @admin.display(description="state", ordering="state")
+    def state_badge(self, obj):
+        return badge(obj.state)
+
+    @admin.display(description="last heartbeat (age)", ordering="-heartbeat_at")
+    def heartbeat(self, obj):
+        return f"{seconds(getattr(obj, 'heartbeat_age', None))} ago"
+
+    @admin.display(description="clock skew", ordering="clock_skew_ms")
+    def skew(self, obj):
+        return f"{obj.clock_skew_ms} ms"
+
+
+# ---------------------------------------------------------------------------- jobs, schedules
+
+SCHEDULE_DEFINITION = (
+    ("kind", "title"), ("cron", "timezone"), "interval_seconds", "run_at", ("start_at", "end_at"),
+    ("misfire_policy", "misfire_grace_seconds", "run_all_limit"),
+)
+
+
+class ScheduleInline(admin.StackedInline):
+    model = Schedule
+    extra = 0
+    show_change_link = True
+    fields = (*SCHEDULE_DEFINITION, ("paused", "next_fire_at"), "fire_preview")
+    readonly_fields = ("paused", "next_fire_at", "fire_preview")
+
+    def get_extra(self, request, obj=None, **kwargs):
+        return 0 if obj else 1
+
+    @admin.display(description=f"next {PREVIEW_COUNT} fire times")
+    def fire_preview(self, obj):
+        return preview_box(obj)
+
+
+@admin.register(Job)
+class JobAdmin(admin.ModelAdmin):
+    list_display = ("name", "cluster", "kind", "paused", "schedules_summary", "last_task_state",
+                    "next_fire")
+    list_filter = ("cluster", "kind", "paused", "stateful")
+    search_fields = ("name", "title", "command")
+    list_select_related = ("cluster",)
+    formfield_overrides = DATA_MAP_OVERRIDES
+    inlines = [ScheduleInline]
+    actions = ["pause_jobs", "resume_jobs", "run_jobs_now"]
+    readonly_fields = ("paused", "next_fire", "last_task_state", "created_at", "updated_at",
+                       "recent_tasks")
+    fieldsets = (
+        (None, {"fields": ("cluster", "name", "title", "kind", "command",
+                           "working_directory")}),
+        ("Data", {"fields": ("parameters", "stateful", "data_map")}),
+        ("Execution", {"fields": (("timeout_seconds", "max_retries", "retry_backoff_seconds"),
+                                  ("max_parallel", "overlap_policy"), "recover_lost", "affinity",
+                                  "executor")}),
+        ("State", {"fields": (("paused", "next_fire", "last_task_state"),
+                              ("created_at", "updated_at"))}),
+        ("Recent tasks", {"fields": ("recent_tasks",)}),
+    )
+
+    @property
+    def media(self):
+        return super().media + SCHEDULE_MEDIA
+
+    def get_readonly_fields(self, request, obj=None):
+        # Schedules carry their job's cluster for the daemon's due query; moving a job would
+        # leave them behind.
+        return self.readonly_fields + (("cluster",) if obj else ())
+
+    def get_queryset(self, request):
+        last_task = Task.objects.filter(job=OuterRef("pk")).order_by("-scheduled_for", "-id")
+        next_fire = Schedule.objects.filter(
+            job=OuterRef("pk"), paused=False, next_fire_at__isnull=False
+        ).order_by("next_fire_at")
+        return (super().get_queryset(request)
+                .annotate(last_state=Subquery(last_task.values("state")[:1]),
+                          next_fire_time=Subquery(next_fire.values("next_fire_at")[:1]))
+                .prefetch_related("schedules"))
+
+    def save_model(self, request, obj, form, change):
+        save_changed(obj, form, change)
+
+    def save_formset(self, request, form, formset, change):
+        if formset.model is not Schedule:
+            return super().save_formset(request, form, formset, change)
+        formset.save(commit=False)  # applies the forms; fills new/changed/deleted_objects
+        actor = actor_of(request)
+        for schedule in formset.deleted_objects:
+            schedule.delete()
+        for schedule in formset.new_objects:
+            save_schedule(schedule, None, actor)
+        for schedule, changed in formset.changed_objects:
+            save_schedule(schedule, changed, actor)
+
+    @admin.display(description="schedules")
+    def schedules_summary(self, obj):
+        schedules = obj.schedules.all()  # prefetched
+        if not schedules:
+            return "-"
+        return format_html_join(
+            "", "<div>#{} {}{}</div>",
+            ((s.pk, s.describe(), " (paused)" if s.paused else "") for s in schedules),
+        )
+
+    @admin.display(description="last task")
+    def last_task_state(self, obj):
+        state = getattr(obj, "last_state", None)
+        return badge(state) if state else "-"
+
+    @admin.display(description="next fire", ordering="next_fire_time")
+    def next_fire(self, obj):
+        if obj.paused:
+            return "paused"
+        return short_time(getattr(obj, "next_fire_time", None))
+
+    @admin.display(description="last 20 tasks")
+    def recent_tasks(self, obj):
+        if obj is None or obj.pk is None:
+            return "-"
+        tasks = obj.tasks.select_related("member").order_by("-scheduled_for", "-id")[:20]
+        if not tasks:
+            return "No task yet."
+        rows = format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>"
+                                    "<td>{}</td><td>{}</td><td>{}</td></tr>", (
+            (admin_link(t, t.pk), t.trigger, short_time(t.scheduled_for), badge(t.state),
+             t.member.name if t.member else "-", short_time(t.started_at),
+             short_time(t.finished_at), "-" if t.exit_code is None else t.exit_code)
+            for t in tasks))
+        all_url = reverse("admin:scheduler_task_changelist") + f"?job__id__exact={obj.pk}"
+        return format_html(
+            "<table><thead><tr><th>task</th><th>trigger</th><th>scheduled for</th>"
+            "<th>state</th><th>member</th><th>started</th><th>finished</th><th>exit</th></tr>"
+            '</thead><tbody>{}</tbody></table><p><a href="{}">All tasks of this job</a></p>',
+            rows, all_url)
+
+    @admin.action(description="Pause the job", description_plural="Pause selected jobs",
+                  permissions=["change"], location=LIST_AND_PAGE)
+    def pause_jobs(self, request, queryset):
+        jobs = list(queryset)
+        done = sum(job.pause(actor_of(request)) for job in jobs)
+        report(request, done, len(jobs) - done, "job", "paused", "paused")
+
+    @admin.action(description="Resume the job", description_plural="Resume selected jobs",
+                  permissions=["change"], location=LIST_AND_PAGE)
+    def resume_jobs(self, request, queryset):
+        jobs = list(queryset)
+        done = sum(job.resume(actor_of(request)) for job in jobs)
+        report(request, done, len(jobs) - done, "job", "resumed", "running")
+
+    @admin.action(description="Run the job now", description_plural="Run selected jobs now",
+                  permissions=["change"], location=LIST_AND_PAGE)
+    def run_jobs_now(self, request, queryset):
+        jobs = list(queryset)
+        tasks = [job.run_now(actor_of(request)) for job in jobs]
+        links = format_html_join(", ", "{}", ((admin_link(t, t.pk),) for t in tasks))
+        messages.success(request, format_html("{} queued to run now (task {}).",
+                                              plural(len(tasks), "job"), links))
+        paused = [job.name for job in jobs if job.paused]
+        if paused:
+            messages.warning(request, f"Paused, so the task waits until resumed: "
+                                      f"{', '.join(paused)}.")
+
+
+@admin.register(Schedule)
+class ScheduleAdmin(admin.ModelAdmin):
+    list_display = ("id", "job", "cluster", "definition", "paused", "next_fire_at",
+                    "last_fire_at", "misfire_policy")
+    list_display_links = ("id", "job")
+    list_filter = ("cluster", "kind", "paused", "misfire_policy")
+    search_fields = ("job__name", "title", "cron")
+    list_select_related = ("job", "cluster")
+    actions = ["pause_schedules", "resume_schedules"]
+    readonly_fields = ("paused", "next_fire_at", "last_fire_at", "anchor_at", "version",
+                       "created_at", "updated_at", "fire_preview")
+    fieldsets = (
+        (None, {"fields": ("job",)}),
+        ("When", {"fields": SCHEDULE_DEFINITION}),
+        ("State", {"fields": (("paused", "next_fire_at", "last_fire_at"),
+                              ("anchor_at", "version"), ("created_at", "updated_at"))}),
+        (f"Next {PREVIEW_COUNT} fire times", {"fields": ("fire_preview",)}),
+    )
+
+    @property
+    def media(self):
+        return super().media + SCHEDULE_MEDIA
+
+    def get_urls(self):
+        preview = path("preview/", self.admin_site.admin_view(self.preview_view),
+                       name="scheduler_schedule_preview")
+        return [preview, *super().get_urls()]
+
+    def preview_view(self, request):
+        """An HTML fragment: the next fire times of the definition in the query, or what is
+        wrong with it. The live preview of the schedule forms fetches it."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        fires, zone, errors = preview_for_query(request.GET)
+        return HttpResponse(error_list(errors) if errors else preview_table(fires, zone))
+
+    def get_readonly_fields(self, request, obj=None):
+        return self.readonly_fields + (("job",) if obj else ())
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        formfield = super().formfield_for_foreignkey(db_field, request, **kwargs)
+        return label_jobs_with_cluster(formfield) if db_field.name == "job" else formfield
+
+    def save_model(self, request, obj, form, change):
+        save_schedule(obj, form.changed_data if change else None, actor_of(request))
+
+    @admin.display(description="definition")
+    def definition(self, obj):
+        return obj.describe()
+
+    @admin.display(description=f"next {PREVIEW_COUNT} fire times")
+    def fire_preview(self, obj):
+        return preview_box(obj)
+
+    @admin.action(description="Pause the schedule",
+                  description_plural="Pause selected schedules", permissions=["change"],
+                  location=LIST_AND_PAGE)
+    def pause_schedules(self, request, queryset):
+        schedules = list(queryset.select_related("job"))
+        done = sum(s.pause(actor_of(request)) for s in schedules)
+        report(request, done, len(schedules) - done, "schedule", "paused", "paused")
+
+    @admin.action(description="Resume the schedule",
+                  description_plural="Resume selected schedules", permissions=["change"],
+                  location=LIST_AND_PAGE)
+    def resume_schedules(self, request, queryset):
+        schedules = list(queryset.select_related("job"))
+        done = sum(s.resume(actor_of(request)) for s in schedules)
+        report(request, done, len(schedules) - done, "schedule", "resumed", "running")
+
+
+# ---------------------------------------------------------------------------- tasks, history
+
+
+@admin.register(Task)
+class TaskAdmin(admin.ModelAdmin):
+    list_display = ("id", "job", "trigger", "scheduled_for", "state_badge", "attempt",
+                    "member_name", "started_at", "finished_at", "duration", "late", "exit_code")
+    list_filter = ("state", "trigger", "cluster", ("member", MemberFilter), ("job", JobFilter))
+    search_fields = ("job__name",)
+    date_hierarchy = "scheduled_for"
+    list_select_related = ("job", "member")
+    # The task table grows without end: skip the second, unfiltered COUNT(*).
+    show_full_result_count = False
+    actions = ["cancel_tasks"]
+    readonly_fields = ("duration", "late", "log")
+    fieldsets = (
+        (None, {"fields": (("job", "schedule", "cluster"), ("trigger", "state", "attempt"),
+                           ("scheduled_for", "not_before"), "member",
+                           ("started_at", "finished_at", "duration", "late"),
+                           ("exit_code", "error"), ("requested_by", "cancel_reason"),
+                           ("retry_of", "lost_at"), "parameters", "created_at")}),
+        ("Log", {"fields": ("log",)}),
+    )
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False  # the daemon writes tasks; operators cancel them (an action)
+
+    def has_delete_permission(self, request, obj=None):
+        # A task still queued or running belongs to the daemon until it ends.
+        return super().has_delete_permission(request, obj) and (
+            obj is None or obj.state in Task.FINISHED_STATES)
+
+    def has_cancel_permission(self, request):
+        return request.user.has_perm("scheduler.change_task")
+
+    @admin.display(description="state", ordering="state")
+    def state_badge(self, obj):
+        return badge(obj.state, obj.get_state_display())
+
+    @admin.display(description="member", ordering="member__name")
+    def member_name(self, obj):
+        return obj.member.name if obj.member else "-"
+
+    @admin.display(description="duration")
+    def duration(self, obj):
+        if obj.started_at and obj.finished_at:
+            return seconds(obj.finished_at - obj.started_at)
+        return "-"
+
+    @admin.display(description="lateness")
+    def late(self, obj):
+        return seconds(obj.lateness)
+
+    @admin.display(description="captured log")
+    def log(self, obj):
+        if obj is None or obj.pk is None:
+            return "-"
+        text = obj.log_text()
+        note = ""
+        if obj.state in Task.UNFINISHED_STATES:
+            note = f"The task is {obj.state}: reload the page for newer output."
+        return format_html(
+            '<p class="help">{}</p><pre style="max-height:40em;overflow:auto;'
+            'white-space:pre-wrap;margin:0">{}</pre>', note, text or "(no output)")
+
+    @admin.action(description="Cancel the task", description_plural="Cancel selected tasks",
+                  permissions=["cancel"], location=LIST_AND_PAGE)
+    def cancel_tasks(self, request, queryset):
+        tasks = list(queryset.select_related("job"))
+        actor = actor_of(request)
+        done = sum(t.request_cancel(f"by {actor} in the admin", actor) for t in tasks)
+        report(request, done, len(tasks) - done, "task", "cancelled or asked to stop",
+               "finished")
+
+
+@admin.register(MisfireRecord)
+class MisfireRecordAdmin(ReadOnlyAdmin):
+    list_display = ("id", "schedule", "cluster", "first_fire_at", "last_fire_at", "fire_count",
+                    "policy", "reason", "member_name", "decided_at")
+    list_filter = ("cluster", "policy", "reason")
+    search_fields = ("schedule__job__name", "reason")
+    list_select_related = ("schedule__job", "cluster", "member")
+    date_hierarchy = "decided_at"
+    show_full_result_count = False
+
+    @admin.display(description="member", ordering="member__name")
+    def member_name(self, obj):
+        return obj.member.name if obj.member else "-"
+
+
+@admin.register(Event)
+class EventAdmin(ReadOnlyAdmin):
+    list_display = ("id", "created_at", "cluster", "kind", "actor", "member_name", "job",
+                    "message")
+    list_filter = ("cluster", "kind")
+    search_fields = ("message", "actor")
+    list_select_related = ("cluster", "member", "job")
+    date_hierarchy = "created_at"
+    ordering = ("-id",)
+    show_full_result_count = False
+
+    @admin.display(description="member", ordering="member__name")
+    def member_name(self, obj):
+        return obj.member.name if obj.member else "-"
+
+
+# ---------------------------------------------------------------------------- chains, orders
+
+
+class ChainNodeFormSet(BaseInlineFormSet):
+    """The nodes being saved must form a sound graph (check_chain_graph)."""
+
+    def clean(self):
+        super().clean()
+        if any(self.errors):
+            return  # each form shows its own errors first
+        nodes = []
+        for form in self.forms:
+            data = form.cleaned_data
+            if not data or (self.can_delete and self._should_delete_form(form)):
+                continue  # an untouched extra form, or a node being deleted
+            job = data.get("job")
+            if job is not None and self.instance.cluster_id and \
+                    job.cluster_id != self.instance.cluster_id:
+                raise ValidationError(f"Node '{data['state']}': job '{job.name}' belongs to "
+                                      "another cluster than this chain.")
+            nodes.append({"state": data["state"], "job": job,
+                          "next_state": data.get("next_state") or "",
+                          "error_state": data.get("error_state") or ""})
+        problems = check_chain_graph(nodes)
+        if problems:
+            raise ValidationError(problems)
+
+
+class ChainNodeInline(admin.TabularInline):
+    model = ChainNode
+    formset = ChainNodeFormSet
+    extra = 1
+    fields = ("position", "state", "job", "next_state", "error_state", "action")
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        formfield = super().formfield_for_foreignkey(db_field, request, **kwargs)
+        return label_jobs_with_cluster(formfield) if db_field.name == "job" else formfield
+
+
+@admin.register(JobChain)
+class JobChainAdmin(admin.ModelAdmin):
+    list_display = ("name", "cluster", "title", "distributed", "stopped", "node_count",
+                    "order_count")
+    list_filter = ("cluster", "distributed", "stopped")
+    search_fields = ("name", "title")
+    list_select_related = ("cluster",)
+    inlines = [ChainNodeInline]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(
+            nodes_n=Count("nodes", distinct=True), orders_n=Count("orders", distinct=True))
+
+    def get_readonly_fields(self, request, obj=None):
+        # Its nodes' jobs belong to its cluster.
+        return ("cluster",) if obj else ()
+
+    @admin.display(description="nodes", ordering="nodes_n")
+    def node_count(self, obj):
+        return obj.nodes_n
+
+    @admin.display(description="orders", ordering="orders_n")
+    def order_count(self, obj):
+        return obj.orders_n
+
+
+@admin.register(Order)
+class OrderAdmin(admin.ModelAdmin):
+    list_display = ("order_id", "chain", "cluster", "state", "status", "priority", "member_name",
+                    "updated_at")
+    list_filter = ("status", "chain__cluster", "chain")
+    search_fields = ("order_id", "title", "chain__name")
+    list_select_related = ("chain__cluster", "member")
+    formfield_overrides = DATA_MAP_OVERRIDES
+    fields = ("chain", "order_id", "title", "parameters", "priority", "initial_state",
+              "end_state", "state", "status", "member", "version", "created_at", "updated_at")
+    # The daemon moves orders; an operator's move would be a model method with an event.
+    readonly_fields = ("state", "status", "member", "version", "created_at", "updated_at")
+
+    def get_readonly_fields(self, request, obj=None):
+        return self.readonly_fields + (("chain",) if obj else ())
+
+    def save_model(self, request, obj, form, change):
+        save_changed(obj, form, change)
+
+    @admin.display(description="cluster", ordering="chain__cluster__name")
+    def cluster(self, obj):
+        return obj.chain.cluster.name
+
+    @admin.display(description="member", ordering="member__name")
+    def member_name(self, obj):
+        return obj.member.name if obj.member else "-"

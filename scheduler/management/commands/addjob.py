@@ -1,0 +1,89 @@
+"""`manage.py addjob --cluster C NAME (--shell CMD | --python DOTTED) [options]`."""
+
+from __future__ import annotations
+
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
+
+from scheduler.management.commands._common import (
+    add_cluster_argument,
+    validation_error,
+)
+from scheduler.models import Cluster, Job
+from scheduler.validators import parse_data_map
+
+OPTIONS = {"name": "NAME", "command": "--shell/--python", "parameters": "--params",
+           "timeout_seconds": "--timeout", "max_retries": "--retries",
+           "max_parallel": "--max-parallel", "overlap_policy": "--overlap",
+           "affinity": "--affinity", "stateful": "--stateful", "title": "--title",
+           "cluster": "--cluster"}
+
+
+class Command(BaseCommand):
+    help = ("Add a job to a cluster (the cluster is created if it does not exist yet). Give it "
+            "schedules with addschedule, or run it with runjob.")
+
+    def add_arguments(self, parser):
+        add_cluster_argument(parser)
+        parser.add_argument("name", metavar="NAME")
+        what = parser.add_mutually_exclusive_group(required=True)
+        what.add_argument("--shell", metavar="CMD", help="A command line for /bin/sh.")
+        what.add_argument("--python", metavar="DOTTED",
+                          help="A dotted path to a callable, e.g. myapp.jobs:nightly.")
+        parser.add_argument("--title", default="")
+        parser.add_argument("--params", metavar="JSON",
+                            help='Parameters: a JSON object such as \'{"region": "eu"}\'.')
+        parser.add_argument("--timeout", type=int, metavar="SECONDS",
+                            help="Stop a run after this long (default: no limit).")
+        parser.add_argument("--retries", type=int, default=0, help="Retries after a failure.")
+        parser.add_argument("--max-parallel", type=int, default=1,
+                            help="Runs at once (default 1).")
+        parser.add_argument("--overlap", choices=Job.Overlap.values, default=Job.Overlap.QUEUE,
+                            help="When a run is due while another runs (default queue).")
+        parser.add_argument("--stateful", action="store_true",
+                            help="Keep the data map a run leaves for the next; never overlap.")
+        parser.add_argument("--affinity", default="",
+                            help="Run only on the member of this name or with this label.")
+
+    def handle(self, *args, **options):
+        name = options["cluster"]
+        if not name:
+            raise CommandError("--cluster NAME is required (or set OPSCENTER_CLUSTER).")
+        parameters = {}
+        if options["params"] is not None:
+            try:
+                parameters = parse_data_map(options["params"])
+            except ValidationError as exc:
+                raise CommandError(f"--params: {' '.join(exc.messages)}") from None
+        shell = options["shell"] is not None
+        job = Job(name=options["name"], title=options["title"],
+                  kind=Job.Kind.SHELL if shell else Job.Kind.PYTHON,
+                  command=options["shell"] if shell else options["python"],
+                  parameters=parameters, timeout_seconds=options["timeout"],
+                  max_retries=options["retries"], max_parallel=options["max_parallel"],
+                  overlap_policy=options["overlap"], stateful=options["stateful"],
+                  affinity=options["affinity"])
+        # One transaction: a job that is refused leaves no new cluster behind.
+        with transaction.atomic():
+            cluster = Cluster.objects.filter(name=name).first()
+            created = cluster is None
+            if created:
+                cluster = Cluster(name=name)
+                try:
+                    cluster.full_clean()
+                except ValidationError as exc:
+                    raise validation_error(exc, {"name": "--cluster"}) from None
+                cluster.save()
+            if Job.objects.filter(cluster=cluster, name=job.name).exists():
+                raise CommandError(f"Cluster '{name}' already has a job named '{job.name}'.")
+            job.cluster = cluster
+            try:
+                job.full_clean()
+            except ValidationError as exc:
+                raise validation_error(exc, OPTIONS) from None
+            job.save()
+        if created:
+            self.stdout.write(f"cluster {cluster.name} created")
+        self.stdout.write(f"job {job.name} added to cluster {cluster.name} ({job.kind}: "
+                          f"{job.command})")
