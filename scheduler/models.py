@@ -542,9 +542,9 @@ class Task(models.Model):
             # claim_queued_tasks: ready queued tasks of a cluster.
             models.Index(fields=["cluster", "not_before"], condition=Q(state="queued"),
                          name="task_queued"),
-            # overlap checks and max_parallel: unfinished tasks of a job.
-            models.Index(fields=["job", "state"], condition=Q(state__in=("queued", "running")),
-                         name="task_job_unfinished"),
+            # claim (overlap and max parallel): running tasks of a job. Only running rows, so
+            # the index stays small under the churn of thousands of fires per second.
+            models.Index(fields=["job"], condition=Q(state="running"), name="task_job_running"),
             # recover_lost_tasks and cancel requests: running tasks of a member.
             models.Index(fields=["member"], condition=Q(state="running"),
                          name="task_member_running"),

@@ -456,8 +456,11 @@ class Node:
         if idle is None:
             idle = max(self.conf.dead_after / 2, 0.5)
         with connection.cursor() as cursor:
+            # Custom plans: a generic plan of the claim (LIMIT $n, next_fire_at <= $t) cannot
+            # use the ordered index scan that stops after n rows.
             cursor.execute("SELECT set_config('application_name', %s, false), "
-                           "set_config('idle_in_transaction_session_timeout', %s, false)",
+                           "set_config('idle_in_transaction_session_timeout', %s, false), "
+                           "set_config('plan_cache_mode', 'force_custom_plan', false)",
                            [f"opscenter {self.opts.cluster}/{self.opts.name}"[:63],
                             str(int(idle * 1000))])
 
