@@ -213,7 +213,7 @@ class Job(models.Model):
         return self.name
 
     def clean(self) -> None:
-        errors = {}
+        errors = _data_map_errors(self, ("parameters", "data_map"))
         if self.kind == self.Kind.PYTHON:
             path = (self.command or "").strip()
             if not path or " " in path or ("." not in path and ":" not in path):
@@ -387,13 +387,23 @@ class Schedule(models.Model):
             errors["run_at"] = "A schedule that runs once needs a time."
         if self.start_at and self.end_at and self.end_at <= self.start_at:
             errors["end_at"] = "The end must be after the start."
-        if not errors:
+        if not errors and not self._field_invalid():
             try:
                 timing.check(self._timing_for_check())
             except timing.TimingError as exc:
                 errors["__all__"] = str(exc)
         if errors:
             raise ValidationError(errors)
+
+    def _field_invalid(self) -> bool:
+        """A bad cron or zone is already reported on its field; say it once."""
+        try:
+            if self.kind == self.Kind.CRON:
+                timing.validate_cron(self.cron)
+            timing.validate_timezone(self.timezone)
+        except timing.TimingError:
+            return True
+        return False
 
     def _timing_for_check(self) -> timing.Timing:
         t = self.timing()
@@ -462,6 +472,18 @@ class Schedule(models.Model):
                 notify_nodes(self.cluster_id)
         self.paused = False
         return bool(changed)
+
+
+def _data_map_errors(instance, fields: tuple[str, ...]) -> dict:
+    """Django skips field validators for "empty" JSON ([] and null among them), so a data map
+    field is checked here as well: it must be a JSON object, whatever the door."""
+    errors = {}
+    for name in fields:
+        try:
+            validate_data_map(getattr(instance, name))
+        except ValidationError as exc:
+            errors[name] = exc.messages
+    return errors
 
 
 def _timing_kwargs(t: timing.Timing) -> dict:
@@ -766,7 +788,7 @@ class Order(models.Model):
         if not self.chain_id:
             return
         states = set(self.chain.nodes.values_list("state", flat=True))
-        errors = {}
+        errors = _data_map_errors(self, ("parameters",))
         if self.initial_state not in states:
             errors["initial_state"] = (f"'{self.initial_state}' is not a state of chain "
                                        f"{self.chain.name} (states: {', '.join(sorted(states))}).")

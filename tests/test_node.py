@@ -315,3 +315,26 @@ def test_one_task_per_fire_with_two_members_in_process(cluster):
     for n in (a, b):
         n.stopping = True
         n.shutdown()
+
+
+@pytest.mark.parametrize("value", [[], None, [1, 2], "text", {"k": None}, {"k": float("nan")}])
+def test_a_data_map_that_is_not_a_json_object_is_refused(cluster, value):
+    from django.core.exceptions import ValidationError
+
+    job = Job(cluster=cluster, name="bad-map", kind="shell", command="true", parameters=value)
+    with pytest.raises(ValidationError) as err:
+        job.full_clean()
+    assert "parameters" in err.value.message_dict
+
+
+def test_a_bad_cron_is_reported_once(cluster):
+    from django.core.exceptions import ValidationError
+
+    job = add_job(cluster, "cronny", kind="shell", command="true")
+    schedule = Schedule(job=job, kind="cron", cron="61 * * * *", timezone="Mars/Olympus")
+    with pytest.raises(ValidationError) as err:
+        schedule.full_clean()
+    messages = err.value.message_dict
+    assert set(messages) == {"cron", "timezone"}, messages
+    assert len(messages["cron"]) == 1 and "61" in messages["cron"][0]
+    assert "Mars/Olympus" in messages["timezone"][0]
