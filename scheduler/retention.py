@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from scheduler.clock import db_now
-from scheduler.models import Event, Task
+from scheduler.models import Event, MisfireRecord, Task
 
 BATCH = 5000
 
@@ -29,4 +29,7 @@ def prune(cluster_id: int, task_days: int, event_days: int) -> int:
     )
     events = Event.objects.filter(cluster_id=cluster_id,
                                   created_at__lt=now - timedelta(days=event_days))
-    return _delete_in_batches(tasks) + _delete_in_batches(events)
+    misfires = MisfireRecord.objects.filter(cluster_id=cluster_id,
+                                            decided_at__lt=now - timedelta(days=task_days))
+    return (_delete_in_batches(tasks) + _delete_in_batches(events)
+            + _delete_in_batches(misfires))

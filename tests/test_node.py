@@ -338,3 +338,22 @@ def test_a_bad_cron_is_reported_once(cluster):
     assert set(messages) == {"cron", "timezone"}, messages
     assert len(messages["cron"]) == 1 and "61" in messages["cron"][0]
     assert "Mars/Olympus" in messages["timezone"][0]
+
+
+def test_old_history_is_pruned_and_recent_history_kept(cluster):
+    from scheduler.retention import prune
+
+    job = add_job(cluster, "history", kind="shell", command="true")
+    now = db_now()
+    old = Task.objects.create(cluster=cluster, job=job, trigger="manual", state="succeeded",
+                              scheduled_for=now)
+    recent = Task.objects.create(cluster=cluster, job=job, trigger="manual", state="succeeded",
+                                 scheduled_for=now)
+    running = Task.objects.create(cluster=cluster, job=job, trigger="manual", state="running",
+                                  scheduled_for=now)
+    Task.objects.filter(pk__in=[old.pk, running.pk]).update(created_at=now - timedelta(days=40))
+    event = Event.record(cluster.pk, Event.Kind.JOB_PAUSED, message="old")
+    Event.objects.filter(pk=event.pk).update(created_at=now - timedelta(days=40))
+    assert prune(cluster.pk, task_days=30, event_days=30) == 2
+    assert set(Task.objects.values_list("pk", flat=True)) == {recent.pk, running.pk}
+    assert not Event.objects.filter(pk=event.pk).exists()

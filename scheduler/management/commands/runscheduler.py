@@ -122,4 +122,8 @@ class Command(BaseCommand):
         self.stdout.write(f"node {node} running in cluster {cluster} ({mode}"
                           f"{', ' + role if role else ''}, {workers} workers); "
                           "SIGTERM or Ctrl-C stops it")
-        runner.run()
+        try:
+            runner.run()
+        except MemberRefused as exc:
+            # Declared dead while away, and meanwhile another process took this name.
+            raise CommandError(f"stopped: could not join again: {exc}") from None
