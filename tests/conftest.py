@@ -88,6 +88,7 @@ class NodeProcess:
             pass
         self.proc.wait(timeout=10)
         self._log.close()
+        self.log_path.unlink(missing_ok=True)
 
 
 @pytest.fixture

@@ -248,7 +248,8 @@ def test_a_member_whose_clock_is_hours_off_fires_on_the_database_clock(cluster, 
     member = Member.objects.get(name="skewed")
     assert abs(member.clock_skew_ms - 3 * 3600 * 1000) < 60_000, member.clock_skew_ms
     tasks = Task.objects.filter(schedule=schedule)
-    assert max(t.lateness for t in tasks if t.started_at) < timedelta(seconds=1)
+    # On the database's clock: never early, and not three hours off either way.
+    assert max(t.lateness for t in tasks if t.started_at) < timedelta(minutes=1)
     assert min(t.lateness for t in tasks if t.started_at) >= timedelta(0)
     assert_no_gaps(schedule)
 
