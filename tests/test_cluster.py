@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -266,6 +267,8 @@ def test_jobs_with_an_affinity_run_only_on_matching_members(cluster, start_node)
     assert set(Task.objects.filter(job=pinned).values_list("member__name", flat=True)) == {"b"}
 
 
+@pytest.mark.skipif(not os.environ.get("OPSCENTER_TEST_RESTART_DATABASE"),
+                    reason="restarts the PostgreSQL server: set OPSCENTER_TEST_RESTART_DATABASE=1")
 def test_database_restart_under_a_running_cluster(cluster, start_node):
     pg_version = subprocess.run(["ls", "/etc/postgresql"], capture_output=True, text=True)
     if pg_version.returncode or not shutil.which("pg_ctlcluster"):
