@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from django.db import connection, transaction
+from django.db.models import F
 from django.utils.dateparse import parse_datetime
 
 from scheduler import timing
@@ -600,11 +601,12 @@ def recover_lost_tasks(cluster_id: int, member_id: int, member_name: str, epoch:
     try:
         with transaction.atomic():
             check_fence(cluster_id, member_id, epoch, dead_after)
+            returned = _return_orders_of_dead_members(cluster_id, member_name)
             dead = list(Member.objects.filter(cluster_id=cluster_id, state=Member.State.DEAD)
                         .filter(tasks__state=Task.State.RUNNING).distinct()
                         .values_list("id", "name"))
             if not dead:
-                return 0
+                return returned
             now = _db_now_in_tx()
             total = 0
             for dead_id, dead_name in dead:
@@ -644,9 +646,34 @@ def recover_lost_tasks(cluster_id: int, member_id: int, member_name: str, epoch:
                         data={"recovered": r["job__recover_lost"]},
                     )
                 total += len(lost)
-            return total
+            return total + returned
     except Fenced:
         return 0
+
+
+def _return_orders_of_dead_members(cluster_id: int, by: str) -> int:
+    """Orders held by a dead member: a step in flight goes back to its node to be processed
+    again, and an order of a chain that is not distributed may be adopted by another member."""
+    from scheduler.models import Event, Order
+
+    held = list(Order.objects.select_related("member", "chain")
+                .filter(chain__cluster_id=cluster_id, member__state=Member.State.DEAD))
+    for order in held:
+        was_running = order.status == Order.Status.RUNNING
+        changed = Order.objects.filter(pk=order.pk, version=order.version).update(
+            member=None, version=F("version") + 1,
+            status=Order.Status.WAITING if was_running else order.status,
+        )
+        if changed:
+            Event.objects.create(
+                cluster_id=cluster_id, kind=Event.Kind.ORDER_RETURNED, actor=by,
+                member_id=order.member_id,
+                message=f"order {order} of dead member {order.member.name} "
+                        + (f"goes back to node {order.state} to be processed again"
+                           if was_running else "may be adopted by another member"),
+                data={"order": order.pk, "state": order.state, "was_running": was_running},
+            )
+    return len(held)
 
 
 def cancel_requests(member_id: int) -> list[tuple[int, str]]:

@@ -832,6 +832,7 @@ class Event(models.Model):
         SCHEDULE_RESUMED = "schedule.resumed"
         MISFIRE = "misfire"
         TASK_LOST = "task.lost"
+        ORDER_RETURNED = "order.returned"
         TASK_CANCEL = "task.cancel"
         TASK_FAILED = "task.failed"
 

@@ -357,3 +357,26 @@ def test_old_history_is_pruned_and_recent_history_kept(cluster):
     assert prune(cluster.pk, task_days=30, event_days=30) == 2
     assert set(Task.objects.values_list("pk", flat=True)) == {recent.pk, running.pk}
     assert not Event.objects.filter(pk=event.pk).exists()
+
+
+def test_orders_of_a_dead_member_go_back_to_their_node(node, cluster):
+    from scheduler.models import ChainNode, JobChain, Order
+
+    job = add_job(cluster, "step", kind="shell", command="true")
+    chain = JobChain.objects.create(cluster=cluster, name="etl")
+    ChainNode.objects.create(chain=chain, state="extract", job=job, next_state="done",
+                             error_state="done")
+    ChainNode.objects.create(chain=chain, state="done")
+    ghost = Member.objects.create(cluster=cluster, name="ghost", mode="single", host="h", pid=1,
+                                  version="x", state="dead")
+    running = Order.objects.create(chain=chain, order_id="o1", initial_state="extract",
+                                   status="running", member=ghost)
+    waiting = Order.objects.create(chain=chain, order_id="o2", initial_state="extract",
+                                   status="waiting", member=ghost)
+    drive(node, lambda: not Order.objects.filter(member=ghost).exists(), message="orders freed")
+    running.refresh_from_db()
+    waiting.refresh_from_db()
+    assert (running.status, running.state, running.member_id) == ("waiting", "extract", None)
+    assert running.version == 2
+    assert (waiting.status, waiting.member_id) == ("waiting", None)
+    assert Event.objects.filter(kind="order.returned").count() == 2
