@@ -452,7 +452,7 @@ class JobAdmin(admin.ModelAdmin):
     inlines = [ScheduleInline]
     actions = ["pause_jobs", "resume_jobs", "run_jobs_now"]
     readonly_fields = ("paused", "next_fire", "last_task_state", "created_at", "updated_at",
-                       "recent_tasks")
+                       "recent_tasks", "audit_summary")
     fieldsets = (
         (None, {"fields": ("cluster", "name", "title", "kind", "command",
                            "working_directory")}),
@@ -463,11 +463,34 @@ class JobAdmin(admin.ModelAdmin):
         ("State", {"fields": (("paused", "next_fire", "last_task_state"),
                               ("created_at", "updated_at"))}),
         ("Recent tasks", {"fields": ("recent_tasks",)}),
+        ("Audit", {"fields": ("audit_summary",)}),
     )
 
     @property
     def media(self):
         return super().media + SCHEDULE_MEDIA
+
+    @admin.display(description="fires owed (manage.py auditfires)")
+    def audit_summary(self, obj):
+        """Counts per verdict of the job's owed fires in the last hour and the last day."""
+        if obj is None or obj.pk is None:
+            return "-"
+        from datetime import timedelta
+
+        from scheduler import audit
+
+        counts = audit.job_counts(obj, {"last hour": timedelta(hours=1),
+                                        "last day": timedelta(days=1)})
+        labels = list(counts)
+        head = format_html_join("", "<th>{}</th>", ((label,) for label in labels))
+        rows = format_html_join("", "<tr><th>{}</th>{}</tr>", (
+            (verdict, format_html_join("", '<td class="{}">{}</td>', (
+                ("audit-missed" if verdict in audit.FAILING and counts[label][verdict]
+                 else "audit", counts[label][verdict]) for label in labels)))
+            for verdict in audit.ALL_VERDICTS))
+        return format_html('<table><thead><tr><th>verdict</th>{}</tr></thead><tbody>{}'
+                           "</tbody></table><style>td.audit-missed{{color:#c82333;"
+                           "font-weight:bold}}</style>", head, rows)
 
     def get_readonly_fields(self, request, obj=None):
         # Schedules carry their job's cluster for the daemon's due query; moving a job would

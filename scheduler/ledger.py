@@ -20,7 +20,7 @@ from django.db.models import F
 from django.utils.dateparse import parse_datetime
 
 from scheduler import timing
-from scheduler.models import Job, Member, Schedule, Task
+from scheduler.models import Job, Member, Task
 
 log = logging.getLogger("opscenter.ledger")
 
@@ -161,11 +161,14 @@ class TimingCache:
     """Timing objects by (schedule id, version): built once per definition, not per fire."""
 
     def __init__(self) -> None:
-        self._cache: dict[int, tuple[int, timing.Timing]] = {}
+        self._cache: dict[int, tuple[tuple, timing.Timing]] = {}
 
     def get(self, row: dict) -> timing.Timing:
+        # Keyed on the definition itself, not its version number: two edits racing to the
+        # same version must not leave a node computing from the older one.
+        key = tuple(row[f] for f in DEFINITION_COLUMNS)
         hit = self._cache.get(row["id"])
-        if hit is not None and hit[0] == row["version"]:
+        if hit is not None and hit[0] == key:
             return hit[1]
         t = timing.Timing(
             kind=row["kind"],
@@ -177,10 +180,14 @@ class TimingCache:
             start_at=_as_dt(row["start_at"]),
             end_at=_as_dt(row["end_at"]),
         )
-        self._cache[row["id"]] = (row["version"], t)
+        if len(self._cache) > 100_000:
+            self._cache.clear()  # deleted schedules must not accumulate for ever
+        self._cache[row["id"]] = (key, t)
         return t
 
 
+DEFINITION_COLUMNS = ("kind", "cron", "timezone", "interval_seconds", "anchor_at", "run_at",
+                      "start_at", "end_at")
 QUEUED_FIELDS = ["id", "job_id", "schedule_id", "scheduled_for", "attempt", "trigger",
                  "parameters"]
 SCHEDULE_FIELDS = [
@@ -188,12 +195,6 @@ SCHEDULE_FIELDS = [
     "anchor_at", "run_at", "start_at", "end_at", "misfire_policy", "misfire_grace_seconds",
     "run_all_limit",
 ]
-
-
-def _affinity_filter(names: list[str]):
-    from django.db.models import Q
-
-    return Q(job__affinity="") | Q(job__affinity__in=names)
 
 
 # The claim's statements are fixed text: on PostgreSQL they run as prepared statements on the
@@ -220,9 +221,14 @@ DUE_SQL = (
     "ORDER BY s.next_fire_at LIMIT %s {lock_s}"
 )
 JOBS_SQL = (
-    "SELECT " + ", ".join(f"j.{f}" for f in JOB_FIELDS) + ", "
-    + _RUNNING.format(job="j.id") + " FROM scheduler_job j WHERE j.id {items} ORDER BY j.id {lock}"
+    "SELECT " + ", ".join(f"j.{f}" for f in JOB_FIELDS) + " FROM scheduler_job j "
+    "WHERE j.id {items} AND NOT j.paused ORDER BY j.id {lock}"
 )
+# A statement of its own, after the lock: a statement that waited for a row lock still reads
+# other rows as of its own start, so counting in the locking statement could miss a run that
+# the member holding the lock has just started.
+RUNNING_SQL = ("SELECT job_id, count(*) FROM scheduler_task "
+               "WHERE job_id {items} AND state = 'running' GROUP BY job_id")
 
 
 def _fetch(sql: str, before: list, items: list, after: list) -> list[tuple]:
@@ -251,18 +257,18 @@ def _json(value):
 
 
 def _lock_jobs(job_ids: set[int]) -> tuple[dict[int, JobSnapshot], dict[int, int]]:
-    """Read the jobs of a batch with their running counts, locked in id order (no deadlock
-    between members), so the overlap and max-parallel decisions of two members cannot
-    interleave."""
-    jobs, running = {}, {}
+    """Read the jobs of a batch, locked in id order (no deadlock between members), then their
+    running counts, so the overlap and max-parallel decisions of two members cannot
+    interleave. A job paused meanwhile is left out: its fires stay due and are not taken."""
+    jobs = {}
     for row in _fetch(JOBS_SQL, [], sorted(job_ids), []):
-        values = dict(zip(JOB_FIELDS, row[:-1], strict=True))
+        values = dict(zip(JOB_FIELDS, row, strict=True))
         values["parameters"] = _json(values["parameters"])
         values["data_map"] = _json(values["data_map"])
         values["stateful"] = bool(values["stateful"])
         values["recover_lost"] = bool(values["recover_lost"])
         jobs[values["id"]] = JobSnapshot(**values)
-        running[values["id"]] = row[-1]
+    running = dict(_fetch(RUNNING_SQL, [], sorted(jobs), [])) if jobs else {}
     return jobs, running
 
 
@@ -551,6 +557,11 @@ def record_finished(cluster_id: int, member_id: int, finished: list[Finished],
     return discarded
 
 
+# A member declared dead no longer owns its tasks' results: the recovery does.
+LIVE_MEMBER = ("EXISTS (SELECT 1 FROM scheduler_member m WHERE m.id = t.member_id "
+               "AND m.state IN ('active', 'standby', 'stopping'))")
+
+
 def _finish_rows(member_id: int, now: datetime, finished: list[Finished]) -> set[int]:
     """Conditional on the task still being ours and running: a result of a task that was
     declared lost (and perhaps re-run elsewhere) must not overwrite the ledger."""
@@ -564,7 +575,7 @@ def _finish_rows(member_id: int, now: datetime, finished: list[Finished]) -> set
                     "FROM (SELECT unnest(%s::bigint[]) AS id, unnest(%s::text[]) AS state, "
                     "unnest(%s::int[]) AS code, unnest(%s::text[]) AS error) AS v "
                     "WHERE t.id = v.id AND t.state = 'running' AND t.member_id = %s "
-                    "RETURNING t.id",
+                    f"AND {LIVE_MEMBER} RETURNING t.id",
                     [now, [f.task_id for f in chunk], [f.state for f in chunk],
                      [f.exit_code for f in chunk], [f.error[:10000] for f in chunk], member_id],
                 )
@@ -574,7 +585,8 @@ def _finish_rows(member_id: int, now: datetime, finished: list[Finished]) -> set
             for f in finished:
                 cursor.execute(
                     "UPDATE scheduler_task SET state = %s, finished_at = %s, exit_code = %s, "
-                    "error = %s WHERE id = %s AND state = 'running' AND member_id = %s",
+                    "error = %s WHERE id = %s AND state = 'running' AND member_id = %s "
+                    f"AND {LIVE_MEMBER.replace('t.member_id', 'scheduler_task.member_id')}",
                     [f.state, nowp, f.exit_code, f.error[:10000], f.task_id, member_id],
                 )
                 if cursor.rowcount == 1:
@@ -594,10 +606,9 @@ def write_logs(logs: list[tuple[int, str]]) -> None:
 
 def recover_lost_tasks(cluster_id: int, member_id: int, member_name: str, epoch: int | None,
                        dead_after: float) -> int:
-    """Mark the running tasks of dead members lost and queue a recovery run for jobs that ask
-    for it. Fenced like a claim; the conditional update makes it happen once."""
-    from scheduler.models import Event
-
+    """Take over what dead members left: their running tasks are marked lost (and run again
+    when their job asks for it) and their orders go back to their nodes. Fenced like a claim;
+    the conditional updates make it happen once."""
     try:
         with transaction.atomic():
             check_fence(cluster_id, member_id, epoch, dead_after)
@@ -605,59 +616,63 @@ def recover_lost_tasks(cluster_id: int, member_id: int, member_name: str, epoch:
             dead = list(Member.objects.filter(cluster_id=cluster_id, state=Member.State.DEAD)
                         .filter(tasks__state=Task.State.RUNNING).distinct()
                         .values_list("id", "name"))
-            if not dead:
-                return returned
-            now = _db_now_in_tx()
-            total = 0
+            lost = 0
             for dead_id, dead_name in dead:
-                lost = list(
-                    Task.objects.select_for_update()
-                    .filter(member_id=dead_id, state=Task.State.RUNNING)
-                    .values("id", "job_id", "schedule_id", "scheduled_for", "attempt",
-                            "parameters", "job__recover_lost", "job__name")
-                ) if _is_pg() else list(
-                    Task.objects.filter(member_id=dead_id, state=Task.State.RUNNING)
-                    .values("id", "job_id", "schedule_id", "scheduled_for", "attempt",
-                            "parameters", "job__recover_lost", "job__name")
-                )
-                ids = [r["id"] for r in lost]
-                changed = Task.objects.filter(id__in=ids, state=Task.State.RUNNING).update(
-                    state=Task.State.LOST, lost_at=now, finished_at=now,
-                    error=f"lost: member {dead_name} died while the task ran",
-                )
-                if changed != len(ids):
-                    raise RuntimeError("tasks changed under a recovery lock")
-                recoveries = [
-                    Task(cluster_id=cluster_id, job_id=r["job_id"], schedule_id=r["schedule_id"],
-                         scheduled_for=r["scheduled_for"], attempt=r["attempt"] + 1,
-                         trigger=Task.Trigger.RECOVERY, state=Task.State.QUEUED, not_before=now,
-                         parameters=r["parameters"], retry_of_id=r["id"],
-                         requested_by=member_name)
-                    for r in lost if r["job__recover_lost"]
-                ]
-                Task.objects.bulk_create(recoveries, ignore_conflicts=True)
-                for r in lost:
-                    Event.objects.create(
-                        cluster_id=cluster_id, kind=Event.Kind.TASK_LOST, member_id=dead_id,
-                        job_id=r["job_id"], task_id=r["id"], actor=member_name,
-                        message=f"task {r['id']} of job {r['job__name']} lost with member "
-                                f"{dead_name}" + ("; recovery run queued"
-                                                  if r["job__recover_lost"] else ""),
-                        data={"recovered": r["job__recover_lost"]},
-                    )
-                total += len(lost)
-            return total + returned
+                lost += lose_member_tasks(cluster_id, dead_id, by=member_name,
+                                          why=f"member {dead_name} died while the task ran")
+            return lost + returned
     except Fenced:
         return 0
 
 
+def lose_member_tasks(cluster_id: int, member_id: int, *, by: str, why: str) -> int:
+    """Inside the caller's transaction: a member's running tasks end `lost` (with a recovery
+    run queued when their job asks for it), except those an operator asked to cancel, which
+    end `cancelled` and are not run again."""
+    from scheduler.models import Event
+
+    rows = list(
+        Task.objects.select_for_update().filter(member_id=member_id, state=Task.State.RUNNING)
+        .values("id", "job_id", "schedule_id", "scheduled_for", "attempt", "parameters",
+                "cancel_reason", "job__recover_lost", "job__name")
+    )
+    if not rows:
+        return 0
+    now = _db_now_in_tx()
+    cancelled = [r["id"] for r in rows if r["cancel_reason"]]
+    lost = [r for r in rows if not r["cancel_reason"]]
+    Task.objects.filter(id__in=cancelled, state=Task.State.RUNNING).update(
+        state=Task.State.CANCELLED, finished_at=now, error=f"cancelled; then {why}")
+    Task.objects.filter(id__in=[r["id"] for r in lost], state=Task.State.RUNNING).update(
+        state=Task.State.LOST, lost_at=now, finished_at=now, error=f"lost: {why}")
+    Task.objects.bulk_create([
+        Task(cluster_id=cluster_id, job_id=r["job_id"], schedule_id=r["schedule_id"],
+             scheduled_for=r["scheduled_for"], attempt=r["attempt"] + 1,
+             trigger=Task.Trigger.RECOVERY, state=Task.State.QUEUED, not_before=now,
+             parameters=r["parameters"], retry_of_id=r["id"], requested_by=by)
+        for r in lost if r["job__recover_lost"]
+    ], ignore_conflicts=True)
+    Event.objects.bulk_create([
+        Event(cluster_id=cluster_id, kind=Event.Kind.TASK_LOST, member_id=member_id,
+              job_id=r["job_id"], task_id=r["id"], actor=by,
+              message=f"task {r['id']} of job {r['job__name']} lost: {why}"
+                      + ("; recovery run queued" if r["job__recover_lost"] else ""),
+              data={"recovered": r["job__recover_lost"]})
+        for r in lost
+    ])
+    return len(rows)
+
+
 def _return_orders_of_dead_members(cluster_id: int, by: str) -> int:
     """Orders held by a dead member: a step in flight goes back to its node to be processed
-    again, and an order of a chain that is not distributed may be adopted by another member."""
+    again, and an order of a chain that is not distributed may be adopted by another member.
+    Finished and failed orders stay as they are."""
     from scheduler.models import Event, Order
 
-    held = list(Order.objects.select_related("member", "chain")
-                .filter(chain__cluster_id=cluster_id, member__state=Member.State.DEAD))
+    held = list(Order.objects.select_related("member")
+                .filter(chain__cluster_id=cluster_id, member__state=Member.State.DEAD)
+                .exclude(status__in=(Order.Status.FINISHED, Order.Status.FAILED)))
+    returned = 0
     for order in held:
         was_running = order.status == Order.Status.RUNNING
         changed = Order.objects.filter(pk=order.pk, version=order.version).update(
@@ -665,15 +680,16 @@ def _return_orders_of_dead_members(cluster_id: int, by: str) -> int:
             status=Order.Status.WAITING if was_running else order.status,
         )
         if changed:
+            returned += 1
             Event.objects.create(
                 cluster_id=cluster_id, kind=Event.Kind.ORDER_RETURNED, actor=by,
                 member_id=order.member_id,
-                message=f"order {order} of dead member {order.member.name} "
+                message=f"order {order.order_id} of dead member {order.member.name} "
                         + (f"goes back to node {order.state} to be processed again"
                            if was_running else "may be adopted by another member"),
                 data={"order": order.pk, "state": order.state, "was_running": was_running},
             )
-    return len(held)
+    return returned
 
 
 def cancel_requests(member_id: int) -> list[tuple[int, str]]:
@@ -684,17 +700,27 @@ def cancel_requests(member_id: int) -> list[tuple[int, str]]:
     )
 
 
+NEXT_FIRE_SQL = (
+    "SELECT s.next_fire_at FROM scheduler_schedule s JOIN scheduler_job j ON j.id = s.job_id "
+    "WHERE s.cluster_id = %s AND NOT s.paused AND s.next_fire_at IS NOT NULL AND NOT j.paused "
+    "AND (j.affinity = '' OR j.affinity {items}) ORDER BY s.next_fire_at LIMIT 1"
+)
+NEXT_QUEUED_SQL = (
+    "SELECT t.not_before FROM scheduler_task t JOIN scheduler_job j ON j.id = t.job_id "
+    "WHERE t.cluster_id = %s AND t.state = 'queued' AND NOT j.paused "
+    "AND (j.affinity = '' OR j.affinity {items}) "
+    f"AND {_RUNNING.format(job='t.job_id')} < j.max_parallel "
+    "ORDER BY t.not_before LIMIT 1"
+)
+
+
 def next_wake(cluster_id: int, member_names: list[str]) -> datetime | None:
-    """The earliest time something claimable by this member becomes due."""
-    affinity = _affinity_filter(member_names)
-    from django.db.models import Min
-
-    fire = (Schedule.objects.filter(cluster_id=cluster_id, paused=False,
-                                    next_fire_at__isnull=False, job__paused=False)
-            .filter(affinity).aggregate(m=Min("next_fire_at"))["m"])
-    retry = (Task.objects.filter(cluster_id=cluster_id, state=Task.State.QUEUED,
-                                 job__paused=False)
-             .filter(affinity).aggregate(m=Min("not_before"))["m"])
-    candidates = [d for d in (fire, retry) if d is not None]
+    """The earliest time something claimable by this member becomes due: an ordered index
+    scan that stops at the first row, and queued tasks only when their job has a free slot
+    (a blocked one would wake the node in a loop)."""
+    candidates = []
+    for sql in (NEXT_FIRE_SQL, NEXT_QUEUED_SQL):
+        rows = _fetch(sql.replace("{lock}", ""), [cluster_id], list(member_names), [])
+        if rows and rows[0][0] is not None:
+            candidates.append(_as_dt(rows[0][0]))
     return min(candidates) if candidates else None
-

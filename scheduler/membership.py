@@ -182,17 +182,23 @@ def declare_dead(cluster_id: int, me: Member | None, by: str, dead_after: float,
     if check_locks or me is None:
         gone = _members_without_lock(cluster_id, getattr(me, "pk", None))
         if gone:
-            recent_ok = set(
+            silent = set(
                 Member.objects.filter(pk__in=gone,
                                       heartbeat_at__lt=now - timedelta(seconds=lock_grace))
                 .values_list("pk", flat=True)
             )
-            for pk in recent_ok - candidates:
+            for pk in silent - candidates:
                 reason[pk] = "its database session ended (process or host gone)"
-            candidates |= recent_ok
+            candidates |= silent
     dead = []
     for pk in sorted(candidates):
-        changed = Member.objects.filter(pk=pk, state__in=Member.LIVE_STATES).update(
+        # Still stale at the moment of the update: a heartbeat that landed since the look
+        # above saves the member.
+        grace = dead_after if reason[pk].startswith("no heartbeat") else lock_grace
+        changed = Member.objects.filter(
+            pk=pk, state__in=Member.LIVE_STATES,
+            heartbeat_at__lt=Now() - timedelta(seconds=grace),
+        ).update(
             state=Member.State.DEAD, stopped_at=Now(), stop_reason=reason[pk][:200],
             declared_dead_by=by[:100],
         )
@@ -206,7 +212,13 @@ def declare_dead(cluster_id: int, me: Member | None, by: str, dead_after: float,
 
 
 def mark_stopped(member: Member, reason: str) -> None:
+    """Record a stop. Tasks still running (a job that ignored its cancel) end lost, with a
+    recovery queued when their job asks for it, so nothing stays `running` for ever."""
+    from scheduler.ledger import lose_member_tasks
+
     with transaction.atomic():
+        lose_member_tasks(member.cluster_id, member.pk, by=member.name,
+                          why=f"member {member.name} stopped before the task ended")
         changed = Member.objects.filter(pk=member.pk, state__in=Member.LIVE_STATES).update(
             state=Member.State.STOPPED, stopped_at=Now(), stop_reason=reason[:200],
             running_tasks=0,
@@ -262,7 +274,11 @@ def _take(member: Member, observed_epoch: int, ttl: float, why: str) -> int | No
         if not changed:
             return None
         epoch = observed_epoch + 1
-        Member.objects.filter(pk=member.pk).update(state=Member.State.ACTIVE)
+        # Only a live member becomes active: one declared dead meanwhile must join again.
+        if not Member.objects.filter(pk=member.pk, state__in=Member.LIVE_STATES).update(
+                state=Member.State.ACTIVE):
+            transaction.set_rollback(True)
+            return None
         member.state = Member.State.ACTIVE
         Event.record(member.cluster_id, Event.Kind.LEASE_TAKEN, member=member, actor=member.name,
                      message=f"member {member.name} is now the active member "
@@ -285,7 +301,9 @@ def seek_lease(member: Member, ttl: float, dead_after: float, stagger: float) ->
     if view.holder_id == member.pk:
         # Handed to us (switch-over): the epoch was bumped by the one who handed it over.
         if view.expires_at and view.expires_at > now:
-            Member.objects.filter(pk=member.pk).update(state=Member.State.ACTIVE)
+            if not Member.objects.filter(pk=member.pk, state__in=Member.LIVE_STATES).update(
+                    state=Member.State.ACTIVE):
+                return None
             member.state = Member.State.ACTIVE
             Event.record(member.cluster_id, Event.Kind.MEMBER_ACTIVE, member=member,
                          actor=member.name,
@@ -307,7 +325,10 @@ def seek_lease(member: Member, ttl: float, dead_after: float, stagger: float) ->
             return _take(member, view.epoch, ttl, f"no primary appeared within {waited:.1f} s")
         return None
     if holder.state == Member.State.STOPPED:
-        # A normal stop does not fail over; only the primary returning takes the lease back.
+        # A normal stop does not fail over; the primary returning takes the lease back, and
+        # an operator's switch-over hands it to the member named.
+        if view.handover_to_id == member.pk:
+            return _take(member, view.epoch, ttl, f"switch-over after {holder.name} stopped")
         if primary:
             return _take(member, view.epoch, ttl,
                          f"the previous active member {holder.name} had stopped normally")

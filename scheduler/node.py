@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import signal
 import threading
 import time
@@ -19,15 +18,20 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from django.conf import settings
-from django.db import DatabaseError, InterfaceError, OperationalError, connection
+from django.core.exceptions import ValidationError
+from django.db import InterfaceError, OperationalError, connection
 
-from scheduler import executors, ledger, membership
+from scheduler import executors, ledger, membership, validators
 from scheduler.clock import db_now
 from scheduler.models import Cluster, Event, Member, Task
 
 log = logging.getLogger("opscenter.node")
 
-DB_ERRORS = (OperationalError, InterfaceError, DatabaseError)
+# The database went away (or the connection did): weather. Other database errors are the
+# failure of one step, handled like any other exception, with the connection kept.
+DB_ERRORS = (OperationalError, InterfaceError)
+STOP_REASON = "node stopped"
+INT32 = 2**31 - 1
 
 
 @dataclass
@@ -71,6 +75,7 @@ class Running:
     cancel: executors.Cancel
     outcome: executors.Outcome | None = None
     interrupted: bool = False
+    unsaved_log: str = ""  # drained but not yet committed
 
 
 @dataclass
@@ -101,6 +106,7 @@ class Stats:
     discarded: int = 0
     claims: int = 0
     db_errors: int = 0
+    step_errors: int = 0
     claim_seconds: float = 0.0
     extra: dict = field(default_factory=dict)
 
@@ -116,7 +122,6 @@ class Node:
         self.stopping = False
         self.forced = False
         self.running: dict[int, Running] = {}
-        self.done: queue.SimpleQueue[int] = queue.SimpleQueue()
         self.pool = ThreadPoolExecutor(max_workers=opts.workers,
                                        thread_name_prefix=f"job-{opts.name}")
         self.cache = ledger.TimingCache()
@@ -177,9 +182,11 @@ class Node:
         """Run until asked to stop, then stop cleanly."""
         if self.member is None:
             self.start()
-        while not self.stopping:
-            self.tick()
-        self.shutdown()
+        try:
+            while not self.stopping:
+                self.tick()
+        finally:
+            self.shutdown()
 
     def tick(self) -> bool:
         """One pass of the loop; sleeps when no step found work. Returns whether any did."""
@@ -199,6 +206,15 @@ class Node:
         except DB_ERRORS as exc:
             self._database_weather(exc)
             return False
+        except membership.MemberRefused:
+            raise
+        except Exception:
+            # One failing step must not end the daemon (nor crash-loop it): log, pause, go on.
+            self.stats.step_errors += 1
+            log.exception("a step of the loop failed; carrying on in a second")
+            self.wake.wait(1.0)
+            self.wake.clear()
+            return False
         if not busy and not self.stopping:
             self._sleep()
         return busy
@@ -211,8 +227,15 @@ class Node:
             return False
         self._next_beat = mono + self.conf.heartbeat_interval
         skew = self.clock.measure()
-        alive = membership.heartbeat(self.member.pk, len(self.running), int(skew))
+        alive = membership.heartbeat(self.member.pk, len(self.running),
+                                     int(max(min(skew, INT32), -INT32)))
         if not alive:
+            if self.stopping:
+                # Stopping anyway: the others recover our tasks; do not join again.
+                log.error("declared dead by the cluster while stopping")
+                self._cancel_all("its member was declared dead", interrupted=False)
+                self.running.clear()
+                return True
             self._declared_dead()
             return True
         self._check_cancel_requests()
@@ -230,7 +253,7 @@ class Node:
             return False
         dead = membership.declare_dead(
             self.member.cluster_id, self.member, self.member.name, self.conf.dead_after,
-            check_locks=True, lock_grace=self.conf.heartbeat_interval,
+            check_locks=True, lock_grace=1.5 * self.conf.heartbeat_interval,
         )
         if dead:
             self._next_recover = 0.0
@@ -281,37 +304,49 @@ class Node:
         return bool(result.started) or result.more or bool(result.fired)
 
     def step_record_finished(self) -> bool:
-        finished: list[ledger.Finished] = []
-        while True:
-            try:
-                task_id = self.done.get_nowait()
-            except queue.Empty:
-                break
-            run = self.running.get(task_id)
-            if run is None or run.outcome is None:
-                continue
-            s, o = run.started, run.outcome
-            state, error = o.state, o.error
-            if run.interrupted and state == Task.State.CANCELLED:
-                state, error = Task.State.LOST, "lost: interrupted by the stop of its member"
-            finished.append(ledger.Finished(
-                task_id=s.task_id, job=s.job, schedule_id=s.schedule_id,
-                scheduled_for=s.scheduled_for, attempt=s.attempt, parameters=s.parameters,
-                state=state, exit_code=o.exit_code, error=error, data=o.data,
-            ))
-        if not finished:
+        """Record every task whose executor has finished. Driven from the running table, not
+        from a queue, so a failed write is simply tried again at the next pass."""
+        done = [run for run in self.running.values() if run.outcome is not None]
+        if not done:
             return False
-        logs = [(f.task_id, self.running[f.task_id].log.drain()) for f in finished]
+        finished = [self._finished(run) for run in done]
+        for run in done:
+            run.unsaved_log += run.log.drain()
+        logs = [(run.started.task_id, run.unsaved_log) for run in done]
         discarded = ledger.record_finished(self.member.cluster_id, self.member.pk, finished, logs)
-        for f in finished:
-            self.running.pop(f.task_id, None)
+        for run in done:
+            self.running.pop(run.started.task_id, None)
         self.stats.finished += len(finished)
         if discarded:
             self.stats.discarded += len(discarded)
-            log.warning("results of task(s) %s discarded: they were declared lost while this "
-                        "member was unreachable", discarded)
+            log.warning("results of task(s) %s discarded: they are no longer this member's "
+                        "(declared lost while it was unreachable)", discarded)
         self._nothing_claimable_until = 0.0
         return True
+
+    def _finished(self, run: Running) -> ledger.Finished:
+        """The outcome as the ledger takes it; what a job left behind that the ledger cannot
+        hold (a data map that is not JSON data, an exit code out of range) fails the task."""
+        s, o = run.started, run.outcome
+        state, error, data, code = o.state, o.error, o.data, o.exit_code
+        if run.interrupted and state == Task.State.CANCELLED and run.cancel.reason == STOP_REASON:
+            state, error = Task.State.LOST, "lost: interrupted by the stop of its member"
+        if code is not None and not -INT32 <= code <= INT32:
+            error = f"{error} (exit code {code} out of range)".strip()
+            code = INT32 if code > 0 else -INT32
+        if data is not None and s.job.stateful:
+            try:
+                validators.validate_data_map(data)
+                validators.json_text(data)
+            except (ValidationError, ValueError, TypeError) as exc:
+                state = Task.State.FAILED
+                error = f"the data map the run left is not JSON data: {exc}"
+                data = None
+        return ledger.Finished(
+            task_id=s.task_id, job=s.job, schedule_id=s.schedule_id,
+            scheduled_for=s.scheduled_for, attempt=s.attempt, parameters=s.parameters,
+            state=state, exit_code=code, error=error, data=data,
+        )
 
     def step_flush_logs(self) -> bool:
         mono = time.monotonic()
@@ -357,7 +392,6 @@ class Node:
             run.outcome = executors.execute(task_run, run.log, run.cancel)
         except BaseException as exc:  # execute never raises; this is the last line of defence
             run.outcome = executors.Outcome("failed", None, f"executor error: {exc!r}")
-        self.done.put(run.started.task_id)
         self.wake.set()
 
     def _check_cancel_requests(self) -> None:
@@ -409,12 +443,16 @@ class Node:
 
     def _declared_dead(self) -> None:
         """Others declared us dead while we were away: our running tasks are theirs to recover.
-        Stop them, drop their results, and join again as a new member."""
+        Stop them, drop their results without a word to the database, and join again."""
         log.error("this member was declared dead by the cluster; stopping its tasks and "
                   "joining again")
         self.epoch = None
         self._cancel_all("its member was declared dead", interrupted=False)
-        self._wait_for_running(5.0)
+        deadline = time.monotonic() + executors.KILL_GRACE + 1.0
+        while any(r.outcome is None for r in self.running.values()) \
+                and time.monotonic() < deadline:
+            self.wake.wait(0.1)
+            self.wake.clear()
         self.running.clear()
         self.member = membership.register(self.opts, self.conf.dead_after)
         self._connected_since = time.monotonic()
@@ -524,6 +562,9 @@ class Node:
             except DB_ERRORS as exc:
                 self._database_weather(exc)
                 continue
+            except Exception:
+                log.exception("a step failed while waiting for running tasks")
+                self.wake.wait(1.0)
             if self.running:
                 self.wake.wait(min(0.2, max(deadline - time.monotonic(), 0.0)))
                 self.wake.clear()
@@ -546,18 +587,22 @@ class Node:
         if self.running:
             log.warning("stopping %d task(s) still running after the grace period",
                         len(self.running))
-            self._cancel_all("node stopped", interrupted=True)
-            self.forced = False
-            self._wait_for_running(executors.KILL_GRACE + 2.0)
+            self._cancel_all(STOP_REASON, interrupted=True)
+            if not self.forced:
+                self._wait_for_running(executors.KILL_GRACE + 2.0)
         for _ in range(20):
             try:
                 self.step_record_finished()
                 self.step_flush_logs()
-                reason = "normal stop" if not self.running else "forced stop"
+                reason = "normal stop" if not self.running and not self.forced else "forced stop"
+                # Tasks still running now (a job that ignored its cancel) end lost there.
                 membership.mark_stopped(self.member, reason)
                 break
             except DB_ERRORS as exc:
                 self._database_weather(exc)
+            except Exception:
+                log.exception("recording the stop failed")
+                break
         self.pool.shutdown(wait=False, cancel_futures=True)
         s = self.stats
         log.info("member %s stopped (%d started, %d finished, %d misfired; %d claims taking "

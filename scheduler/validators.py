@@ -77,3 +77,8 @@ def parse_data_map(text: str) -> dict:
         ) from None
     validate_data_map(value)
     return value
+
+
+def json_text(value) -> str:
+    """JSON as stored, refusing what JSON cannot hold (NaN, infinity, non-JSON types)."""
+    return json.dumps(value, allow_nan=False)

@@ -38,6 +38,18 @@ def block(ctx):
     ctx.cancelled.wait(30)
 
 
+def leave_a_datetime(ctx):
+    from datetime import datetime
+
+    ctx.data["when"] = datetime(2026, 1, 1)
+
+
+def ignore_cancel(ctx):
+    import time as _time
+
+    _time.sleep(3)
+
+
 def make_node(cluster_name="test", name="n1", mode="single", workers=4, conf=FAST, **kw):
     node = Node(MemberOptions(cluster=cluster_name, name=name, mode=mode, workers=workers, **kw),
                 conf)
@@ -150,12 +162,16 @@ def test_overlap_skip_records_skipped_fires(node, cluster):
 
 
 def test_overlap_queue_runs_fires_one_after_another(node, cluster):
-    job = add_job(cluster, "queued", kind="shell", command="sleep 0.4", overlap_policy="queue")
+    # Each run takes longer than the interval: the next fire waits in the queue.
+    job = add_job(cluster, "queued", kind="shell", command="sleep 1.3", overlap_policy="queue")
     add_interval(job, 1)
-    drive(node, finished(job, 3), timeout=15)
+    drive(node, lambda: Task.objects.filter(job=job, state="queued").exists(), timeout=10,
+          message="a fire queued behind the running one")
+    drive(node, finished(job, 3), timeout=20)
     tasks = Task.objects.filter(job=job, finished_at__isnull=False).order_by("started_at")
     for a, b in zip(tasks, tasks[1:], strict=False):
         assert b.started_at >= a.finished_at  # never two at once
+    assert any(t.lateness > timedelta(seconds=0.2) for t in tasks[1:])
 
 
 def test_overlap_replace_stops_the_running_task(node, cluster):
@@ -206,8 +222,11 @@ def test_stateful_job_keeps_its_data_map(node, cluster):
                   data_map={"runs": 10})
     add_interval(job, 1)
     drive(node, finished(job, 3), timeout=15)
+    for _ in range(3):
+        node.tick()
     job.refresh_from_db()
-    assert job.data_map["runs"] >= 13
+    succeeded = Task.objects.filter(job=job, state="succeeded").count()
+    assert job.data_map["runs"] == 10 + succeeded
     assert "run 11" in Task.objects.filter(job=job).order_by("id").first().log_text()
 
 
@@ -268,7 +287,8 @@ def test_a_member_declared_dead_fires_nothing_and_joins_again(node, cluster):
     old = node.member.pk
     Member.objects.filter(pk=old).update(state="dead")
     before = Task.objects.filter(job=job).count()
-    # The claim's fence refuses at once; the next heartbeat joins as a new member.
+    Schedule.objects.filter(job=job).update(next_fire_at=db_now() - timedelta(seconds=1))
+    # A fire is due, but the claim's fence refuses; the next heartbeat joins as a new member.
     node._next_beat = float("inf")
     assert node.step_claim() is False
     assert Task.objects.filter(job=job).count() == before
@@ -380,3 +400,58 @@ def test_orders_of_a_dead_member_go_back_to_their_node(node, cluster):
     assert running.version == 2
     assert (waiting.status, waiting.member_id) == ("waiting", None)
     assert Event.objects.filter(kind="order.returned").count() == 2
+
+
+def test_a_data_map_that_cannot_be_stored_fails_the_task_not_the_node(node, cluster):
+    job = add_job(cluster, "bad-data", command="tests.test_node:leave_a_datetime",
+                  stateful=True)
+    task = job.run_now()
+    drive(node, lambda: Task.objects.get(pk=task.pk).finished_at, message="recorded")
+    task.refresh_from_db()
+    assert task.state == "failed" and "not JSON data" in task.error
+    job.refresh_from_db()
+    assert job.data_map == {}
+    assert node.stats.step_errors == 0 and not node.running
+
+
+def test_an_operators_cancel_survives_the_death_of_the_member(node, cluster):
+    job = add_job(cluster, "cancel-me", kind="shell", command="true")
+    ghost = Member.objects.create(cluster=cluster, name="ghost", mode="single", host="h", pid=1,
+                                  version="x", state="dead")
+    task = Task.objects.create(cluster=cluster, job=job, trigger="manual", state="running",
+                               member=ghost, scheduled_for=db_now(), started_at=db_now(),
+                               cancel_reason="operator said so")
+    drive(node, lambda: Task.objects.get(pk=task.pk).state != "running")
+    task.refresh_from_db()
+    assert task.state == "cancelled"
+    assert not Task.objects.filter(retry_of=task).exists()
+
+
+def test_a_queued_task_waiting_for_a_slot_does_not_make_the_node_spin(node, cluster):
+    job = add_job(cluster, "busy", command="tests.test_node:block")
+    job.run_now()
+    drive(node, lambda: Task.objects.filter(job=job, state="running").exists())
+    job.run_now()  # waits for the running one (max parallel 1)
+    claims = node.stats.claims
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        node.tick()
+    # Woken by its timers (with these test timings, the dead-member check every 50 ms and a
+    # heartbeat every 200 ms: about 25 a second), not in a loop (thousands a second).
+    assert node.stats.claims - claims < 60
+    assert Task.objects.filter(job=job, state="queued").count() == 1
+
+
+def test_a_stop_leaves_no_task_running_even_when_a_job_ignores_its_cancel(cluster):
+    node = make_node(conf=NodeSettings(heartbeat_interval=0.2, dead_after=1.0, stop_grace=0.2,
+                                       log_flush_interval=0.1, idle_in_transaction_timeout=0))
+    job = add_job(cluster, "deaf", command="tests.test_node:ignore_cancel", recover_lost=False)
+    task = job.run_now()
+    drive(node, lambda: Task.objects.get(pk=task.pk).state == "running")
+    node.stopping = True
+    node.forced = True  # a second signal: no waiting for the kill grace
+    node.shutdown()
+    task.refresh_from_db()
+    assert task.state == "lost" and "stopped before the task ended" in task.error
+    assert Member.objects.get(pk=node.member.pk).stop_reason == "forced stop"
+    assert not Task.objects.filter(retry_of=task).exists()  # its job asked for no recovery

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
+import sys
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
@@ -16,6 +18,14 @@ from scheduler.validators import NAME_HELP, NAME_RE
 def _env(name: str, default=None):
     value = os.environ.get(name)
     return default if value in (None, "") else value
+
+
+def _env_int(name: str) -> int:
+    value = _env(name, "0")
+    try:
+        return int(value)
+    except ValueError:
+        raise CommandError(f"{name}={value!r} is not a whole number.") from None
 
 
 def _env_bool(name: str) -> bool:
@@ -45,7 +55,7 @@ class Command(BaseCommand):
                             help="With --exclusive: a backup that takes over when the active "
                                  "member dies.")
         parser.add_argument("--backup-precedence", type=int,
-                            default=int(_env("OPSCENTER_BACKUP_PRECEDENCE", 0)),
+                            default=_env_int("OPSCENTER_BACKUP_PRECEDENCE"),
                             help="Backups take over lowest precedence first (ties by name).")
         parser.add_argument("--reclaim", action="store_true",
                             default=_env_bool("OPSCENTER_RECLAIM"),
@@ -96,6 +106,10 @@ class Command(BaseCommand):
         workers = opts["workers"] if opts["workers"] is not None else settings.OPSCENTER["WORKERS"]
         if workers < 1:
             raise CommandError("--workers must be at least 1.")
+        for name in ("heartbeat_interval", "dead_after", "takeover_stagger", "stop_grace"):
+            if not math.isfinite(getattr(conf, name)):
+                raise CommandError(f"--{name.replace('_', '-')} must be a finite number of "
+                                   "seconds.")
         if conf.heartbeat_interval <= 0 or conf.dead_after <= conf.heartbeat_interval:
             raise CommandError("--dead-after must be longer than --heartbeat-interval, and both "
                                "positive.")
@@ -127,3 +141,9 @@ class Command(BaseCommand):
         except MemberRefused as exc:
             # Declared dead while away, and meanwhile another process took this name.
             raise CommandError(f"stopped: could not join again: {exc}") from None
+        if runner.running:
+            # A python job ignored its cancel: its thread cannot be stopped, and the
+            # interpreter would wait for it for ever. The stop is recorded; leave now.
+            logging.shutdown()
+            sys.stdout.flush()
+            os._exit(0)
