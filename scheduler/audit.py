@@ -29,6 +29,24 @@ are expanded in Python. Both give identical verdicts, counts and lateness figure
 Everything is on the database clock: the audit time is the database's, lateness is the
 ledger's `started_at - scheduled_for`, pauses and edits are the events' `created_at`.
 Scheduling maths come only from scheduler.timing.
+
+Definitions: definition i (from its event) is in force from when it was saved until the next
+one; under it the owed fires are its fires at or after that time (saving restarts the
+schedule from then). "When it was saved" is the event's time, except for an interval without
+a start, whose anchor is the save's own clock reading (the event's `created_at` is the
+transaction's start on PostgreSQL, a moment after the save on SQLite). A schedule whose first
+event on record is a change (the creation was pruned) is not audited before that change.
+
+Pauses: a job's and a schedule's pause/resume events make intervals. The grid does not change
+across a resume (it restarts at the next fire of the same definition), so a pause is a label on
+the untaken fires in [paused - grace - SLACK, resumed + RESUME_SLACK): a fire that was due
+within its start window when the pause came was stopped by the pause, and the resume's restart
+time is read just after its event's. A fire that has a task is judged by its task, paused or
+not.
+
+Lateness (p50/p99/max, overall and per member): `started_at - scheduled_for` of every first
+attempt of an owed fire that started (percentile_cont, linear interpolation). Per member:
+first attempts started there and later attempts (retries, recoveries) started there.
 """
 
 from __future__ import annotations

@@ -312,6 +312,7 @@ def claim(
             misfires: list[tuple] = []
             advances: list[tuple] = []     # (schedule id, next_fire_at, last_fire_at)
             replace_jobs: set[int] = set()
+            parked: list[tuple] = []       # schedules that cannot be computed
 
             for row in queued:
                 job = jobs.get(row["job_id"])
@@ -339,6 +340,7 @@ def claim(
                     log.error("schedule %s cannot be computed (%s); it is not fired",
                               row["id"], exc)
                     advances.append((row["id"], None, None))
+                    parked.append((row["id"], row["job_id"], str(exc)))
                     continue
                 if plan.misfire is not None:
                     m = plan.misfire
@@ -370,6 +372,15 @@ def claim(
             _advance_schedules(advances)
             if misfires:
                 _record_misfires(cluster_id, member_id, misfires)
+            if parked:
+                from scheduler.models import Event
+
+                Event.objects.bulk_create([Event(
+                    cluster_id=cluster_id, kind=Event.Kind.SCHEDULE_CHANGED,
+                    member_id=member_id, job_id=job_id, schedule_id=sid,
+                    message=f"schedule {sid} cannot be computed ({why}); it no longer fires "
+                            "until it is edited", data={"parked": True, "error": why},
+                ) for sid, job_id, why in parked])
             if replace_jobs:
                 Task.objects.filter(job_id__in=replace_jobs, state=Task.State.RUNNING,
                                     cancel_reason="").update(

@@ -15,7 +15,7 @@ import socket
 from dataclasses import dataclass
 from datetime import timedelta
 
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, OperationalError, connection, transaction
 from django.db.models import F, Q
 from django.db.models.functions import Now
 
@@ -57,9 +57,14 @@ def _is_pg() -> bool:
 
 
 def acquire_member_lock(member_id: int) -> None:
+    """Take this member's advisory lock. Never waits: after a reconnect the server may not yet
+    have ended the old session; that is reported as a connection problem and tried again."""
     if _is_pg():
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_lock(%s, %s)", [ADVISORY_NAMESPACE, member_id])
+            cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [ADVISORY_NAMESPACE, member_id])
+            if not cursor.fetchone()[0]:
+                raise OperationalError("this member's advisory lock is still held by its "
+                                       "previous database session")
 
 
 def _members_without_lock(cluster_id: int, exclude_id: int | None) -> set[int]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from django.core.exceptions import ValidationError
-from django.core.validators import MinValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models, transaction
 from django.db.models import Q
 from django.db.models.functions import Now
@@ -180,7 +180,7 @@ class Job(models.Model):
     max_retries = models.PositiveIntegerField(default=0)
     retry_backoff_seconds = models.FloatField(
         default=10.0,
-        validators=[MinValueValidator(0.0)],
+        validators=[MinValueValidator(0.0), MaxValueValidator(86400.0)],
         help_text="Wait before retry n: this times 2^(n-1).",
     )
     max_parallel = models.PositiveIntegerField(default=1, validators=[MinValueValidator(1)])
@@ -238,6 +238,8 @@ class Job(models.Model):
         with transaction.atomic():
             changed = Job.objects.filter(pk=self.pk, paused=False).update(paused=True)
             if changed:
+                # Out of the nodes' due scan while paused; resume starts again from then.
+                self.schedules.update(next_fire_at=None)
                 Event.record(self.cluster_id, Event.Kind.JOB_PAUSED, actor=actor, job=self,
                              message=f"job {self.name} paused")
         self.paused = True
@@ -311,7 +313,8 @@ class Schedule(models.Model):
     anchor_at = models.DateTimeField(null=True, blank=True, editable=False)
     misfire_policy = models.CharField(max_length=10, choices=Misfire.choices, default="run_once")
     misfire_grace_seconds = models.PositiveIntegerField(
-        default=5, help_text="A fire taken later than this is a misfire and follows the policy."
+        default=5, validators=[MaxValueValidator(86400)],
+        help_text="A fire taken later than this is a misfire and follows the policy.",
     )
     run_all_limit = models.PositiveIntegerField(
         default=100, validators=[MinValueValidator(1)],
@@ -389,11 +392,23 @@ class Schedule(models.Model):
             errors["end_at"] = "The end must be after the start."
         if not errors and not self._field_invalid():
             try:
-                timing.check(self._timing_for_check())
+                t = self._timing_for_check()
+                timing.check(t)
+                if self._definition_changed() and timing.first_fire(t, db_now()) is None:
+                    errors["__all__"] = ("This schedule would never fire: its time or its end "
+                                         "is in the past.")
             except timing.TimingError as exc:
                 errors["__all__"] = str(exc)
+            except OverflowError:
+                errors["__all__"] = "A date of this schedule is too far in the future."
         if errors:
             raise ValidationError(errors)
+
+    def _definition_changed(self) -> bool:
+        if not self.pk:
+            return True
+        saved = Schedule.objects.filter(pk=self.pk).values(*self.DEFINITION_FIELDS).first()
+        return saved is None or any(saved[f] != getattr(self, f) for f in self.DEFINITION_FIELDS)
 
     def _field_invalid(self) -> bool:
         """A bad cron or zone is already reported on its field; say it once."""
@@ -453,7 +468,8 @@ class Schedule(models.Model):
 
     def pause(self, actor: str = "") -> bool:
         with transaction.atomic():
-            changed = Schedule.objects.filter(pk=self.pk, paused=False).update(paused=True)
+            changed = Schedule.objects.filter(pk=self.pk, paused=False).update(
+                paused=True, next_fire_at=None)
             if changed:
                 Event.record(self.cluster_id, Event.Kind.SCHEDULE_PAUSED, actor=actor,
                              job_id=self.job_id, schedule=self,

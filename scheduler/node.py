@@ -363,12 +363,13 @@ class Node:
         mono = time.monotonic()
         if mono < self._next_prune:
             return False
-        self._next_prune = mono + 3600
         from scheduler.retention import prune
 
         pruned = prune(self.member.cluster_id, self.conf.task_retention_days,
                        self.conf.event_retention_days)
-        return bool(pruned)
+        # While there is a backlog, a batch every few seconds; then once an hour.
+        self._next_prune = mono + (5 if pruned else 3600)
+        return False
 
     # ------------------------------------------------------------ running jobs
 

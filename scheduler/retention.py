@@ -10,18 +10,18 @@ from scheduler.models import Event, MisfireRecord, Task
 BATCH = 5000
 
 
-def _delete_in_batches(queryset) -> int:
-    # Small batches keep each delete's locks short while the nodes keep firing.
-    total = 0
-    while True:
-        ids = list(queryset.values_list("pk", flat=True)[:BATCH])
-        if not ids:
-            return total
-        total += queryset.model.objects.filter(pk__in=ids).delete()[0]
+def _delete_a_batch(queryset) -> int:
+    # One small batch per call: a node prunes between its other steps, so a large backlog
+    # is worked off over several passes instead of stalling heartbeats.
+    ids = list(queryset.values_list("pk", flat=True)[:BATCH])
+    if not ids:
+        return 0
+    return queryset.model.objects.filter(pk__in=ids).delete()[0]
 
 
 def prune(cluster_id: int, task_days: int, event_days: int) -> int:
-    """Delete finished tasks (with their logs) and events older than their retention."""
+    """Delete a batch of finished tasks (with their logs), events and misfire records older
+    than their retention. Returns how many rows went; call again while it is not 0."""
     now = db_now()
     tasks = Task.objects.filter(
         cluster_id=cluster_id, state__in=Task.FINISHED_STATES,
@@ -31,5 +31,4 @@ def prune(cluster_id: int, task_days: int, event_days: int) -> int:
                                   created_at__lt=now - timedelta(days=event_days))
     misfires = MisfireRecord.objects.filter(cluster_id=cluster_id,
                                             decided_at__lt=now - timedelta(days=task_days))
-    return (_delete_in_batches(tasks) + _delete_in_batches(events)
-            + _delete_in_batches(misfires))
+    return _delete_a_batch(tasks) + _delete_a_batch(events) + _delete_a_batch(misfires)

@@ -673,3 +673,114 @@ def test_the_job_page_shows_the_audit_of_the_last_hour_and_day(cluster, admin_cl
     assert counts["day"][MISSED] == 2 and counts["hour"][MISSED] == 1
     assert counts["day"][RAN] == 178 and counts["hour"][RAN] == 59
     assert 'class="audit-missed"' in page
+
+
+# ------------------------------------------------------------------------------------ both ways
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_both_audits_agree_on_a_random_ledger(cluster, seed):
+    """Random ledgers with every kind of situation: on PostgreSQL the set-based audit and the
+    per-fire stream must give the same verdict for every fire (the audit helper compares)."""
+    import random
+
+    from scheduler import timing
+
+    rng = random.Random(seed)
+    start = utc(2026, 2, 1, 12, 0, 0)
+    members = [member(cluster, name) for name in ("a", "b", "c")]
+    window = (start + 30 * S, start + 600 * S)
+    now = start + rng.choice([300, 590, 700]) * S
+    expect: dict[tuple, set] = {}  # (schedule, due) -> the verdicts it may get
+    for i in range(6):
+        job = add_job(cluster, f"r{i}")
+        kind = rng.choice(["interval", "interval", "interval", "cron"])
+        if kind == "interval":
+            schedule = add_schedule(job, kind="interval", interval_seconds=rng.choice([1, 2, 3]))
+        else:
+            schedule = add_schedule(job, kind="cron", cron=rng.choice(["* * * * *",
+                                                                      "*/2 * * * *"]))
+        born = start + timedelta(seconds=rng.uniform(0, 60))
+        in_force_from(schedule, born)
+        sections = [(born, schedule.timing())]
+        if rng.random() < 0.5:  # edited mid-window
+            edited = born + timedelta(seconds=rng.uniform(100, 400))
+            if kind == "interval":
+                schedule.interval_seconds = rng.choice(
+                    [n for n in (1, 2, 4) if n != schedule.interval_seconds])
+            else:
+                schedule.cron = "*/3 * * * *"
+            schedule.save()
+            assert schedule.version == 2
+            in_force_from(schedule, edited)
+            sections.append((edited, schedule.timing()))
+        if rng.random() < 0.4:  # paused for a while (job or schedule)
+            paused = born + timedelta(seconds=rng.uniform(50, 500))
+            what, actor = rng.choice([("job", "pat"), ("schedule", "sam")])
+            kinds = (f"{what}.paused", f"{what}.resumed")
+            for kind_, when in zip(kinds, (paused, paused + timedelta(seconds=rng.uniform(5, 90))),
+                                   strict=True):
+                Event.objects.create(cluster=cluster, kind=kind_, actor=actor, job=job,
+                                     schedule=schedule if what == "schedule" else None,
+                                     message=kind_, created_at=when)
+        owed = []
+        for j, (at, t) in enumerate(sections):
+            end = sections[j + 1][0] if j + 1 < len(sections) else start + 900 * S
+            owed += timing.fires_between(t, at - S / 10**6, end - S / 10**6, 10_000)
+        run_of_misfires: list = []
+        for due in owed:
+            roll = rng.random()
+            m = rng.choice(members)
+            key = (schedule.pk, due)
+            if roll < 0.06:
+                run_of_misfires.append(due)
+                expect[key] = {MISFIRE, MISSED, PAUSED, NOT_YET}
+                continue
+            if run_of_misfires and rng.random() < 0.5:
+                MisfireRecord.objects.create(
+                    cluster=cluster, schedule=schedule, first_fire_at=run_of_misfires[0],
+                    last_fire_at=run_of_misfires[-1], fire_count=len(run_of_misfires),
+                    policy="skip", reason="skip", member=m)
+            run_of_misfires = []
+            if roll < 0.09:
+                expect[key] = {MISSED, PAUSED, NOT_YET}
+                continue
+            late = rng.uniform(0, 2)
+            if roll < 0.11:
+                ledger(schedule, [due], state="skipped")
+                expect[key] = {MISFIRE}
+            elif roll < 0.13:
+                first = ledger(schedule, [due], member=m, state="failed", late=late)[0]
+                ledger(schedule, [due], member=rng.choice(members), attempt=2, trigger="retry",
+                       retry_of=first, late=late + 5)
+                expect[key] = {RAN}
+            elif roll < 0.15:
+                first = ledger(schedule, [due], member=m, state="lost", late=late)[0]
+                ledger(schedule, [due], member=rng.choice(members), attempt=2,
+                       trigger="recovery", retry_of=first, late=late + 3)
+                expect[key] = {RERUN}
+            elif roll < 0.16:
+                first = ledger(schedule, [due], member=m, late=late)[0]
+                ledger(schedule, [due], member=m, attempt=2, trigger="retry", retry_of=first)
+                expect[key] = {DOUBLE}
+            elif roll < 0.17:
+                ledger(schedule, [due], state="queued")
+                expect[key] = {NOT_YET}
+            elif roll < 0.18:
+                ledger(schedule, [due + S / 3], member=m)  # off the grid, and missed
+                expect[key] = {MISSED, PAUSED, NOT_YET}
+                expect[(schedule.pk, due + S / 3)] = {UNEXPECTED}
+            else:
+                ledger(schedule, [due], member=m, late=late)
+                expect[key] = {RAN}
+    result = audit(cluster, *window, now=now)
+    every_fire = list(audits.iter_fires(
+        audits.build_plans(cluster.pk, *window)[0], *window, now))
+    assert sum(result.counts.values()) == len(every_fire)
+    judged = {(f.schedule_id, f.due): f.verdict for f in every_fire}
+    assert judged == {k: judged[k] for k in expect if window[0] <= k[1] < window[1]}
+    for key, verdict in judged.items():
+        assert verdict in expect[key], (key, verdict, expect[key])
+    for verdict in audits.ALL_VERDICTS:
+        assert result.counts[verdict] == sum(f.verdict == verdict for f in every_fire)
+    assert result.lateness["count"] > 0

@@ -455,3 +455,45 @@ def test_a_stop_leaves_no_task_running_even_when_a_job_ignores_its_cancel(cluste
     assert task.state == "lost" and "stopped before the task ended" in task.error
     assert Member.objects.get(pk=node.member.pk).stop_reason == "forced stop"
     assert not Task.objects.filter(retry_of=task).exists()  # its job asked for no recovery
+
+
+def test_a_passive_member_whose_epoch_moved_on_fires_nothing(cluster):
+    """The epoch fence itself: a member that missed a takeover claims nothing."""
+    from scheduler.models import Cluster
+
+    node = make_node(mode="passive", role="primary")
+    drive(node, lambda: node.epoch is not None, message="the primary takes the lease")
+    job = add_job(cluster, "fenced-passive")
+    schedule = add_interval(job)
+    drive(node, finished(job, 1))
+    # Another member took over meanwhile (its epoch is newer); this one has not noticed yet.
+    Cluster.objects.filter(pk=cluster.pk).update(lease_epoch=node.epoch + 1)
+    Schedule.objects.filter(pk=schedule.pk).update(next_fire_at=db_now() - timedelta(seconds=1))
+    before = Task.objects.filter(job=job).count()
+    node._next_beat = float("inf")
+    assert node.step_claim() is False
+    assert Task.objects.filter(job=job).count() == before
+    assert node.epoch is None
+    assert Member.objects.get(pk=node.member.pk).state == "standby"
+    node.stopping = True
+    node.shutdown()
+
+
+def test_a_schedule_that_would_never_fire_is_refused(cluster):
+    from django.core.exceptions import ValidationError
+
+    job = add_job(cluster, "past", kind="shell", command="true")
+    schedule = Schedule(job=job, kind="once", run_at=db_now() - timedelta(days=1))
+    with pytest.raises(ValidationError, match="would never fire"):
+        schedule.full_clean()
+
+
+def test_pausing_takes_schedules_out_of_the_due_scan(cluster):
+    job = add_job(cluster, "pausable")
+    schedule = add_interval(job)
+    job.pause()
+    schedule.refresh_from_db()
+    assert schedule.next_fire_at is None
+    job.resume()
+    schedule.refresh_from_db()
+    assert schedule.next_fire_at is not None
