@@ -32,6 +32,25 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05, message: 
         time.sleep(interval)
 
 
+def add_job(cluster, name, command="tests.test_node:noop", kind="python", **kw):
+    """A job saved through full validation, as every door saves one."""
+    from scheduler.models import Job
+
+    job = Job(cluster=cluster, name=name, kind=kind, command=command, **kw)
+    job.full_clean()
+    job.save()
+    return job
+
+
+def add_interval(job, seconds=1, **kw):
+    from scheduler.models import Schedule
+
+    schedule = Schedule(job=job, kind="interval", interval_seconds=seconds, **kw)
+    schedule.full_clean()
+    schedule.save()
+    return schedule
+
+
 def database_url() -> str:
     """The URL of the test database, for node processes started by a test."""
     db = settings.DATABASES["default"]

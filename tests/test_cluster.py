@@ -15,8 +15,8 @@ from django.db.models import Count
 
 from scheduler.clock import db_now
 from scheduler.membership import request_switchover
-from scheduler.models import Cluster, Event, Job, Member, Schedule, Task
-from tests.conftest import is_postgres, wait_for
+from scheduler.models import Cluster, Event, Member, Schedule, Task
+from tests.conftest import add_interval, add_job, is_postgres, wait_for
 
 pytestmark = [
     pytest.mark.processes,
@@ -29,18 +29,6 @@ pytestmark = [
 FAST = ["--heartbeat-interval", "0.2", "--dead-after", "1.5", "--takeover-stagger", "0.5"]
 
 
-def add_job(cluster, name, command="tests.test_node:noop", kind="python", **kw) -> Job:
-    job = Job(cluster=cluster, name=name, kind=kind, command=command, **kw)
-    job.full_clean()
-    job.save()
-    return job
-
-
-def add_interval(job, seconds=1) -> Schedule:
-    schedule = Schedule(job=job, kind="interval", interval_seconds=seconds)
-    schedule.full_clean()
-    schedule.save()
-    return schedule
 
 
 def holder() -> str | None:

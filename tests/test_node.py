@@ -12,6 +12,7 @@ from scheduler.clock import db_now
 from scheduler.membership import MemberOptions
 from scheduler.models import Event, Job, Member, MisfireRecord, Schedule, Task
 from scheduler.node import Node, NodeSettings
+from tests.conftest import add_interval, add_job
 
 # The test's own transaction stays open between ticks: no idle-in-transaction limit here.
 FAST = NodeSettings(heartbeat_interval=0.2, dead_after=1.0, takeover_stagger=0.2,
@@ -67,18 +68,6 @@ def drive(node: Node, until, timeout: float = 10.0, message: str = ""):
     return until()
 
 
-def add_job(cluster, name, command="tests.test_node:noop", kind="python", **kw) -> Job:
-    job = Job(cluster=cluster, name=name, kind=kind, command=command, **kw)
-    job.full_clean()
-    job.save()
-    return job
-
-
-def add_interval(job, seconds=1, **kw) -> Schedule:
-    schedule = Schedule(job=job, kind="interval", interval_seconds=seconds, **kw)
-    schedule.full_clean()
-    schedule.save()
-    return schedule
 
 
 def finished(job, n=1):

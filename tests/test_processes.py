@@ -9,26 +9,14 @@ import psutil
 import pytest
 from django.db.models import Count
 
-from scheduler.models import Event, Job, Member, Schedule, Task
-from tests.conftest import wait_for
+from scheduler.models import Event, Member, Task
+from tests.conftest import add_interval, add_job, wait_for
 
 pytestmark = [pytest.mark.processes, pytest.mark.django_db(transaction=True)]
 
 FAST = ["--heartbeat-interval", "0.2", "--dead-after", "1.5"]
 
 
-def add_job(cluster, name, command, kind="shell", **kw) -> Job:
-    job = Job(cluster=cluster, name=name, kind=kind, command=command, **kw)
-    job.full_clean()
-    job.save()
-    return job
-
-
-def add_interval(job, seconds=1) -> Schedule:
-    schedule = Schedule(job=job, kind="interval", interval_seconds=seconds)
-    schedule.full_clean()
-    schedule.save()
-    return schedule
 
 
 def live_member(name):
@@ -57,7 +45,7 @@ def test_one_second_schedule_has_one_task_per_fire_and_none_missing(cluster, sta
 
 
 def test_sigterm_leaves_no_task_running_and_the_member_stopped(cluster, start_node):
-    job = add_job(cluster, "long", "echo started; sleep 600")
+    job = add_job(cluster, "long", "echo started; sleep 600", kind="shell")
     task = job.run_now()
     node = start_node("--cluster", "test", "--node", "n1", "--stop-grace", "0.5", *FAST)
     wait_for(lambda: "started" in Task.objects.get(pk=task.pk).log_text(), timeout=20,
@@ -116,7 +104,7 @@ def test_bad_options_are_refused_with_a_message(db, start_node, args, message):
 
 
 def test_run_now_on_a_running_node_starts_at_once(cluster, start_node):
-    job = add_job(cluster, "adhoc", "echo adhoc")
+    job = add_job(cluster, "adhoc", "echo adhoc", kind="shell")
     start_node("--cluster", "test", "--node", "n1", *FAST)
     wait_for(live_member("n1"), timeout=20)
     task = job.run_now(actor="tester")
