@@ -100,7 +100,6 @@ class ClaimResult:
     misfired: int = 0       # owed fires recorded as misfires
     fenced: bool = False    # the fence refused: this member may not claim now
     more: bool = False      # the batch was full: there may be more work right away
-    blocked: bool = False   # ready queued tasks wait for their job's running tasks to end
 
 
 class Fenced(Exception):
@@ -366,7 +365,6 @@ def claim(
                 last = plan.run[-1] if plan.run else None
                 advances.append((row["id"], plan.next_fire, last))
 
-            result.blocked = len(to_start) < len(queued)
             inserted = _insert_fires(cluster_id, member_id, now, new_rows)
             _start_queued(member_id, now, [r["id"] for r in to_start])
             _advance_schedules(advances)

@@ -135,7 +135,11 @@ class Node:
         self._connected_since = time.monotonic()
         self._db_down_since: float | None = None
         self._backoff = 0.0
-        self._nothing_claimable_until = 0.0
+        # When the next claim is due (monotonic): at the next fire this member may take, a
+        # heartbeat at most (what another door queued on SQLite, which has no NOTIFY), or
+        # at once after a full batch or a NOTIFY. Claiming on every wake-up would take
+        # SQLite's write lock several times a second for nothing.
+        self._claim_at = 0.0
         self._listener: threading.Thread | None = None
 
     # ------------------------------------------------------------ lifecycle
@@ -275,7 +279,7 @@ class Node:
         return bool(recovered)
 
     def step_claim(self) -> bool:
-        if time.monotonic() < self._nothing_claimable_until:
+        if time.monotonic() < self._claim_at:
             return False
         capacity = self.opts.workers - len(self.running)
         if capacity <= 0:
@@ -293,15 +297,24 @@ class Node:
             if self.is_passive:
                 self._lease_lost("the lease was no longer ours when claiming")
             self._next_beat = 0.0  # find out at once what happened to us
+            self._claim_at = time.monotonic() + self.conf.heartbeat_interval
             return False
         self.stats.misfired += result.misfired
         for started in result.started:
             self._start(started)
-        if result.blocked and not result.started:
-            # What is ready cannot start now (its job is at max parallel): wait for a
-            # finish or the next beat instead of spinning on it.
-            self._nothing_claimable_until = time.monotonic() + self.conf.heartbeat_interval
+        if result.more:
+            self._claim_at = 0.0
+        else:
+            self._plan_next_claim()
         return bool(result.started) or result.more or bool(result.fired)
+
+    def _plan_next_claim(self) -> None:
+        """After a claim that took all it could: the next one when the next fire is due."""
+        due = ledger.next_wake(self.member.cluster_id, self.names)
+        wait = self.conf.heartbeat_interval
+        if due is not None:
+            wait = min(max(self.clock.seconds_until(due), 0.0), wait)
+        self._claim_at = time.monotonic() + wait
 
     def step_record_finished(self) -> bool:
         """Record every task whose executor has finished. Driven from the running table, not
@@ -317,11 +330,12 @@ class Node:
         for run in done:
             self.running.pop(run.started.task_id, None)
         self.stats.finished += len(finished)
+        if len(self.running) + len(finished) >= self.opts.workers:
+            self._claim_at = 0.0  # the pool was full: what is due can start now
         if discarded:
             self.stats.discarded += len(discarded)
             log.warning("results of task(s) %s discarded: they are no longer this member's "
                         "(declared lost while it was unreachable)", discarded)
-        self._nothing_claimable_until = 0.0
         return True
 
     def _finished(self, run: Running) -> ledger.Finished:
@@ -428,7 +442,7 @@ class Node:
                                       self.conf.takeover_stagger)
         if epoch is not None:
             self.epoch = epoch
-            self._nothing_claimable_until = 0.0
+            self._claim_at = 0.0
             log.warning("member %s is now active (epoch %d)", self.member.name, epoch)
 
     def _lease_lost(self, why: str) -> None:
@@ -510,15 +524,8 @@ class Node:
         timeout = min(timeout, max(self._next_dead_check - time.monotonic(), 0.0))
         if self.running:
             timeout = min(timeout, max(self._next_log_flush - time.monotonic(), 0.0))
-        if self.may_run() and len(self.running) < self.opts.workers \
-                and time.monotonic() >= self._nothing_claimable_until:
-            try:
-                due = ledger.next_wake(self.member.cluster_id, self.names)
-            except DB_ERRORS as exc:
-                self._database_weather(exc)
-                return
-            if due is not None:
-                timeout = min(timeout, max(self.clock.seconds_until(due), 0.0))
+        if self.may_run() and len(self.running) < self.opts.workers:
+            timeout = min(timeout, max(self._claim_at - time.monotonic(), 0.0))
         if timeout > 0:
             self.wake.wait(timeout)
         self.wake.clear()
@@ -544,7 +551,7 @@ class Node:
                     while not self.stopping:
                         for note in conn.notifies(timeout=1.0):
                             if self.member and note.payload == str(self.member.cluster_id):
-                                self._nothing_claimable_until = 0.0
+                                self._claim_at = 0.0
                                 self.wake.set()
             except Exception as exc:  # the listener is a convenience: never let it die
                 log.debug("listener: %s", exc)
