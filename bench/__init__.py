@@ -1,0 +1,1 @@
+"""Benchmarks of opscenter on PostgreSQL: fires per second, lateness, fail-over (see README.md)."""
