@@ -74,7 +74,8 @@ def settings_used(db: BenchDB) -> dict:
     return json.loads(out.stdout)
 
 
-def run_one(db: BenchDB, kind: str, how: str, schedules: int) -> dict:
+def run_one(db: BenchDB, kind: str, how: str, schedules: int,
+            phase: float | None = None) -> dict:
     idle = harness.wait_idle()
     cluster_id = db.load(schedules)
     ldir = harness.logdir(f"failover-{kind}-{how}")
@@ -101,7 +102,7 @@ def run_one(db: BenchDB, kind: str, how: str, schedules: int) -> dict:
         # At a random point of the second: members claim on the whole second, and a member
         # frozen inside its claim transaction is found out differently (its session is ended
         # by idle_in_transaction_session_timeout) from one frozen while it sleeps.
-        phase = random.random()
+        phase = random.random() if phase is None else phase
         harness.sleep_until(start + timedelta(seconds=STEADY + phase), off)
         victim_id = db.members()[victim_name]["id"]
         t0 = db.now()
@@ -199,10 +200,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--schedules", type=int, default=100)
     ap.add_argument("--scenarios", default="passive-kill,passive-stop,active-kill,active-stop")
+    ap.add_argument("--phase", type=float,
+                    help="send the signal this many seconds after a whole second (the fires' "
+                         "instant; 0.005 catches the victim inside its claim); default random")
     ap.add_argument("--json")
     ap.add_argument("--db", default=harness.DEFAULT_DB)
     ap.add_argument("--keep-db", action="store_true")
     args = ap.parse_args(argv)
+    harness.stop_on_sigterm()
 
     info = harness.machine()
     db = BenchDB(args.db, keep=args.keep_db)
@@ -216,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             kind, how = scenario.split("-")
             runs = []
             for i in range(args.repeat):
-                r = run_one(db, kind, how, args.schedules)
+                r = run_one(db, kind, how, args.schedules, args.phase)
                 log(f"{scenario} #{i + 1}: fail-over {r['failover_s']} s, max gap "
                     f"{r['max_gap_s']} s, dup {r['duplicates']}, miss {r['missed']}, "
                     f"fenced {r['tasks_started_by_victim_after_takeover']}")

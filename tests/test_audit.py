@@ -25,7 +25,7 @@ from scheduler import audit as audits
 from scheduler.audit import DOUBLE, MISFIRE, MISSED, NOT_YET, PAUSED, RAN, RERUN, UNEXPECTED
 from scheduler.clock import db_now
 from scheduler.models import Cluster, Event, Job, Member, MisfireRecord, Schedule, Task
-from tests.conftest import is_postgres, wait_for
+from tests.conftest import add_job, is_postgres, wait_for
 from tests.test_node import drive, finished, make_node
 
 TX = pytest.mark.django_db(transaction=True)
@@ -36,11 +36,6 @@ S = timedelta(seconds=1)
 # ------------------------------------------------------------------------------------ helpers
 
 
-def add_job(cluster, name, command="tests.test_node:noop", kind="python", **kw) -> Job:
-    job = Job(cluster=cluster, name=name, kind=kind, command=command, **kw)
-    job.full_clean()
-    job.save()
-    return job
 
 
 def add_schedule(job, **kw) -> Schedule:
