@@ -178,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--py-spy", type=Path, metavar="DIR",
                     help="record member m1 with `py-spy record --gil` during each window")
     args = ap.parse_args(argv)
+    harness.stop_on_sigterm()
     if args.prototype:
         from bench import prototypes
 

@@ -37,6 +37,15 @@ STOP_LINE = re.compile(
 )
 
 
+def stop_on_sigterm() -> None:
+    """SIGTERM ends a benchmark like Ctrl-C: its `finally` blocks stop the members it started
+    and drop its database, instead of leaving them behind."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
@@ -68,12 +77,14 @@ class BenchDB:
             raise SystemExit(f"migrate failed:\n{out.stdout}\n{out.stderr}")
         self.conn = psycopg.connect(self.url, autocommit=True)
 
-    VARIANTS = ("sync-off", "no-task-fks", "lean-task-indexes")
+    VARIANTS = ("sync-off", "no-task-fks", "no-task-cluster-fk", "lean-task-indexes")
 
     def apply_variant(self, names: list[str]) -> None:
         """Experiments on the bench's own database, to see what a cost is made of:
         sync-off           synchronous_commit = off for this database's sessions
         no-task-fks        the task table without its (deferred) foreign keys
+        no-task-cluster-fk the task table without the one to the cluster (every task of a
+                           cluster references, and locks FOR KEY SHARE, the same row)
         lean-task-indexes  the task table with only the indexes the hot path reads
         """
         for name in names:
@@ -82,6 +93,11 @@ class BenchDB:
             elif name == "no-task-fks":
                 for (con,) in self.q("SELECT conname FROM pg_constraint WHERE conrelid = "
                                      "'scheduler_task'::regclass AND contype = 'f'"):
+                    self.q(f'ALTER TABLE scheduler_task DROP CONSTRAINT "{con}"')
+            elif name == "no-task-cluster-fk":
+                for (con,) in self.q("SELECT conname FROM pg_constraint WHERE conrelid = "
+                                     "'scheduler_task'::regclass AND contype = 'f' "
+                                     "AND confrelid = 'scheduler_cluster'::regclass"):
                     self.q(f'ALTER TABLE scheduler_task DROP CONSTRAINT "{con}"')
             elif name == "lean-task-indexes":
                 keep = ("scheduler_task_pkey", "task_one_per_fire_attempt", "task_queued",

@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--db", default=harness.DEFAULT_DB)
     ap.add_argument("--keep-db", action="store_true")
     args = ap.parse_args(argv)
+    harness.stop_on_sigterm()
 
     info = harness.machine()
     db = BenchDB(args.db, keep=args.keep_db)
