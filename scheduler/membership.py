@@ -42,7 +42,7 @@ class MemberOptions:
     backup_precedence: int = 0
     reclaim: bool = False
     labels: tuple[str, ...] = ()
-    workers: int = 8
+    workers: int = 100
 
 
 def host_ip() -> str:
