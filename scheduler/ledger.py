@@ -411,10 +411,57 @@ def _db_now_in_tx() -> datetime:
     return _utcnow()
 
 
+# On PostgreSQL the batch goes as arrays into one fixed-text statement, prepared once per
+# connection: a multi-row VALUES list would be new text for every batch size, which psycopg's
+# client-side binding parses and quotes again on every claim (a quarter of a member's CPU).
+INSERT_FIRES_SQL = (
+    "INSERT INTO scheduler_task (cluster_id, job_id, schedule_id, scheduled_for, attempt, "
+    "trigger, state, member_id, not_before, created_at, started_at, finished_at, error, "
+    "parameters, requested_by, cancel_reason) "
+    "SELECT %(cluster)s, f.job_id, f.schedule_id, f.fire_at, 1, 'schedule', f.state, "
+    "CASE WHEN f.state = 'running' THEN %(member)s::bigint END, "
+    "CASE WHEN f.state = 'queued' THEN %(now)s::timestamptz END, %(now)s::timestamptz, "
+    "CASE WHEN f.state = 'running' THEN %(now)s::timestamptz END, "
+    "CASE WHEN f.state = 'skipped' THEN %(now)s::timestamptz END, "
+    "CASE WHEN f.state = 'skipped' THEN %(skipped)s ELSE '' END, '{}', '', '' "
+    "FROM unnest(%(jobs)s::bigint[], %(schedules)s::bigint[], %(fires)s::timestamptz[], "
+    "%(states)s::text[]) AS f(job_id, schedule_id, fire_at, state) "
+    "ON CONFLICT DO NOTHING RETURNING id, job_id, schedule_id, scheduled_for, state"
+)
+
+
 def _insert_fires(cluster_id: int, member_id: int, now: datetime,
                   rows: list[tuple]) -> list[tuple]:
     """Insert fire tasks; the unique fire key drops any that exist. Returns what was inserted
     as (task id, job id, schedule id, scheduled_for, state)."""
+    if not rows:
+        return []
+    out: list[tuple] = []
+    if _is_pg():
+        import psycopg
+
+        for chunk in _chunks(rows, 5000):
+            params = {
+                "cluster": cluster_id, "member": member_id, "now": now,
+                "skipped": SKIPPED_OVERLAP, "jobs": [r[0] for r in chunk],
+                "schedules": [r[1] for r in chunk], "fires": [r[2] for r in chunk],
+                # str(): psycopg would send an enum member by its name, not its value.
+                "states": [str(r[3]) for r in chunk],
+            }
+            with psycopg.Cursor(connection.connection) as cursor:
+                cursor.execute(INSERT_FIRES_SQL, params, prepare=True)
+                out += cursor.fetchall()
+    else:
+        out = _insert_fires_values(cluster_id, member_id, now, rows)
+    if len(out) != len(rows):
+        log.warning("%d fire(s) were already in the ledger and were not started again",
+                    len(rows) - len(out))
+    return out
+
+
+def _insert_fires_values(cluster_id: int, member_id: int, now: datetime,
+                         rows: list[tuple]) -> list[tuple]:
+    """SQLite: multi-row VALUES lists, CHUNK rows at a time (its variable limit)."""
     out: list[tuple] = []
     cols = ("cluster_id, job_id, schedule_id, scheduled_for, attempt, trigger, state, member_id, "
             "not_before, created_at, started_at, finished_at, error, parameters, requested_by, "
@@ -441,9 +488,6 @@ def _insert_fires(cluster_id: int, member_id: int, now: datetime,
             cursor.execute(sql, params)
             for task_id, job_id, schedule_id, fire_at, state in cursor.fetchall():
                 out.append((task_id, job_id, schedule_id, _as_dt(fire_at), state))
-    if len(out) != len(rows):
-        log.warning("%d fire(s) were already in the ledger and were not started again",
-                    len(rows) - len(out))
     return out
 
 
