@@ -269,7 +269,10 @@ class Node:
         mono = time.monotonic()
         if mono < self._next_recover:
             return False
-        self._next_recover = mono + self.conf.heartbeat_interval / 4
+        # Once a heartbeat: a death this member declares brings the scan forward at once
+        # (step_detect_dead); the regular pass covers deaths declared by a member that then
+        # stopped before it recovered anything.
+        self._next_recover = mono + self.conf.heartbeat_interval
         recovered = ledger.recover_lost_tasks(
             self.member.cluster_id, self.member.pk, self.member.name, self.epoch,
             self.conf.dead_after,
