@@ -24,7 +24,8 @@ with its owed fires (every fire is looked at; used on SQLite, and for the full p
 list). ``sql`` (PostgreSQL) is set-based: per interval segment one GROUP BY compares the
 arithmetic owed count with the ledger, window functions find the gaps where they differ,
 only gaps and unusual rows are expanded, cron and once segments (at most one fire a minute)
-are expanded in Python. Both give identical verdicts, counts and lateness figures.
+are expanded in Python, and the lateness figures come from a count of each distinct
+lateness. Both give identical verdicts, counts and lateness figures.
 
 Everything is on the database clock: the audit time is the database's, lateness is the
 ledger's `started_at - scheduled_for`, pauses and edits are the events' `created_at`.
@@ -45,8 +46,9 @@ time is read just after its event's. A fire that has a task is judged by its tas
 not.
 
 Lateness (p50/p99/max, overall and per member): `started_at - scheduled_for` of every first
-attempt of an owed fire that started (percentile_cont, linear interpolation). Per member:
-first attempts started there and later attempts (retries, recoveries) started there.
+attempt of an owed fire that started (linear interpolation, as PostgreSQL's percentile_cont;
+exact, from every value). Per member: first attempts started there and later attempts
+(retries, recoveries) started there.
 """
 
 from __future__ import annotations
@@ -62,13 +64,13 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
 
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone as djtz
 from django.utils.dateparse import parse_date, parse_datetime
 
 from scheduler import timing
 from scheduler.clock import db_now
-from scheduler.models import Event, Job, MisfireRecord, Schedule, Task
+from scheduler.models import Event, Job, Member, MisfireRecord, Schedule, Task
 
 RAN, RERUN, MISFIRE, PAUSED, NOT_YET, MISSED, DOUBLE = (
     "ran", "re-run", "misfire", "paused", "not yet", "MISSED", "DOUBLE")
@@ -138,6 +140,20 @@ def percentile(values: list[float], p: float) -> float | None:
     if hi == lo:
         return first
     return first + (values[hi] - first) * (pos - lo)
+
+
+def percentile_of_counts(values: list[float], cumulative: list[int], p: float) -> float | None:
+    """percentile() of values given once each, sorted, with the running total of how many times
+    each occurs: the same arithmetic on the same two values, without writing every value out."""
+    if not cumulative:
+        return None
+    pos = p * (cumulative[-1] - 1)
+    lo, hi = math.floor(pos), math.ceil(pos)
+    # The value at rank r (from 0) is the first whose running total exceeds r.
+    first = values[bisect_right(cumulative, lo)]
+    if hi == lo:
+        return first
+    return first + (values[bisect_right(cumulative, hi)] - first) * (pos - lo)
 
 
 _UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -729,6 +745,44 @@ def _figures(values: list[float], count: bool = True) -> dict:
     return out
 
 
+class _Lateness:
+    """The lateness and per-member figures from counts (the set-based audit): for each member,
+    how many first attempts started at each lateness, and how many later attempts started.
+    The same figures as _Tally's, without a list of every value."""
+
+    def __init__(self) -> None:
+        self.values: dict[str | None, Counter] = defaultdict(Counter)
+        self.first: Counter = Counter()
+        self.later: Counter = Counter()
+
+    def add_first(self, member: str | None, lateness: float, n: int = 1) -> None:
+        self.first[member] += n
+        self.values[member][lateness] += n
+
+    def add_later(self, member: str | None, n: int = 1) -> None:
+        self.later[member] += n
+
+    def figures(self) -> tuple[dict, list[dict]]:
+        everything: Counter = Counter()
+        for values in self.values.values():
+            everything.update(values)
+        overall = {"count": everything.total(), **_figures_of_counts(everything)}
+        members = []
+        for name in sorted(set(self.first) | set(self.later), key=lambda n: (n is None, n or "")):
+            members.append({"member": name, "first_attempts": self.first[name],
+                            "later_attempts": self.later[name],
+                            **_figures_of_counts(self.values.get(name, Counter()))})
+        return overall, members
+
+
+def _figures_of_counts(counts: Counter) -> dict:
+    values = sorted(counts)
+    cumulative = list(itertools.accumulate(counts[v] for v in values))
+    return {"p50": percentile_of_counts(values, cumulative, 0.5),
+            "p99": percentile_of_counts(values, cumulative, 0.99),
+            "max": values[-1] if values else None}
+
+
 # ------------------------------------------------------------------------------ the result
 
 
@@ -911,12 +965,13 @@ def audit_stream(cluster, since: datetime, until: datetime, *, job: Job | None =
 # ------------------------------------------------------------------------------ sql: set-based
 
 _SEGS = ("WITH seg AS (SELECT * FROM unnest(%s::int[], %s::bigint[], %s::timestamptz[], "
-         "%s::timestamptz[], %s::timestamptz[], %s::bigint[], %s::timestamptz[], "
-         "%s::timestamptz[]) AS s(k, sid, lo, hi, anchor, step, first, last)) ")
-# Off the segment's grid: microseconds since the anchor not a multiple of the interval.
-_OFF_GRID = ("mod((extract(epoch FROM {t}.scheduled_for - seg.anchor) * 1000000)::bigint, "
-             "seg.step) <> 0")
-_ON_GRID = _OFF_GRID.replace("<> 0", "= 0")
+         "%s::timestamptz[], %s::timestamptz[], %s::interval[], %s::timestamptz[], "
+         "%s::timestamptz[]) AS s(k, sid, lo, hi, anchor, stride, first, last)) ")
+# On the segment's grid: a whole number of intervals from the anchor. date_bin() is integer
+# arithmetic on the timestamps' microseconds (the same test as (t - anchor) mod interval = 0),
+# several times cheaper per row than extract(epoch ...), which is numeric in PostgreSQL 14+.
+_ON_GRID = "date_bin(seg.stride, {t}.scheduled_for, seg.anchor) = {t}.scheduled_for"
+_OFF_GRID = _ON_GRID.replace(" = ", " <> ")
 # A row that needs a closer look: not a plain first attempt, or not at an owed time.
 _ODD = ("({t}.attempt > 1 OR {t}.started_at IS NULL OR {t}.state = 'lost' OR seg.first IS NULL "
         "OR {t}.scheduled_for < seg.first OR {t}.scheduled_for > seg.last OR " + _OFF_GRID + ")")
@@ -924,22 +979,33 @@ _ODD = ("({t}.attempt > 1 OR {t}.started_at IS NULL OR {t}.state = 'lost' OR seg
 # A first attempt at an owed time (on the grid, within the segment's first and last fire).
 _GOOD = ("({t}.attempt = 1 AND seg.first IS NOT NULL AND {t}.scheduled_for >= seg.first "
          "AND {t}.scheduled_for <= seg.last AND " + _ON_GRID + ")")
+# A task of an owed fire (any attempt): on the grid, within the first and last fire.
+_OWED = ("(seg.first IS NOT NULL AND {t}.scheduled_for >= seg.first "
+         "AND {t}.scheduled_for <= seg.last AND " + _ON_GRID + ")")
 
+# The segments joined to the window's tasks, for the two queries that read the whole window.
+# The join goes through scheduler_schedule on purpose: the planner has no statistics for
+# unnest()'s output, and past 200 rows it assumes the worst skew for seg.sid and hashes the
+# task table instead (3.6 million rows, spilling to disk, no parallel scan). Joined on
+# scheduler_schedule.id, which it knows to be unique, it builds the hash from the segments and
+# probes it from a parallel sequential scan of the tasks (and, for a few segments, it still
+# picks index scans).
+_WINDOW = ("FROM seg JOIN scheduler_schedule s ON s.id = seg.sid "
+           "JOIN scheduler_task t ON t.schedule_id = s.id AND t.scheduled_for >= seg.lo "
+           "AND t.scheduled_for < seg.hi ")
 _COUNTS_SQL = _SEGS + (
     "SELECT seg.k, count(*) FILTER (WHERE " + _GOOD.format(t="t") + "), "
-    "count(*) FILTER (WHERE " + _ODD.format(t="t") + ") "
-    "FROM seg JOIN scheduler_task t ON t.schedule_id = seg.sid AND t.scheduled_for >= seg.lo "
-    "AND t.scheduled_for < seg.hi GROUP BY seg.k"
+    "count(*) FILTER (WHERE " + _ODD.format(t="t") + ") " + _WINDOW + "GROUP BY seg.k"
 )
 # Gaps: on-grid first attempts whose predecessor is not one interval before them.
 _GAPS_SQL = _SEGS + (
-    "SELECT k, cur, prev, nxt FROM (SELECT seg.k, seg.step, t.scheduled_for AS cur, "
+    "SELECT k, cur, prev, nxt FROM (SELECT seg.k, seg.stride, t.scheduled_for AS cur, "
     "lag(t.scheduled_for) OVER w AS prev, lead(t.scheduled_for) OVER w AS nxt "
     "FROM seg JOIN scheduler_task t ON t.schedule_id = seg.sid AND t.attempt = 1 "
     "AND t.scheduled_for >= seg.first AND t.scheduled_for <= seg.last "
     "WHERE " + _ON_GRID.format(t="t") + " "
     "WINDOW w AS (PARTITION BY seg.k ORDER BY t.scheduled_for)) x "
-    "WHERE prev IS NULL OR nxt IS NULL OR cur - prev <> step * interval '1 microsecond' "
+    "WHERE prev IS NULL OR nxt IS NULL OR cur - prev <> stride "
     "ORDER BY k, cur"
 )
 # The rows of every fire time that has an odd row (in the segments given), of every time in
@@ -960,23 +1026,22 @@ _ROWS_SQL = _SEGS + (
     "UNION SELECT sid, at FROM pairs) "
     "ORDER BY t.schedule_id, t.scheduled_for, t.attempt, t.id"
 )
-# Lateness and members: the tasks of owed fires of interval segments, plus the values the
-# caller worked out for the other segments.
+# Lateness and members, from the tasks of the owed fires of interval segments: how many tasks
+# of each member started at each exact lateness (first attempts; later attempts are only
+# counted). A hash aggregate with one group per member and distinct lateness (a few dozen
+# when lateness is in whole milliseconds, some 10^5 when it is spread over 0.1 s to the
+# microsecond) runs in parallel, where percentile_cont needed all 3.6 million values sorted
+# in one process; the percentiles are then worked out exactly from the counts
+# (percentile_of_counts). The lateness is the interval itself: converted in Python it is the
+# same float the per-fire audit computes. Rows that are not owed fall into one group per
+# member with zero counts.
 _STATS_SQL = _SEGS + (
-    ", x AS (SELECT m.name AS member, t.attempt, t.started_at IS NOT NULL AS started, "
-    "extract(epoch FROM t.started_at - t.scheduled_for)::float8 AS lat "
-    "FROM seg JOIN scheduler_task t ON t.schedule_id = seg.sid "
-    "AND t.scheduled_for >= seg.first AND t.scheduled_for <= seg.last "
-    "LEFT JOIN scheduler_member m ON m.id = t.member_id "
-    "WHERE " + _ON_GRID.format(t="t") + " "
-    "UNION ALL SELECT * FROM unnest(%s::text[], %s::int[], %s::bool[], %s::float8[])) "
-    "SELECT member, grouping(member), "
-    "count(*) FILTER (WHERE attempt = 1 AND started), "
-    "count(*) FILTER (WHERE attempt > 1 AND started), "
-    "percentile_cont(0.5) WITHIN GROUP (ORDER BY lat) FILTER (WHERE attempt = 1), "
-    "percentile_cont(0.99) WITHIN GROUP (ORDER BY lat) FILTER (WHERE attempt = 1), "
-    "max(lat) FILTER (WHERE attempt = 1) "
-    "FROM x GROUP BY GROUPING SETS ((member), ())"
+    "SELECT t.member_id, CASE WHEN t.attempt = 1 AND " + _OWED.format(t="t") + " "
+    "THEN t.started_at - t.scheduled_for END, "
+    "count(*) FILTER (WHERE t.attempt = 1 AND t.started_at IS NOT NULL AND "
+    + _OWED.format(t="t") + "), "
+    "count(*) FILTER (WHERE t.attempt > 1 AND t.started_at IS NOT NULL AND "
+    + _OWED.format(t="t") + ") " + _WINDOW + "GROUP BY 1, 2"
 )
 
 
@@ -987,7 +1052,7 @@ def _seg_params(segs: list[Segment], keys: dict[int, int]) -> list:
         assert t is not None and t.anchor is not None
         for col, value in zip(cols, (
                 keys[id(seg)], seg.schedule_id, seg.lo, seg.hi, t.anchor,
-                t.interval_seconds * 1_000_000, seg.first, seg.last), strict=True):
+                timedelta(seconds=t.interval_seconds), seg.first, seg.last), strict=True):
             col.append(value)
     return cols
 
@@ -1050,7 +1115,7 @@ def _audit_sql(plans: list[SchedulePlan], since: datetime, until: datetime, now:
     for sid, due, row in fetched:
         grouped[sid].setdefault(due, []).append(row)
 
-    extra_stats: list[list] = [[], [], [], []]
+    lateness = _Lateness()
     # Other segments: merged fire by fire, as the python audit does.
     other_by_plan: dict[int, list[Segment]] = defaultdict(list)
     for seg in other:
@@ -1061,7 +1126,7 @@ def _audit_sql(plans: list[SchedulePlan], since: datetime, until: datetime, now:
         groups = sorted(((due, rows) for due, rows in mine.items()
                          if any(s.lo <= due < s.hi for s in segs)), key=lambda g: g[0])
         for fire in _merge(plan, segs, iter(groups), now):
-            _add_collect(tally, fire, extra_stats)
+            _add_collect(tally, fire, lateness)
 
     # Interval segments: arithmetic counts, minus the gaps, minus the fires looked at closely.
     special: dict[int, list[datetime]] = defaultdict(list)
@@ -1090,35 +1155,39 @@ def _audit_sql(plans: list[SchedulePlan], since: datetime, until: datetime, now:
 
     if not stats:
         return None, None
-    overall: dict = {"count": 0, "p50": None, "p99": None, "max": None}
-    members = []
     stat_segs = [s for s in interval if s.count]
-    if stat_segs or extra_stats[0]:
-        with connection.cursor() as cursor:
-            cursor.execute(_STATS_SQL, [*_seg_params(stat_segs, keys), *extra_stats])
-            for member, grouping, first, later, p50, p99, top in cursor.fetchall():
-                figures = {"p50": p50, "p99": p99, "max": top}
-                if grouping:
-                    overall = {"count": first, **figures}
-                elif first or later:
-                    members.append({"member": member, "first_attempts": first,
-                                    "later_attempts": later, **figures})
-    members.sort(key=lambda m: (m["member"] is None, m["member"] or ""))
-    return overall, members
+    if stat_segs:
+        with transaction.atomic(), connection.cursor() as cursor:
+            # The planner cannot know how few distinct lateness values there are: it expects
+            # one group per row and would sort 3.6 million rows (on disk) to aggregate them.
+            # Hashing is right here; the setting ends with this query (RESET).
+            cursor.execute("SET LOCAL enable_sort = off")
+            cursor.execute(_STATS_SQL, _seg_params(stat_segs, keys))
+            histogram = cursor.fetchall()
+            cursor.execute("RESET enable_sort")
+        names = dict(Member.objects.filter(pk__in={r[0] for r in histogram if r[0]})
+                     .values_list("pk", "name"))
+        for member_id, late, first, later in histogram:
+            name = names.get(member_id)
+            if first:
+                lateness.add_first(name, _secs(late), first)
+            if later:
+                lateness.add_later(name, later)
+    return lateness.figures()
 
 
-def _add_collect(tally: _Tally, fire: Fire, extra: list[list]) -> None:
-    """Count a fire; its tasks' lateness figures go to the stats query."""
+def _add_collect(tally: _Tally, fire: Fire, lateness: _Lateness) -> None:
+    """Count a fire, and its started tasks in the lateness figures."""
     tally.counts[fire.verdict] += 1
     if tally.keep and not fire.plain:
         tally.items.append(fire)
     if fire.verdict == UNEXPECTED:
         return
     for r in fire.rows:
-        extra[0].append(r.member)
-        extra[1].append(r.attempt)
-        extra[2].append(r.started_at is not None)
-        extra[3].append(_secs(r.started_at - fire.due) if r.started_at else None)
+        if r.started_at is not None and r.attempt == 1:
+            lateness.add_first(r.member, _secs(r.started_at - fire.due))
+        elif r.started_at is not None:
+            lateness.add_later(r.member)
 
 
 def _split(lo: datetime, hi: datetime, points: list[datetime]) -> list[tuple[datetime, datetime]]:

@@ -9,7 +9,9 @@ per-fire stream) and the two must agree to the last detail.
 
 from __future__ import annotations
 
+import itertools
 import json
+import random
 import signal
 import time
 from datetime import UTC, datetime, timedelta
@@ -632,6 +634,21 @@ def test_relative_and_iso_times():
     assert audits.parse_when("2026-03-01", now) == utc(2026, 3, 1)  # TIME_ZONE is UTC
     assert audits.percentile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.5
     assert audits.percentile([1.0, 2.0], 0.99) == 1.99
+
+
+def test_percentiles_from_counts_are_the_percentiles_of_the_values():
+    # The set-based audit works its percentiles out from (value, count) pairs; they must be
+    # the very floats percentile() gives on every value written out.
+    rng = random.Random(7)
+    for size in (1, 2, 3, 10, 101, 1000):
+        values = sorted(rng.choice([0.001, 0.0215, 0.04, 0.1, 60.0, rng.random()])
+                        for _ in range(size))
+        distinct = sorted(set(values))
+        cumulative = list(itertools.accumulate(values.count(v) for v in distinct))
+        for p in (0.0, 0.5, 0.99, 1.0):
+            assert (audits.percentile_of_counts(distinct, cumulative, p)
+                    == audits.percentile(values, p))
+    assert audits.percentile_of_counts([], [], 0.5) is None
 
 
 def test_the_job_filter_audits_one_job(cluster):
