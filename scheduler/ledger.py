@@ -239,7 +239,10 @@ def _fetch(sql: str, before: list, items: list, after: list) -> list[tuple]:
 
         sql = sql.format(items="= ANY(%s)", lock="FOR UPDATE",
                          lock_t="FOR UPDATE OF t SKIP LOCKED", lock_s="FOR UPDATE OF s SKIP LOCKED")
-        with psycopg.Cursor(connection.connection) as cursor:
+        # wrap_database_errors: a raw psycopg cursor bypasses Django's error mapping, and the
+        # node tells a lost connection (weather: reconnect, take the member lock again) from
+        # other failures by Django's OperationalError/InterfaceError.
+        with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
             cursor.execute(sql, [*before, items, *after], prepare=True)
             return cursor.fetchall()
     items = items or [None]  # IN () is not SQL; NULL matches nothing
@@ -448,7 +451,8 @@ def _insert_fires(cluster_id: int, member_id: int, now: datetime,
                 # str(): psycopg would send an enum member by its name, not its value.
                 "states": [str(r[3]) for r in chunk],
             }
-            with psycopg.Cursor(connection.connection) as cursor:
+            with connection.wrap_database_errors, \
+                    psycopg.Cursor(connection.connection) as cursor:  # see _fetch
                 cursor.execute(INSERT_FIRES_SQL, params, prepare=True)
                 out += cursor.fetchall()
     else:

@@ -286,3 +286,72 @@ def test_database_restart_under_a_running_cluster(cluster, start_node):
         times = list(Task.objects.filter(schedule=schedule).values_list("scheduled_for",
                                                                         flat=True))
         assert len(times) == len(set(times))
+
+
+def test_a_connection_lost_inside_a_claim_is_weather_and_the_member_lock_comes_back(
+        cluster, monkeypatch):
+    """The claim's prepared statements run on a raw psycopg cursor; a lost connection there
+    must still be handled as weather: reconnect, configure the session, take the member's
+    advisory lock again (without it the others would soon declare the member dead)."""
+    import threading
+
+    from scheduler import ledger
+    from scheduler.membership import ADVISORY_NAMESPACE, MemberOptions
+    from scheduler.node import Node, NodeSettings
+
+    node = Node(MemberOptions(cluster="test", name="n1", mode="active", workers=4),
+                NodeSettings(heartbeat_interval=0.2, dead_after=5.0,
+                             idle_in_transaction_timeout=0))
+    node.start()
+    job = add_job(cluster, "tick")
+    add_interval(job, 1)
+    real_fence, real_claim = ledger.check_fence, ledger.claim
+    killed: list[int] = []
+    claiming: list[bool] = []
+
+    def claim(**kwargs):
+        claiming.append(True)
+        try:
+            return real_claim(**kwargs)
+        finally:
+            claiming.pop()
+
+    def fence_then_lose_the_connection(*args, **kwargs):
+        now = real_fence(*args, **kwargs)
+        if claiming and not killed:
+            pid = connection.connection.info.backend_pid
+            killed.append(pid)
+
+            def terminate():  # another thread: another connection
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
+                    # The signal is asynchronous: wait until the session is gone, so that
+                    # the claim's next statement (a prepared one) is the one that finds out.
+                    wait_for(lambda: not cursor.execute(
+                        "SELECT 1 FROM pg_stat_activity WHERE pid = %s", [pid]).fetchone(),
+                        timeout=5, message="the session ends")
+                connection.close()
+
+            t = threading.Thread(target=terminate)
+            t.start()
+            t.join()
+        return now
+
+    monkeypatch.setattr(ledger, "check_fence", fence_then_lose_the_connection)
+    monkeypatch.setattr(ledger, "claim", claim)
+    deadline = time.monotonic() + 15
+    while not (killed and Task.objects.filter(job=job, state="succeeded").exists()):
+        assert time.monotonic() < deadline, "no fire ran after the connection came back"
+        node.tick()
+    assert node.stats.db_errors >= 1 and node.stats.step_errors == 0
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid(), current_setting('application_name'), "
+                       "(SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                       "AND pid = pg_backend_pid() AND classid = %s AND objid = %s)",
+                       [ADVISORY_NAMESPACE, node.member.pk])
+        pid, app, locks = cursor.fetchone()
+    assert pid != killed[0]
+    assert app == "opscenter test/n1"
+    assert locks == 1
+    node.stopping = True
+    node.shutdown()
