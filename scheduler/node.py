@@ -19,7 +19,7 @@ from datetime import datetime
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import InterfaceError, OperationalError, connection
+from django.db import InterfaceError, OperationalError, connection, connections
 
 from scheduler import executors, ledger, membership, validators
 from scheduler.clock import db_now
@@ -410,6 +410,11 @@ class Node:
             run.outcome = executors.execute(task_run, run.log, run.cancel)
         except BaseException as exc:  # execute never raises; this is the last line of defence
             run.outcome = executors.Outcome("failed", None, f"executor error: {exc!r}")
+        finally:
+            # A python job that used the ORM opened a connection of this pool thread's own
+            # (Django's connections are per thread, persistent here); pool threads live as
+            # long as the member, so a pool of 100 would keep 100 sessions open for ever.
+            connections.close_all()
         self.wake.set()
 
     def _check_cancel_requests(self) -> None:

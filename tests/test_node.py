@@ -12,7 +12,7 @@ from scheduler.clock import db_now
 from scheduler.membership import MemberOptions
 from scheduler.models import Event, Job, Member, MisfireRecord, Schedule, Task
 from scheduler.node import Node, NodeSettings
-from tests.conftest import add_interval, add_job
+from tests.conftest import add_interval, add_job, wait_for
 
 # The test's own transaction stays open between ticks: no idle-in-transaction limit here.
 FAST = NodeSettings(heartbeat_interval=0.2, dead_after=1.0, takeover_stagger=0.2,
@@ -49,6 +49,16 @@ def ignore_cancel(ctx):
     import time as _time
 
     _time.sleep(3)
+
+
+JOB_CONNECTIONS: list = []
+
+
+def use_the_orm(ctx):
+    from django.db import connections
+
+    Job.objects.filter(name=ctx.job_name).count()
+    JOB_CONNECTIONS.append(connections["default"])  # this pool thread's own wrapper
 
 
 def make_node(cluster_name="test", name="n1", mode="single", workers=4, conf=FAST, **kw):
@@ -96,6 +106,19 @@ def test_interval_schedule_fires_once_per_fire_in_order(node, cluster):
     assert all(t.state == "succeeded" for t in done)
     # Never started before its time.
     assert min(t.lateness for t in done) >= timedelta(0)
+
+
+def test_a_python_job_using_the_orm_leaves_no_connection_open_in_the_pool(node, cluster):
+    JOB_CONNECTIONS.clear()
+    job = add_job(cluster, "orm", command="tests.test_node:use_the_orm", max_parallel=3)
+    for _ in range(3):
+        job.run_now(actor="alice")
+    drive(node, finished(job, 3), message="three runs")
+    assert set(Task.objects.filter(job=job).values_list("state", flat=True)) == {"succeeded"}
+    assert len(JOB_CONNECTIONS) == 3
+    # Closed once the task ends: a pool thread lives as long as the member.
+    wait_for(lambda: all(c.connection is None for c in JOB_CONNECTIONS), timeout=5,
+             message="the pool threads' connections closed")
 
 
 def test_shell_job_log_and_parameters_are_recorded(node, cluster):
