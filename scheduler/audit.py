@@ -1160,11 +1160,14 @@ def _audit_sql(plans: list[SchedulePlan], since: datetime, until: datetime, now:
         with transaction.atomic(), connection.cursor() as cursor:
             # The planner cannot know how few distinct lateness values there are: it expects
             # one group per row and would sort 3.6 million rows (on disk) to aggregate them.
-            # Hashing is right here; the setting ends with this query (RESET).
-            cursor.execute("SET LOCAL enable_sort = off")
+            # Hashing is right here. Transaction-local, and put back to what it was after
+            # this query, so neither the session nor a caller's transaction keeps it.
+            cursor.execute("SELECT current_setting('enable_sort')")
+            before = cursor.fetchone()[0]
+            cursor.execute("SELECT set_config('enable_sort', 'off', true)")
             cursor.execute(_STATS_SQL, _seg_params(stat_segs, keys))
             histogram = cursor.fetchall()
-            cursor.execute("RESET enable_sort")
+            cursor.execute("SELECT set_config('enable_sort', %s, true)", [before])
         names = dict(Member.objects.filter(pk__in={r[0] for r in histogram if r[0]})
                      .values_list("pk", "name"))
         for member_id, late, first, later in histogram:
