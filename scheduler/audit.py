@@ -12,7 +12,9 @@ current definition from its creation), and each owed fire gets exactly one verdi
 - ``paused``: no task, and the job or the schedule was paused then (from the event log).
 - ``not yet``: no task yet, but still inside the time it may legitimately start in
   (misfire grace + SLACK before the audit time), or claimed and queued for a free slot.
-- ``MISSED``: owed, no task and no record why.
+- ``MISSED``: owed, no task and no record why. When no member of the cluster was running
+  at that time (from the member rows), the detail says from when to when and which member
+  ended last: the cluster was down, not a member that skipped a fire.
 - ``DOUBLE``: started more than once without a recorded recovery (two rows of one attempt,
   or a later attempt that does not retry a failed or lost one).
 
@@ -391,6 +393,50 @@ class Misfire:
 
 
 @dataclass(slots=True)
+class Down:
+    """A stretch in which no member of the cluster was running (from the member rows: each
+    runs from its start to its stop, or to its last heartbeat when it was declared dead)."""
+
+    start: datetime
+    end: datetime | None  # None: no member has joined since
+    last: str  # the member that ended last before it, and how
+
+    def detail(self) -> str:
+        until = f"to {text_time(self.end)}" if self.end else "and none has joined since"
+        return (f"no member of the cluster was running from {text_time(self.start)} {until} "
+                f"({self.last})")
+
+
+def _cluster_down(cluster_id: int) -> list[Down]:
+    """The stretches with no member running, after the cluster's first member started (before
+    that nothing is known). Members are never pruned, so the history is whole."""
+    members = Member.objects.filter(cluster_id=cluster_id).order_by("started_at").values(
+        "name", "state", "started_at", "heartbeat_at", "stopped_at")
+    out: list[Down] = []
+    seen = False
+    covered_to: datetime | None = None  # the latest end so far; None: still running
+    last = ""  # the member that ends there, and how
+    for m in members:
+        if seen and covered_to is not None and m["started_at"] > covered_to:
+            out.append(Down(covered_to, m["started_at"], last))
+        if m["state"] in Member.LIVE_STATES:
+            end, how = None, ""
+        elif m["state"] == Member.State.DEAD:
+            end = m["heartbeat_at"]
+            how = f"the last, {m['name']}, was declared dead; its last heartbeat at"
+        else:
+            end = m["stopped_at"] or m["heartbeat_at"]
+            how = f"the last, {m['name']}, stopped at"
+        if not seen or (covered_to is not None and (end is None or end >= covered_to)):
+            covered_to = end
+            last = f"{how} {text_time(end)}" if end is not None else ""
+        seen = True
+    if seen and covered_to is not None:
+        out.append(Down(covered_to, None, last))
+    return out
+
+
+@dataclass(slots=True)
 class SchedulePlan:
     id: int
     job_id: int
@@ -399,6 +445,13 @@ class SchedulePlan:
     pauses: list[Pause]
     misfires: list[Misfire]
     _mf_firsts: list[datetime] = field(default_factory=list)
+    down: list[Down] = field(default_factory=list)  # the cluster's, shared by its plans
+
+    def down_at(self, due: datetime) -> Down | None:
+        for d in self.down:
+            if d.start <= due and (d.end is None or due < d.end):
+                return d
+        return None
 
     def segment_at(self, due: datetime) -> Segment | None:
         for seg in self.segments:
@@ -427,6 +480,10 @@ def _gap_bounds(plan: SchedulePlan, seg: Segment, now: datetime) -> list[datetim
         out.append(p.start - seg.grace - SLACK)
         if p.end is not None:
             out.append(p.end + RESUME_SLACK)
+    for d in plan.down:
+        out.append(d.start)
+        if d.end is not None:
+            out.append(d.end)
     return out
 
 
@@ -447,6 +504,9 @@ def _gap_label(plan: SchedulePlan, seg: Segment, due: datetime,
     if seg.next_at is not None and due >= seg.next_at - seg.grace - SLACK:
         return MISSED, ("no task and no record why (due just before the definition changed "
                         f"at {text_time(seg.next_at)}: the edit dropped it)"), None
+    d = plan.down_at(due)
+    if d is not None:
+        return MISSED, f"no task and no record why: {d.detail()}", None
     return MISSED, "no task and no record why", None
 
 
@@ -597,6 +657,7 @@ def build_plans(cluster_id: int, since: datetime, until: datetime,
         "version", *Schedule.DEFINITION_FIELDS, "anchor_at"))
     if not rows:
         return [], warnings
+    down = _cluster_down(cluster_id)
     ids = [r["id"] for r in rows]
     job_ids = sorted({r["job_id"] for r in rows})
 
@@ -683,7 +744,7 @@ def build_plans(cluster_id: int, since: datetime, until: datetime,
                             r["created_at"]))
         mfs = misfires.get(sid, [])
         plans.append(SchedulePlan(sid, r["job_id"], r["job__name"], segments, pauses, mfs,
-                                  [m.first for m in mfs]))
+                                  [m.first for m in mfs], down))
     return plans, warnings
 
 

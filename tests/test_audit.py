@@ -265,6 +265,35 @@ def test_fires_deleted_from_the_ledger_by_hand_are_missed(cluster):
     assert audits.text_time(deleted[0].scheduled_for) in out
 
 
+@pytest.mark.django_db
+def test_missed_fires_while_no_member_ran_say_so(cluster):
+    job = add_job(cluster, "tick")
+    schedule = add_schedule(job, kind="interval", interval_seconds=60, misfire_grace_seconds=1)
+    t0 = utc(2026, 11, 1, 12, 0)
+    in_force_from(schedule, t0)
+    minute = timedelta(minutes=1)
+    m1, m2 = member(cluster, "m1"), member(cluster, "m2")
+    Member.objects.filter(pk=m1.pk).update(started_at=t0 - S, state="stopped",
+                                           stopped_at=t0 + 4.5 * minute)
+    Member.objects.filter(pk=m2.pk).update(started_at=t0 + 7.5 * minute, state="dead",
+                                           heartbeat_at=t0 + 9.5 * minute,
+                                           stopped_at=t0 + 9.6 * minute)
+    ledger(schedule, every(t0, minute, 5), member=m1)  # 12:00 to 12:04
+    ledger(schedule, [t0 + 8 * minute, t0 + 9 * minute], member=m2)
+    result = audit(cluster, t0, t0 + 12 * minute)
+    missed = fires(result, MISSED)
+    assert [f.due for f in missed] == [t0 + k * minute for k in (5, 6, 7, 10, 11)]
+    T = audits.text_time
+    stopped = (f"no task and no record why: no member of the cluster was running from "
+               f"{T(t0 + 4.5 * minute)} to {T(t0 + 7.5 * minute)} (the last, m1, stopped at "
+               f"{T(t0 + 4.5 * minute)})")
+    died = (f"no task and no record why: no member of the cluster was running from "
+            f"{T(t0 + 9.5 * minute)} and none has joined since (the last, m2, was declared "
+            f"dead; its last heartbeat at {T(t0 + 9.5 * minute)})")
+    assert [f.detail for f in missed] == [stopped] * 3 + [died] * 2
+    assert result.counts[RAN] == 7
+
+
 @TX
 def test_a_paused_job_and_a_paused_schedule_show_as_paused(cluster):
     node = make_node()
