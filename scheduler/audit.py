@@ -407,31 +407,36 @@ class Down:
                 f"({self.last})")
 
 
+def _member_end(m: dict) -> tuple[datetime | None, str]:
+    """When a member stopped running (None: it still runs), and how, for Down.last."""
+    if m["state"] in Member.LIVE_STATES:
+        return None, ""
+    if m["state"] == Member.State.DEAD:
+        end = m["heartbeat_at"]
+        return end, f"the last, {m['name']}, was declared dead; its last heartbeat at " \
+                    f"{text_time(end)}"
+    end = m["stopped_at"] or m["heartbeat_at"]
+    return end, f"the last, {m['name']}, stopped at {text_time(end)}"
+
+
 def _cluster_down(cluster_id: int) -> list[Down]:
     """The stretches with no member running, after the cluster's first member started (before
     that nothing is known). Members are never pruned, so the history is whole."""
-    members = Member.objects.filter(cluster_id=cluster_id).order_by("started_at").values(
-        "name", "state", "started_at", "heartbeat_at", "stopped_at")
+    members = list(Member.objects.filter(cluster_id=cluster_id).order_by("started_at").values(
+        "name", "state", "started_at", "heartbeat_at", "stopped_at"))
+    if not members:
+        return []
     out: list[Down] = []
-    seen = False
-    covered_to: datetime | None = None  # the latest end so far; None: still running
-    last = ""  # the member that ends there, and how
-    for m in members:
-        if seen and covered_to is not None and m["started_at"] > covered_to:
+    covered_to, last = _member_end(members[0])  # the latest end so far (None: still running)
+    for m in members[1:]:
+        if covered_to is None:
+            break  # a member runs to this day: nothing after is down
+        if m["started_at"] > covered_to:
             out.append(Down(covered_to, m["started_at"], last))
-        if m["state"] in Member.LIVE_STATES:
-            end, how = None, ""
-        elif m["state"] == Member.State.DEAD:
-            end = m["heartbeat_at"]
-            how = f"the last, {m['name']}, was declared dead; its last heartbeat at"
-        else:
-            end = m["stopped_at"] or m["heartbeat_at"]
-            how = f"the last, {m['name']}, stopped at"
-        if not seen or (covered_to is not None and (end is None or end >= covered_to)):
-            covered_to = end
-            last = f"{how} {text_time(end)}" if end is not None else ""
-        seen = True
-    if seen and covered_to is not None:
+        end, how = _member_end(m)
+        if end is None or end >= covered_to:
+            covered_to, last = end, how
+    if covered_to is not None:
         out.append(Down(covered_to, None, last))
     return out
 
@@ -1037,12 +1042,11 @@ _OFF_GRID = _ON_GRID.replace(" = ", " <> ")
 _ODD = ("({t}.attempt > 1 OR {t}.started_at IS NULL OR {t}.state = 'lost' OR seg.first IS NULL "
         "OR {t}.scheduled_for < seg.first OR {t}.scheduled_for > seg.last OR " + _OFF_GRID + ")")
 
-# A first attempt at an owed time (on the grid, within the segment's first and last fire).
-_GOOD = ("({t}.attempt = 1 AND seg.first IS NOT NULL AND {t}.scheduled_for >= seg.first "
-         "AND {t}.scheduled_for <= seg.last AND " + _ON_GRID + ")")
 # A task of an owed fire (any attempt): on the grid, within the first and last fire.
 _OWED = ("(seg.first IS NOT NULL AND {t}.scheduled_for >= seg.first "
          "AND {t}.scheduled_for <= seg.last AND " + _ON_GRID + ")")
+# A first attempt at an owed time.
+_GOOD = "({t}.attempt = 1 AND " + _OWED + ")"
 
 # The segments joined to the window's tasks, for the two queries that read the whole window.
 # The join goes through scheduler_schedule on purpose: the planner has no statistics for

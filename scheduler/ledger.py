@@ -230,21 +230,27 @@ RUNNING_SQL = ("SELECT job_id, count(*) FROM scheduler_task "
                "WHERE job_id {items} AND state = 'running' GROUP BY job_id")
 
 
+def _prepared(sql: str, params) -> list[tuple]:
+    """PostgreSQL: run a fixed-text statement prepared on the member's connection (a raw
+    psycopg cursor: server-side binding, planned once per connection, no ORM on the way)."""
+    import psycopg
+
+    # wrap_database_errors: a raw psycopg cursor bypasses Django's error mapping, and the node
+    # tells a lost connection (weather: reconnect, take the member lock again) from other
+    # failures by Django's OperationalError/InterfaceError.
+    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+        cursor.execute(sql, params, prepare=True)
+        return cursor.fetchall()
+
+
 def _fetch(sql: str, before: list, items: list, after: list) -> list[tuple]:
     """Run one of the fixed statements: `before`, then the list `items` for {items}, then
     `after`. On PostgreSQL the list is one array parameter, so the text never changes and the
     statement is prepared once per connection; on SQLite it is an IN list."""
     if _is_pg():
-        import psycopg
-
         sql = sql.format(items="= ANY(%s)", lock="FOR UPDATE",
                          lock_t="FOR UPDATE OF t SKIP LOCKED", lock_s="FOR UPDATE OF s SKIP LOCKED")
-        # wrap_database_errors: a raw psycopg cursor bypasses Django's error mapping, and the
-        # node tells a lost connection (weather: reconnect, take the member lock again) from
-        # other failures by Django's OperationalError/InterfaceError.
-        with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
-            cursor.execute(sql, [*before, items, *after], prepare=True)
-            return cursor.fetchall()
+        return _prepared(sql, [*before, items, *after])
     items = items or [None]  # IN () is not SQL; NULL matches nothing
     sql = sql.format(items="IN (" + ", ".join(["%s"] * len(items)) + ")", lock="", lock_t="",
                      lock_s="")
@@ -441,20 +447,14 @@ def _insert_fires(cluster_id: int, member_id: int, now: datetime,
         return []
     out: list[tuple] = []
     if _is_pg():
-        import psycopg
-
         for chunk in _chunks(rows, 5000):
-            params = {
+            out += _prepared(INSERT_FIRES_SQL, {
                 "cluster": cluster_id, "member": member_id, "now": now,
                 "skipped": SKIPPED_OVERLAP, "jobs": [r[0] for r in chunk],
                 "schedules": [r[1] for r in chunk], "fires": [r[2] for r in chunk],
                 # str(): psycopg would send an enum member by its name, not its value.
                 "states": [str(r[3]) for r in chunk],
-            }
-            with connection.wrap_database_errors, \
-                    psycopg.Cursor(connection.connection) as cursor:  # see _fetch
-                cursor.execute(INSERT_FIRES_SQL, params, prepare=True)
-                out += cursor.fetchall()
+            })
     else:
         out = _insert_fires_values(cluster_id, member_id, now, rows)
     if len(out) != len(rows):
