@@ -2,16 +2,27 @@
 
 The embedded default is an SQLite file in WAL mode next to the project; set DATABASE_URL
 (for example postgres://postgres@127.0.0.1:5432/opscenter) to use PostgreSQL.
+
+Every value is checked where it is read: a bad one raises ImproperlyConfigured naming the
+variable, the value and what is allowed, and manage.py prints that one line.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from scheduler.limits import BOUNDS, env_name
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
 
 
 def env_str(name: str, default: str) -> str:
@@ -20,25 +31,100 @@ def env_str(name: str, default: str) -> str:
 
 def env_bool(name: str, default: bool) -> bool:
     value = os.environ.get(name)
-    if value is None or value == "":
+    if value is None or value.strip() == "":
         return default
-    return value.strip().lower() in ("1", "true", "yes", "on")
+    word = value.strip().lower()
+    if word in TRUE_WORDS or word in FALSE_WORDS:
+        return word in TRUE_WORDS
+    raise ImproperlyConfigured(f"{name}={value!r} is not a boolean: use one of "
+                               f"{', '.join(TRUE_WORDS)} or {', '.join(FALSE_WORDS)}.")
 
 
-def env_int(name: str, default: int) -> int:
+def env_number(key: str, default: float | int) -> float | int:
+    """OPSCENTER_<KEY> within the bounds the node's options share (scheduler/limits.py)."""
+    name = env_name(key)
     value = os.environ.get(name)
-    return int(value) if value not in (None, "") else default
+    if value is None or value.strip() == "":
+        return default
+    try:
+        return BOUNDS[key].parse(value)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name}={value!r} {exc}.") from None
 
 
-def env_float(name: str, default: float) -> float:
+def env_int(name: str, default: int, low: int, high: int) -> int:
     value = os.environ.get(name)
-    return float(value) if value not in (None, "") else default
+    if value is None or value.strip() == "":
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        number = None
+    if number is None or not low <= number <= high:
+        raise ImproperlyConfigured(f"{name}={value!r}: allowed is a whole number from {low} "
+                                   f"to {high}.")
+    return number
 
 
-DEBUG = env_bool("DEBUG", True)
-# The embedded default is for one machine; a deployment sets its own key.
-SECRET_KEY = env_str("SECRET_KEY", "opscenter-insecure-development-key-change-me")
+def install_secret_key(var_dir: Path) -> str:
+    """This install's own key, kept in var/secret-key (mode 0600) and made on first use.
+
+    Every node and the web process of one install read the same file. The key is written to a
+    private temporary file and then linked into place, which fails if the file exists: of two
+    processes starting together one wins and the other reads the winner's complete key."""
+    path = var_dir / "secret-key"
+    if not path.exists():
+        try:
+            var_dir.mkdir(parents=True, exist_ok=True)
+            tmp = var_dir / f".secret-key.{os.getpid()}.{secrets.token_hex(4)}"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                with os.fdopen(fd, "w") as out:
+                    out.write(secrets.token_urlsafe(50) + "\n")
+                    out.flush()
+                    os.fsync(out.fileno())
+                try:
+                    os.link(tmp, path)
+                except FileExistsError:
+                    pass  # another process was first: use its key
+            finally:
+                tmp.unlink(missing_ok=True)
+        except OSError as exc:
+            raise ImproperlyConfigured(f"cannot create the secret key file {path} ({exc}): set "
+                                       "SECRET_KEY, or OPSCENTER_VAR_DIR to a writable "
+                                       "directory.") from None
+    try:
+        key = path.read_text().strip()
+    except OSError as exc:
+        raise ImproperlyConfigured(f"cannot read the secret key file {path} ({exc}): set "
+                                   "SECRET_KEY or fix the file's owner.") from None
+    if len(key) < 32:
+        raise ImproperlyConfigured(f"the secret key file {path} holds no usable key: delete it "
+                                   "to have a new one made, or set SECRET_KEY.")
+    return key
+
+
+# Off unless asked for: a debug page shows settings and environment to whoever triggers it.
+DEBUG = env_bool("DEBUG", False)
+# Runtime files of this install (the secret key; see OPSCENTER_SQLITE_PATH for the database).
+VAR_DIR = Path(env_str("OPSCENTER_VAR_DIR", "") or BASE_DIR / "var")
+SECRET_KEY = os.environ.get("SECRET_KEY") or install_secret_key(VAR_DIR)
 ALLOWED_HOSTS = [h for h in env_str("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",") if h]
+
+# Served over TLS (directly or by a proxy that terminates it): secure cookies, redirect plain
+# HTTP, and HSTS. includeSubDomains and preload commit a whole domain (and browsers' built-in
+# lists) to HTTPS for good: that is the domain owner's call, not this app's, so they stay off
+# and their reminders are silenced.
+HTTPS = env_bool("OPSCENTER_HTTPS", False)
+if HTTPS:
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_SSL_REDIRECT = True
+    SECURE_HSTS_SECONDS = env_int("OPSCENTER_HSTS_SECONDS", 31_536_000, 0, 63_072_000)
+    SILENCED_SYSTEM_CHECKS = ["security.W005", "security.W021"]
+if env_bool("OPSCENTER_BEHIND_PROXY", False):
+    # Only behind a proxy that sets this header itself: a client could send it otherwise.
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -52,6 +138,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Static files (the admin's CSS) from the web process itself, with DEBUG off too.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -110,32 +198,45 @@ AUTH_PASSWORD_VALIDATORS = [
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = env_str("TIME_ZONE", "UTC")
+try:
+    ZoneInfo(TIME_ZONE)
+except (ZoneInfoNotFoundError, ValueError):
+    raise ImproperlyConfigured(f"TIME_ZONE={TIME_ZONE!r} is not a time zone: use an IANA name "
+                               "such as UTC or Europe/Berlin.") from None
 USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "var" / "static"
 STATICFILES_DIRS = [BASE_DIR / "static"]
+# WhiteNoise serves the files where the finders find them (the apps' static/ and ours), so
+# neither the demo nor a deployment needs a collectstatic step. A deployment whose proxy
+# serves them instead sets STATIC_ROOT and runs collectstatic.
+WHITENOISE_USE_FINDERS = True
+STATIC_ROOT = env_str("STATIC_ROOT", "") or None
 
 LOGIN_URL = "admin:login"
 
+LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
+if LOG_LEVEL.strip().upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+    raise ImproperlyConfigured(f"LOG_LEVEL={LOG_LEVEL!r} is not a log level: use DEBUG, INFO, "
+                               "WARNING, ERROR or CRITICAL.")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL.strip().upper()},
     "loggers": {"django.db.backends": {"level": "INFO"}},
 }
 
 # The scheduler's own knobs; the daemon's options override them per process.
 OPSCENTER = {
-    "HEARTBEAT_INTERVAL": env_float("OPSCENTER_HEARTBEAT_INTERVAL", 1.0),
-    "DEAD_AFTER": env_float("OPSCENTER_DEAD_AFTER", 5.0),
-    "TAKEOVER_STAGGER": env_float("OPSCENTER_TAKEOVER_STAGGER", 1.0),
-    "WORKERS": env_int("OPSCENTER_WORKERS", 100),
-    "STOP_GRACE": env_float("OPSCENTER_STOP_GRACE", 30.0),
-    "LOG_LIMIT_BYTES": env_int("OPSCENTER_LOG_LIMIT_BYTES", 1_000_000),
-    "TASK_RETENTION_DAYS": env_int("OPSCENTER_TASK_RETENTION_DAYS", 30),
-    "EVENT_RETENTION_DAYS": env_int("OPSCENTER_EVENT_RETENTION_DAYS", 30),
+    "HEARTBEAT_INTERVAL": env_number("heartbeat_interval", 1.0),
+    "DEAD_AFTER": env_number("dead_after", 5.0),
+    "TAKEOVER_STAGGER": env_number("takeover_stagger", 1.0),
+    "WORKERS": env_number("workers", 100),
+    "STOP_GRACE": env_number("stop_grace", 30.0),
+    "LOG_LIMIT_BYTES": env_number("log_limit_bytes", 1_000_000),
+    "TASK_RETENTION_DAYS": env_number("task_retention_days", 30),
+    "EVENT_RETENTION_DAYS": env_number("event_retention_days", 30),
 }

@@ -23,6 +23,7 @@ from django.db import InterfaceError, OperationalError, connection, connections
 
 from scheduler import executors, ledger, membership, validators
 from scheduler.clock import db_now
+from scheduler.limits import BOUNDS, door_names
 from scheduler.models import Cluster, Event, Member, Task
 
 log = logging.getLogger("opscenter.node")
@@ -49,6 +50,21 @@ class NodeSettings:
     # dead_after; 0: never). A member frozen mid-claim then releases its row locks and its
     # advisory lock, so it can neither stall the others nor hide that it is gone.
     idle_in_transaction_timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        # One rule for both doors (environment and runscheduler options): each number within
+        # its bounds, and a heartbeat more often than a member is declared dead.
+        for key, bound in BOUNDS.items():
+            if hasattr(self, key):
+                try:
+                    bound.check(getattr(self, key))
+                except ValueError as exc:
+                    raise ValueError(f"{door_names(key)}: {getattr(self, key)!r} {exc}.") from None
+        if self.dead_after <= self.heartbeat_interval:
+            raise ValueError(
+                f"{door_names('dead_after')} must be longer than "
+                f"{door_names('heartbeat_interval')}: {self.dead_after:g} s is not longer "
+                f"than {self.heartbeat_interval:g} s.")
 
     @classmethod
     def from_django(cls, **overrides) -> NodeSettings:

@@ -92,9 +92,10 @@ def test_a_member_of_another_mode_is_refused(cluster, start_node):
     (["--cluster", "c", "--backup"], "--backup needs --exclusive"),
     (["--cluster", "c", "--distributed-orders", "--exclusive", "--backup"],
      "do not go together"),
-    (["--cluster", "c", "--workers", "0"], "--workers must be at least 1"),
+    (["--cluster", "c", "--workers", "0"],
+     "argument --workers: '0' is out of range: allowed is a whole number from 1 to"),
     (["--cluster", "c", "--dead-after", "0.5", "--heartbeat-interval", "1"],
-     "--dead-after must be longer"),
+     "--dead-after (OPSCENTER_DEAD_AFTER) must be longer"),
 ])
 def test_bad_options_are_refused_with_a_message(db, start_node, args, message):
     node = start_node(*args)

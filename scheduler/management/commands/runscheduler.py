@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
-import math
 import os
 import sys
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from scheduler.limits import BOUNDS, env_name
 from scheduler.membership import MemberOptions, MemberRefused
 from scheduler.node import Node, NodeSettings, default_node_name
 from scheduler.validators import NAME_HELP, NAME_RE
@@ -20,12 +21,27 @@ def _env(name: str, default=None):
     return default if value in (None, "") else value
 
 
-def _env_int(name: str) -> int:
-    value = _env(name, "0")
+def _env_number(key: str, default):
+    """OPSCENTER_<KEY> for an option's default, within the option's bounds."""
+    name = env_name(key)
+    value = _env(name)
+    if value is None:
+        return default
     try:
-        return int(value)
-    except ValueError:
-        raise CommandError(f"{name}={value!r} is not a whole number.") from None
+        return BOUNDS[key].parse(value)
+    except ValueError as exc:
+        raise CommandError(f"{name}={value!r} {exc}.") from None
+
+
+def _bounded(key: str):
+    """An argparse type: the option's value within its bounds, or a message saying which."""
+    def parse(text: str):
+        try:
+            return BOUNDS[key].parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{text!r} {exc}") from None
+
+    return parse
 
 
 def _env_bool(name: str) -> bool:
@@ -46,7 +62,7 @@ class Command(BaseCommand):
         parser.add_argument("--node", default=_env("OPSCENTER_NODE"),
                             help="Node name, unique in the cluster (env OPSCENTER_NODE; "
                                  "default: the host name).")
-        parser.add_argument("--workers", type=int, default=None,
+        parser.add_argument("--workers", type=_bounded("workers"), default=None,
                             help="Worker pool size: tasks run at once (env OPSCENTER_WORKERS).")
         parser.add_argument("--exclusive", action="store_true",
                             default=_env_bool("OPSCENTER_EXCLUSIVE"),
@@ -54,8 +70,8 @@ class Command(BaseCommand):
         parser.add_argument("--backup", action="store_true", default=_env_bool("OPSCENTER_BACKUP"),
                             help="With --exclusive: a backup that takes over when the active "
                                  "member dies.")
-        parser.add_argument("--backup-precedence", type=int,
-                            default=_env_int("OPSCENTER_BACKUP_PRECEDENCE"),
+        parser.add_argument("--backup-precedence", type=_bounded("backup_precedence"),
+                            default=None,
                             help="Backups take over lowest precedence first (ties by name).")
         parser.add_argument("--reclaim", action="store_true",
                             default=_env_bool("OPSCENTER_RECLAIM"),
@@ -67,16 +83,17 @@ class Command(BaseCommand):
                             default=[x for x in str(_env("OPSCENTER_LABELS", "")).split(",") if x],
                             help="A label for job affinity (repeatable; env OPSCENTER_LABELS, "
                                  "comma-separated).")
-        parser.add_argument("--heartbeat-interval", type=float, default=None,
+        parser.add_argument("--heartbeat-interval", type=_bounded("heartbeat_interval"),
+                            default=None,
                             help="Seconds between heartbeats (env OPSCENTER_HEARTBEAT_INTERVAL, "
                                  "default 1).")
-        parser.add_argument("--dead-after", type=float, default=None,
+        parser.add_argument("--dead-after", type=_bounded("dead_after"), default=None,
                             help="A member without heartbeat for this long is dead "
                                  "(env OPSCENTER_DEAD_AFTER, default 5).")
-        parser.add_argument("--takeover-stagger", type=float, default=None,
+        parser.add_argument("--takeover-stagger", type=_bounded("takeover_stagger"), default=None,
                             help="Extra wait per backup rank before taking over "
                                  "(env OPSCENTER_TAKEOVER_STAGGER, default 1).")
-        parser.add_argument("--stop-grace", type=float, default=None,
+        parser.add_argument("--stop-grace", type=_bounded("stop_grace"), default=None,
                             help="On SIGTERM, seconds running tasks may finish before they are "
                                  "stopped (env OPSCENTER_STOP_GRACE, default 30).")
 
@@ -99,22 +116,17 @@ class Command(BaseCommand):
         if opts["reclaim"] and (opts["backup"] or not opts["exclusive"]):
             raise CommandError("--reclaim is for the primary of a passive cluster "
                                "(--exclusive without --backup).")
-        conf = NodeSettings.from_django(
-            heartbeat_interval=opts["heartbeat_interval"], dead_after=opts["dead_after"],
-            takeover_stagger=opts["takeover_stagger"], stop_grace=opts["stop_grace"],
-        )
+        try:
+            conf = NodeSettings.from_django(
+                heartbeat_interval=opts["heartbeat_interval"], dead_after=opts["dead_after"],
+                takeover_stagger=opts["takeover_stagger"], stop_grace=opts["stop_grace"],
+            )
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
         workers = opts["workers"] if opts["workers"] is not None else settings.OPSCENTER["WORKERS"]
-        if workers < 1:
-            raise CommandError("--workers must be at least 1.")
-        for name in ("heartbeat_interval", "dead_after", "takeover_stagger", "stop_grace"):
-            if not math.isfinite(getattr(conf, name)):
-                raise CommandError(f"--{name.replace('_', '-')} must be a finite number of "
-                                   "seconds.")
-        if conf.heartbeat_interval <= 0 or conf.dead_after <= conf.heartbeat_interval:
-            raise CommandError("--dead-after must be longer than --heartbeat-interval, and both "
-                               "positive.")
-        if conf.takeover_stagger < 0 or conf.stop_grace < 0:
-            raise CommandError("--takeover-stagger and --stop-grace cannot be negative.")
+        precedence = opts["backup_precedence"]
+        if precedence is None:
+            precedence = _env_number("backup_precedence", 0)
         if opts["distributed_orders"]:
             mode, role = "active", ""
         elif opts["exclusive"]:
@@ -123,7 +135,7 @@ class Command(BaseCommand):
             mode, role = "single", ""
         member_opts = MemberOptions(
             cluster=cluster, name=node, mode=mode, role=role,
-            backup_precedence=opts["backup_precedence"], reclaim=opts["reclaim"],
+            backup_precedence=precedence, reclaim=opts["reclaim"],
             labels=tuple(opts["label"]), workers=workers,
         )
         logging.getLogger("opscenter").setLevel(logging.INFO)
