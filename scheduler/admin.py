@@ -27,7 +27,7 @@ from django.db.models import (
 )
 from django.db.models.functions import Now
 from django.forms.models import BaseInlineFormSet
-from django.http import HttpResponse
+from django.http import HttpResponse, HttpResponseRedirect
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
@@ -191,6 +191,48 @@ def heartbeat_age():
     return ExpressionWrapper(Now() - F("heartbeat_at"), output_field=DurationField())
 
 
+# Operating is not editing (scheduler/roles.py): each operator action names the permission it
+# needs, whatever the user may change.
+ACTION_PERMISSIONS = {"operate": "scheduler.operate_job",
+                      "switchover": "scheduler.switchover_cluster"}
+
+
+class OperatorActions:
+    """A ModelAdmin mixin for operator actions: offered only to users with their permission,
+    and a POST that names one anyway (a stale page, a forged request) is refused with a
+    message before anything runs."""
+
+    def has_operate_permission(self, request, obj=None) -> bool:
+        return request.user.has_perm(ACTION_PERMISSIONS["operate"])
+
+    def has_switchover_permission(self, request, obj=None) -> bool:
+        return request.user.has_perm(ACTION_PERMISSIONS["switchover"])
+
+    def changelist_view(self, request, extra_context=None):
+        return (self._refuse_actions_not_allowed(request)
+                or super().changelist_view(request, extra_context))
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        return (self._refuse_actions_not_allowed(request)
+                or super().changeform_view(request, object_id, form_url, extra_context))
+
+    def _refuse_actions_not_allowed(self, request):
+        if request.method != "POST":
+            return None
+        asked = {*request.POST.getlist("action"),
+                 *request.POST.getlist(f"{ActionLocation.CHANGE_FORM.value}-action")}
+        allowed = {*self.get_actions(request),
+                   *self.get_actions(request, action_location=ActionLocation.CHANGE_FORM)}
+        refused = sorted(asked & set(self.actions or ()) - allowed)
+        for name in refused:
+            action = getattr(self, name)
+            needs = " or ".join(ACTION_PERMISSIONS.get(p, f"{p} permission")
+                                for p in getattr(action, "allowed_permissions", ()))
+            messages.error(request, f"Refused: “{action.short_description}” needs the "
+                                    f"permission {needs}; nothing was changed.")
+        return HttpResponseRedirect(request.get_full_path()) if refused else None
+
+
 class ReadOnlyAdmin(admin.ModelAdmin):
     """Rows the daemon writes: shown, never added or edited here."""
 
@@ -338,7 +380,7 @@ class MemberInline(admin.TabularInline):
 
 
 @admin.register(Cluster)
-class ClusterAdmin(admin.ModelAdmin):
+class ClusterAdmin(OperatorActions, admin.ModelAdmin):
     list_display = ("name", "mode", "active_member", "lease_epoch", "lease_expires_at",
                     "live_members")
     list_filter = ("mode",)
@@ -372,7 +414,7 @@ class ClusterAdmin(admin.ModelAdmin):
         return obj.live_count
 
     @admin.action(description="Switch over to the primary",
-                  description_plural="Switch over to the primary", permissions=["change"],
+                  description_plural="Switch over to the primary", permissions=["switchover"],
                   location=LIST_AND_PAGE)
     def switch_over(self, request, queryset):
         for cluster in queryset:
@@ -442,7 +484,7 @@ class ScheduleInline(admin.StackedInline):
 
 
 @admin.register(Job)
-class JobAdmin(admin.ModelAdmin):
+class JobAdmin(OperatorActions, admin.ModelAdmin):
     list_display = ("name", "cluster", "kind", "paused", "schedules_summary", "last_task_state",
                     "next_fire")
     list_filter = ("cluster", "kind", "paused", "stateful")
@@ -564,21 +606,21 @@ class JobAdmin(admin.ModelAdmin):
             rows, all_url)
 
     @admin.action(description="Pause the job", description_plural="Pause selected jobs",
-                  permissions=["change"], location=LIST_AND_PAGE)
+                  permissions=["operate"], location=LIST_AND_PAGE)
     def pause_jobs(self, request, queryset):
         jobs = list(queryset)
         done = sum(job.pause(actor_of(request)) for job in jobs)
         report(request, done, len(jobs) - done, "job", "paused", "paused")
 
     @admin.action(description="Resume the job", description_plural="Resume selected jobs",
-                  permissions=["change"], location=LIST_AND_PAGE)
+                  permissions=["operate"], location=LIST_AND_PAGE)
     def resume_jobs(self, request, queryset):
         jobs = list(queryset)
         done = sum(job.resume(actor_of(request)) for job in jobs)
         report(request, done, len(jobs) - done, "job", "resumed", "running")
 
     @admin.action(description="Run the job now", description_plural="Run selected jobs now",
-                  permissions=["change"], location=LIST_AND_PAGE)
+                  permissions=["operate"], location=LIST_AND_PAGE)
     def run_jobs_now(self, request, queryset):
         jobs = list(queryset)
         tasks = [job.run_now(actor_of(request)) for job in jobs]
@@ -592,7 +634,7 @@ class JobAdmin(admin.ModelAdmin):
 
 
 @admin.register(Schedule)
-class ScheduleAdmin(admin.ModelAdmin):
+class ScheduleAdmin(OperatorActions, admin.ModelAdmin):
     list_display = ("id", "job", "cluster", "definition", "paused", "next_fire_at",
                     "last_fire_at", "misfire_policy")
     list_display_links = ("id", "job")
@@ -646,7 +688,7 @@ class ScheduleAdmin(admin.ModelAdmin):
         return preview_box(obj)
 
     @admin.action(description="Pause the schedule",
-                  description_plural="Pause selected schedules", permissions=["change"],
+                  description_plural="Pause selected schedules", permissions=["operate"],
                   location=LIST_AND_PAGE)
     def pause_schedules(self, request, queryset):
         schedules = list(queryset.select_related("job"))
@@ -654,7 +696,7 @@ class ScheduleAdmin(admin.ModelAdmin):
         report(request, done, len(schedules) - done, "schedule", "paused", "paused")
 
     @admin.action(description="Resume the schedule",
-                  description_plural="Resume selected schedules", permissions=["change"],
+                  description_plural="Resume selected schedules", permissions=["operate"],
                   location=LIST_AND_PAGE)
     def resume_schedules(self, request, queryset):
         schedules = list(queryset.select_related("job"))
@@ -666,7 +708,7 @@ class ScheduleAdmin(admin.ModelAdmin):
 
 
 @admin.register(Task)
-class TaskAdmin(admin.ModelAdmin):
+class TaskAdmin(OperatorActions, admin.ModelAdmin):
     list_display = ("id", "job", "trigger", "scheduled_for", "state_badge", "attempt",
                     "member_name", "started_at", "finished_at", "duration", "late", "exit_code")
     list_filter = ("state", "trigger", "cluster", ("member", MemberFilter), ("job", JobFilter))
@@ -696,9 +738,6 @@ class TaskAdmin(admin.ModelAdmin):
         # A task still queued or running belongs to the daemon until it ends.
         return super().has_delete_permission(request, obj) and (
             obj is None or obj.state in Task.FINISHED_STATES)
-
-    def has_cancel_permission(self, request):
-        return request.user.has_perm("scheduler.change_task")
 
     @admin.display(description="state", ordering="state")
     def state_badge(self, obj):
@@ -731,7 +770,7 @@ class TaskAdmin(admin.ModelAdmin):
             'white-space:pre-wrap;margin:0">{}</pre>', note, text or "(no output)")
 
     @admin.action(description="Cancel the task", description_plural="Cancel selected tasks",
-                  permissions=["cancel"], location=LIST_AND_PAGE)
+                  permissions=["operate"], location=LIST_AND_PAGE)
     def cancel_tasks(self, request, queryset):
         tasks = list(queryset.select_related("job"))
         actor = actor_of(request)

@@ -59,6 +59,8 @@ class Cluster(models.Model):
 
     class Meta:
         ordering = ["name"]
+        # Operating a cluster is not editing it (scheduler/roles.py groups the permissions).
+        permissions = [("switchover_cluster", "Can switch a passive cluster over")]
 
     def __str__(self) -> str:
         return self.name
@@ -202,6 +204,9 @@ class Job(models.Model):
 
     class Meta:
         ordering = ["cluster", "name"]
+        # Operating jobs (their schedules and tasks too) is not editing them: a job's command
+        # is code that runs on every node, change_job is for those who may write it.
+        permissions = [("operate_job", "Can pause, resume, run now and cancel jobs")]
         constraints = [
             models.UniqueConstraint(fields=["cluster", "name"], name="job_unique_name_in_cluster"),
             models.CheckConstraint(
