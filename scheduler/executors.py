@@ -54,6 +54,21 @@ _LOG_FORMATTER = logging.Formatter("%(asctime)s %(levelname)s %(message)s")
 _SHELL_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _NON_ALNUM = re.compile(r"[^A-Za-z0-9]")
 
+# Environment variables a shell job's parameters may not set under their plain name: they
+# change what a command line means (the shell, the loader, interpreters) or who runs it, and
+# run-now parameters come from operators who may not edit the command. Refused at every door
+# (validators.validate_parameters) and skipped here for rows saved before that check; every
+# parameter is still exported as OPSCENTER_PARAM_<NAME>. Case matters, as in the environment.
+RESERVED_PARAMETER_NAMES = frozenset({
+    "PATH", "HOME", "SHELL", "USER", "LOGNAME", "TMPDIR",
+    "IFS", "ENV", "BASH_ENV", "CDPATH", "PS4", "SHELLOPTS", "BASHOPTS",
+})
+RESERVED_PARAMETER_PREFIXES = ("LD_", "PYTHON", "OPSCENTER_")
+
+
+def is_reserved_parameter(name: str) -> bool:
+    return name in RESERVED_PARAMETER_NAMES or name.startswith(RESERVED_PARAMETER_PREFIXES)
+
 
 # --------------------------------------------------------------------------------------------
 # Values exchanged with the daemon
@@ -312,10 +327,10 @@ def _shell_environment(run: TaskRun) -> dict[str, str]:
         name = str(name)
         text = value if isinstance(value, str) else json.dumps(value, default=str)
         prefixed["OPSCENTER_PARAM_" + _NON_ALNUM.sub("_", name).upper()] = text
-        if _SHELL_IDENTIFIER.fullmatch(name):
+        if _SHELL_IDENTIFIER.fullmatch(name) and not is_reserved_parameter(name):
             plain[name] = text
-    # Later updates win: a parameter may shadow an ordinary variable, but nothing a job
-    # definition says can spoof the OPSCENTER_* values the scheduler sets.
+    # Later updates win: a parameter may shadow an ordinary variable (never a reserved one),
+    # and nothing a job definition says can spoof the OPSCENTER_* values the scheduler sets.
     env.update(plain)
     env.update(prefixed)
     env.update(

@@ -20,6 +20,7 @@ from scheduler.validators import (
     validate_cron,
     validate_data_map,
     validate_name,
+    validate_parameters,
     validate_timezone,
 )
 from scheduler.wakeup import notify_nodes
@@ -163,7 +164,7 @@ class Job(models.Model):
     parameters = models.JSONField(
         default=empty_dict,
         blank=True,
-        validators=[validate_data_map],
+        validators=[validate_parameters],
         help_text="JSON object; shell jobs see each key in their environment.",
     )
     stateful = models.BooleanField(
@@ -267,7 +268,7 @@ class Job(models.Model):
     def run_now(self, actor: str = "", parameters: dict | None = None) -> Task:
         """Queue a manual run; the first member with free capacity (and affinity) starts it."""
         if parameters is not None:
-            validate_data_map(parameters)
+            validate_parameters(parameters)
         with transaction.atomic():
             now = db_now()
             task = Task.objects.create(
@@ -561,6 +562,7 @@ class Task(models.Model):
     exit_code = models.IntegerField(null=True, blank=True)
     error = models.TextField(blank=True)
     parameters = models.JSONField(default=empty_dict, blank=True,
+                                  validators=[validate_parameters],
                                   help_text="Merged over the job's parameters for this run.")
     retry_of = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -783,7 +785,8 @@ class Order(models.Model):
     chain = models.ForeignKey(JobChain, on_delete=models.CASCADE, related_name="orders")
     order_id = models.CharField(max_length=100, validators=[validate_name])
     title = models.CharField(max_length=200, blank=True)
-    parameters = models.JSONField(default=empty_dict, blank=True, validators=[validate_data_map])
+    parameters = models.JSONField(default=empty_dict, blank=True,
+                                  validators=[validate_parameters])
     priority = models.IntegerField(default=0)
     initial_state = models.CharField(max_length=100)
     end_state = models.CharField(max_length=100, blank=True)

@@ -9,6 +9,11 @@ from typing import Any
 from django.core.exceptions import ValidationError
 
 from scheduler import timing
+from scheduler.executors import (
+    RESERVED_PARAMETER_NAMES,
+    RESERVED_PARAMETER_PREFIXES,
+    is_reserved_parameter,
+)
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
 NAME_HELP = "1-100 letters, digits, '_', '.', ':' or '-', starting with a letter or digit."
@@ -82,3 +87,24 @@ def parse_data_map(text: str) -> dict:
 def json_text(value) -> str:
     """JSON as stored, refusing what JSON cannot hold (NaN, infinity, non-JSON types)."""
     return json.dumps(value, allow_nan=False)
+
+
+def validate_parameters(value: Any) -> None:
+    """A job's, task's or order's parameters: a data map whose keys do not name a reserved
+    environment variable (shell jobs see each parameter in their environment)."""
+    validate_data_map(value)
+    # Why these names: see executors.RESERVED_PARAMETER_NAMES.
+    reserved = sorted(name for name in value if is_reserved_parameter(name))
+    if reserved:
+        raise ValidationError(
+            f"Parameter {', '.join(repr(n) for n in reserved)} would replace the node's own "
+            f"environment variable: {', '.join(sorted(RESERVED_PARAMETER_NAMES))} and names "
+            f"starting with {', '.join(RESERVED_PARAMETER_PREFIXES)} are reserved. Choose "
+            "another name.")
+
+
+def parse_parameters(text: str) -> dict:
+    """Parameters given on the command line (parse_data_map, then validate_parameters)."""
+    value = parse_data_map(text)
+    validate_parameters(value)
+    return value

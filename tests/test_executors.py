@@ -634,3 +634,24 @@ def test_python_timeout_of_a_job_that_ignores_cancelled_abandons_its_thread():
         stubborn_release.set()
     # The count is of threads still running: it falls back once the thread finally returns.
     wait_until(lambda: abandoned_threads() == before, what="the abandoned thread to end")
+
+
+def test_shell_parameters_cannot_replace_reserved_environment_variables(tmp_path):
+    """A row saved before the doors refused these names still cannot touch the node's PATH,
+    loader or shell: the plain name is skipped, the OPSCENTER_PARAM_ one is exported."""
+    evil = tmp_path / "bin"
+    evil.mkdir()
+    (evil / "env").write_text("#!/bin/sh\necho hijacked\n")
+    (evil / "env").chmod(0o755)
+    parameters = {"PATH": str(evil), "LD_PRELOAD": "/nonexistent/evil.so", "IFS": "x",
+                  "PYTHONPATH": str(evil), "OPSCENTER_TASK_ID": "666", "home": "kept"}
+    outcome, text = run(shell("env", parameters=parameters))
+    assert outcome.state == "succeeded" and "hijacked" not in text and "ld.so" not in text
+    env = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+    assert env["PATH"] == os.environ["PATH"]
+    assert env.get("LD_PRELOAD") == os.environ.get("LD_PRELOAD")
+    assert env.get("PYTHONPATH") == os.environ.get("PYTHONPATH")
+    assert env["OPSCENTER_TASK_ID"] == "7"
+    assert env["OPSCENTER_PARAM_PATH"] == str(evil)
+    assert env["OPSCENTER_PARAM_LD_PRELOAD"] == "/nonexistent/evil.so"
+    assert env["home"] == "kept"  # names are case-sensitive: only the exact ones are reserved

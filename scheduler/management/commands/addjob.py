@@ -11,7 +11,7 @@ from scheduler.management.commands._common import (
     validation_error,
 )
 from scheduler.models import Cluster, Job
-from scheduler.validators import parse_data_map
+from scheduler.validators import parse_parameters
 
 OPTIONS = {"name": "NAME", "command": "--shell/--python", "parameters": "--params",
            "timeout_seconds": "--timeout", "max_retries": "--retries",
@@ -53,7 +53,7 @@ class Command(BaseCommand):
         parameters = {}
         if options["params"] is not None:
             try:
-                parameters = parse_data_map(options["params"])
+                parameters = parse_parameters(options["params"])
             except ValidationError as exc:
                 raise CommandError(f"--params: {' '.join(exc.messages)}") from None
         shell = options["shell"] is not None

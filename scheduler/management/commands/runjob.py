@@ -18,7 +18,7 @@ from scheduler.management.commands._common import (
     get_jobs,
 )
 from scheduler.models import Task
-from scheduler.validators import parse_data_map
+from scheduler.validators import parse_parameters
 
 DEFAULT_WAIT = 600.0
 
@@ -46,7 +46,7 @@ class Command(BaseCommand):
         parameters = None
         if options["params"] is not None:
             try:
-                parameters = parse_data_map(options["params"])
+                parameters = parse_parameters(options["params"])
             except ValidationError as exc:
                 raise CommandError(f"--params: {' '.join(exc.messages)}") from None
         wait = options["wait"]
