@@ -17,13 +17,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from scheduler.limits import BOUNDS, env_name
+from scheduler.limits import BOUNDS, env_name, parse_bool
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-
-TRUE_WORDS = ("1", "true", "yes", "on")
-FALSE_WORDS = ("0", "false", "no", "off")
-
 
 def env_str(name: str, default: str) -> str:
     return os.environ.get(name, default)
@@ -33,11 +29,10 @@ def env_bool(name: str, default: bool) -> bool:
     value = os.environ.get(name)
     if value is None or value.strip() == "":
         return default
-    word = value.strip().lower()
-    if word in TRUE_WORDS or word in FALSE_WORDS:
-        return word in TRUE_WORDS
-    raise ImproperlyConfigured(f"{name}={value!r} is not a boolean: use one of "
-                               f"{', '.join(TRUE_WORDS)} or {', '.join(FALSE_WORDS)}.")
+    try:
+        return parse_bool(value)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name}={value!r} {exc}.") from None
 
 
 def env_number(key: str, default: float | int) -> float | int:

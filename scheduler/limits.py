@@ -72,6 +72,20 @@ OPTIONS = {
 }
 
 
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+
+
+def parse_bool(text: str) -> bool:
+    """A switch given in the environment; anything but these words is refused, not taken as
+    false (DEBUG=ture must not quietly mean something else)."""
+    word = str(text).strip().lower()
+    if word in TRUE_WORDS or word in FALSE_WORDS:
+        return word in TRUE_WORDS
+    raise ValueError(f"is not a boolean: use one of {', '.join(TRUE_WORDS)} or "
+                     f"{', '.join(FALSE_WORDS)}")
+
+
 def env_name(key: str) -> str:
     return f"OPSCENTER_{key.upper()}"
 

@@ -149,3 +149,17 @@ def test_static_files_are_served_with_debug_off(client, settings):
     assert response.status_code == 200
     assert b"".join(response.streaming_content)
     assert client.get("/static/scheduler/schedule_preview.js").status_code == 200
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("OPSCENTER_EXCLUSIVE", "maybe", "is not a boolean: use one of 1, true, yes, on or 0"),
+    ("OPSCENTER_DISTRIBUTED_ORDERS", "2", "is not a boolean"),
+    ("OPSCENTER_BACKUP_PRECEDENCE", "first", "is not a whole number from 0 to 1000000"),
+])
+def test_the_node_refuses_a_bad_switch_or_number_in_its_environment(tmp_path, name, value,
+                                                                    message):
+    result = manage("runscheduler", "--cluster", "c",
+                    env={name: value, "OPSCENTER_VAR_DIR": str(tmp_path)})
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"CommandError: {name}={value!r} {message}"), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -10,7 +10,7 @@ import sys
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from scheduler.limits import BOUNDS, env_name
+from scheduler.limits import BOUNDS, env_name, parse_bool
 from scheduler.membership import MemberOptions, MemberRefused
 from scheduler.node import Node, NodeSettings, default_node_name
 from scheduler.validators import NAME_HELP, NAME_RE
@@ -44,8 +44,18 @@ def _bounded(key: str):
     return parse
 
 
-def _env_bool(name: str) -> bool:
-    return str(_env(name, "")).lower() in ("1", "true", "yes", "on")
+def _switch(opts, option: str, name: str) -> bool:
+    """A flag given as an option, or else by its environment variable (read here, in handle(),
+    so that a bad value is a CommandError, not a traceback while the parser is built)."""
+    if opts[option]:
+        return True
+    value = _env(name)
+    if value is None:
+        return False
+    try:
+        return parse_bool(value)
+    except ValueError as exc:
+        raise CommandError(f"{name}={value!r} {exc}.") from None
 
 
 class Command(BaseCommand):
@@ -65,19 +75,16 @@ class Command(BaseCommand):
         parser.add_argument("--workers", type=_bounded("workers"), default=None,
                             help="Worker pool size: tasks run at once (env OPSCENTER_WORKERS).")
         parser.add_argument("--exclusive", action="store_true",
-                            default=_env_bool("OPSCENTER_EXCLUSIVE"),
                             help="Passive cluster: one active member, the others stand by.")
-        parser.add_argument("--backup", action="store_true", default=_env_bool("OPSCENTER_BACKUP"),
+        parser.add_argument("--backup", action="store_true",
                             help="With --exclusive: a backup that takes over when the active "
                                  "member dies.")
         parser.add_argument("--backup-precedence", type=_bounded("backup_precedence"),
                             default=None,
                             help="Backups take over lowest precedence first (ties by name).")
         parser.add_argument("--reclaim", action="store_true",
-                            default=_env_bool("OPSCENTER_RECLAIM"),
                             help="A returning primary takes the lease back from a backup.")
         parser.add_argument("--distributed-orders", action="store_true",
-                            default=_env_bool("OPSCENTER_DISTRIBUTED_ORDERS"),
                             help="Active cluster: every member fires, each fire once.")
         parser.add_argument("--label", action="append",
                             default=[x for x in str(_env("OPSCENTER_LABELS", "")).split(",") if x],
@@ -98,6 +105,8 @@ class Command(BaseCommand):
                                  "stopped (env OPSCENTER_STOP_GRACE, default 30).")
 
     def handle(self, *args, **opts):
+        for option in ("exclusive", "backup", "reclaim", "distributed_orders"):
+            opts[option] = _switch(opts, option, env_name(option))
         cluster = opts["cluster"]
         if not cluster:
             raise CommandError("--cluster NAME is required (or set OPSCENTER_CLUSTER).")
