@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from django.conf import settings
-from django.core.exceptions import ValidationError
 from django.db import InterfaceError, OperationalError, connection, connections, transaction
 
 from scheduler import executors, ledger, membership, text, validators
@@ -393,7 +392,7 @@ class Node:
         hold (a data map that is not JSON data, an exit code out of range) fails the task, and
         text no database can hold (NUL, lone surrogates) is made storable (scheduler.text)."""
         s, o = run.started, run.outcome
-        state, error, data, code = o.state, text.storable_text(o.error), o.data, o.exit_code
+        state, error, data, code = o.state, o.error, o.data, o.exit_code
         if run.interrupted and state == Task.State.CANCELLED and run.cancel.reason == STOP_REASON:
             state, error = Task.State.LOST, "lost: interrupted by the stop of its member"
         if code is not None and not -INT32 <= code <= INT32:
@@ -404,10 +403,11 @@ class Node:
                 data = text.storable_data(data)
                 validators.validate_data_map(data)
                 validators.json_text(data)
-            except (ValidationError, ValueError, TypeError, RecursionError) as exc:
+            except Exception as exc:  # whatever the job left (RecursionError: too deep)
                 state = Task.State.FAILED
                 error = f"the data map the run left is not JSON data: {exc}"
                 data = None
+        error = text.storable_text(error)
         return ledger.Finished(
             task_id=s.task_id, job=s.job, schedule_id=s.schedule_id,
             scheduled_for=s.scheduled_for, attempt=s.attempt, parameters=s.parameters,
@@ -426,7 +426,8 @@ class Node:
         if not logs:
             return False
         try:
-            ledger.write_logs(logs)
+            with transaction.atomic():
+                ledger.write_logs(logs)
         except DB_ERRORS:
             raise  # kept in unsaved_log for the next pass
         except Exception as exc:
