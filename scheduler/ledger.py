@@ -10,6 +10,7 @@ fence (the caller's lease epoch or live membership), checked before anything is 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
@@ -594,7 +595,7 @@ def record_finished(cluster_id: int, member_id: int, finished: list[Finished],
                 ))
             if f.state in (Task.State.FAILED, Task.State.TIMED_OUT):
                 if f.attempt <= f.job.max_retries:
-                    delay = f.job.retry_backoff_seconds * (2 ** (f.attempt - 1))
+                    delay = timing.retry_delay(f.job.retry_backoff_seconds, f.attempt)
                     retries.append(Task(
                         cluster_id=cluster_id, job_id=f.job.id, schedule_id=f.schedule_id,
                         scheduled_for=f.scheduled_for, attempt=f.attempt + 1,
@@ -612,6 +613,19 @@ def record_finished(cluster_id: int, member_id: int, finished: list[Finished],
         if retries:
             Task.objects.bulk_create(retries, ignore_conflicts=True)
     return discarded
+
+
+UNRECORDABLE = "its result could not be recorded: "
+
+
+def record_unrecordable(member_id: int, f: Finished, reason: str) -> bool:
+    """The last resort for a result the database refused: the task ends `failed` with the
+    reason, in one statement of plain values (no log chunk, data map, retry or event), in a
+    transaction of its own. False when the task row is no longer ours (or gone)."""
+    minimal = dataclasses.replace(f, state=Task.State.FAILED, error=UNRECORDABLE + reason,
+                                  data=None)
+    with transaction.atomic():
+        return bool(_finish_rows(member_id, _db_now_in_tx(), [minimal]))
 
 
 # A member declared dead no longer owns its tasks' results: the recovery does.

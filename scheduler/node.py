@@ -18,10 +18,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from django.conf import settings
-from django.core.exceptions import ValidationError
-from django.db import InterfaceError, OperationalError, connection, connections
+from django.db import InterfaceError, OperationalError, connection, connections, transaction
 
-from scheduler import executors, ledger, membership, validators
+from scheduler import executors, ledger, membership, text, validators
 from scheduler.clock import db_now
 from scheduler.limits import BOUNDS, door_names
 from scheduler.models import Cluster, Event, Member, Task
@@ -123,6 +122,9 @@ class Stats:
     claims: int = 0
     db_errors: int = 0
     step_errors: int = 0
+    unrecordable: int = 0        # results the database refused, recorded as failed instead
+    dropped: int = 0             # results not even that could be written: left unrecorded
+    log_chunks_dropped: int = 0  # log chunks the database refused
     claim_seconds: float = 0.0
     extra: dict = field(default_factory=dict)
 
@@ -343,9 +345,19 @@ class Node:
             return False
         finished = [self._finished(run) for run in done]
         for run in done:
-            run.unsaved_log += run.log.drain()
+            run.unsaved_log += text.storable_text(run.log.drain())
         logs = [(run.started.task_id, run.unsaved_log) for run in done]
-        discarded = ledger.record_finished(self.member.cluster_id, self.member.pk, finished, logs)
+        try:
+            discarded = ledger.record_finished(self.member.cluster_id, self.member.pk, finished,
+                                               logs)
+        except DB_ERRORS:
+            raise
+        except Exception as exc:
+            # Not weather: something in the batch that the database refuses, and it would
+            # refuse it again at every pass (the node would start nothing ever after).
+            log.error("recording %d finished task(s) failed (%s); recording them one by one",
+                      len(finished), _reason(exc))
+            discarded = self._record_one_by_one(finished, logs)
         for run in done:
             self.running.pop(run.started.task_id, None)
         self.stats.finished += len(finished)
@@ -354,12 +366,47 @@ class Node:
         if discarded:
             self.stats.discarded += len(discarded)
             log.warning("results of task(s) %s discarded: they are no longer this member's "
-                        "(declared lost while it was unreachable)", discarded)
+                        "(declared lost while it was unreachable, or deleted)", discarded)
         return True
+
+    def _record_one_by_one(self, finished: list[ledger.Finished],
+                           logs: list[tuple[int, str]]) -> list[int]:
+        """Each result in a transaction of its own, so a bad one cannot take its neighbours
+        down. One the database still refuses ends `failed` with the reason (no log, no data);
+        if even that fails it is dropped, so the node never retries the same failing write.
+        Each leaves the running table once written: a lost connection half-way through
+        (weather) leaves only the rest to record at the next pass."""
+        discarded: list[int] = []
+        cluster_id, member_id = self.member.cluster_id, self.member.pk
+        for f, entry in zip(finished, logs, strict=True):
+            try:
+                discarded += ledger.record_finished(cluster_id, member_id, [f], [entry])
+            except DB_ERRORS:
+                raise
+            except Exception as exc:
+                reason = _reason(exc)
+                try:
+                    ours = ledger.record_unrecordable(member_id, f, reason)
+                except DB_ERRORS:
+                    raise
+                except Exception as last:
+                    ours = False
+                    reason += f"; recording it as failed: {_reason(last)}"
+                if ours:
+                    self.stats.unrecordable += 1
+                    log.error("the result of task %s could not be recorded (%s); recorded as "
+                              "failed without its log and data", f.task_id, reason)
+                else:
+                    self.stats.dropped += 1
+                    log.error("the result of task %s could not be recorded (%s); dropped",
+                              f.task_id, reason)
+            self.running.pop(f.task_id, None)
+        return discarded
 
     def _finished(self, run: Running) -> ledger.Finished:
         """The outcome as the ledger takes it; what a job left behind that the ledger cannot
-        hold (a data map that is not JSON data, an exit code out of range) fails the task."""
+        hold (a data map that is not JSON data, an exit code out of range) fails the task, and
+        text no database can hold (NUL, lone surrogates) is made storable (scheduler.text)."""
         s, o = run.started, run.outcome
         state, error, data, code = o.state, o.error, o.data, o.exit_code
         if run.interrupted and state == Task.State.CANCELLED and run.cancel.reason == STOP_REASON:
@@ -369,12 +416,14 @@ class Node:
             code = INT32 if code > 0 else -INT32
         if data is not None and s.job.stateful:
             try:
+                data = text.storable_data(data)
                 validators.validate_data_map(data)
                 validators.json_text(data)
-            except (ValidationError, ValueError, TypeError) as exc:
+            except Exception as exc:  # whatever the job left (RecursionError: too deep)
                 state = Task.State.FAILED
                 error = f"the data map the run left is not JSON data: {exc}"
                 data = None
+        error = text.storable_text(error)
         return ledger.Finished(
             task_id=s.task_id, job=s.job, schedule_id=s.schedule_id,
             scheduled_for=s.scheduled_for, attempt=s.attempt, parameters=s.parameters,
@@ -386,11 +435,51 @@ class Node:
         if mono < self._next_log_flush or not self.running:
             return False
         self._next_log_flush = mono + self.conf.log_flush_interval
-        logs = [(task_id, run.log.drain()) for task_id, run in self.running.items()]
-        logs = [(t, text) for t, text in logs if text]
-        if logs:
-            ledger.write_logs(logs)
+        for run in self.running.values():
+            run.unsaved_log += text.storable_text(run.log.drain())
+        logs = [(task_id, run.unsaved_log) for task_id, run in self.running.items()
+                if run.unsaved_log]
+        if not logs:
+            return False
+        try:
+            with transaction.atomic():
+                ledger.write_logs(logs)
+        except DB_ERRORS:
+            raise  # kept in unsaved_log for the next pass
+        except Exception as exc:
+            log.error("storing the log chunks of %d task(s) failed (%s); storing them one by "
+                      "one", len(logs), _reason(exc))
+            self._write_logs_one_by_one(logs)
+        for task_id, _ in logs:
+            self.running[task_id].unsaved_log = ""
         return False
+
+    def _write_logs_one_by_one(self, logs: list[tuple[int, str]]) -> None:
+        """Each chunk in a transaction of its own; one the database refuses is dropped (a line
+        in the task's log says so where that can be written), never tried again."""
+        for task_id, chunk in logs:
+            try:
+                with transaction.atomic():
+                    ledger.write_logs([(task_id, chunk)])
+            except DB_ERRORS:
+                raise
+            except Exception as exc:
+                reason = _reason(exc)
+            else:
+                self.running[task_id].unsaved_log = ""  # stored: not again after weather
+                continue
+            self.running[task_id].unsaved_log = ""
+            self.stats.log_chunks_dropped += 1
+            log.error("a log chunk of task %s (%d characters) could not be stored (%s); "
+                      "dropped", task_id, len(chunk), reason)
+            try:
+                with transaction.atomic():
+                    ledger.write_logs([(task_id, f"\n[opscenter] {len(chunk)} characters of "
+                                                 f"output could not be stored: {reason}\n")])
+            except DB_ERRORS:
+                raise
+            except Exception as exc:
+                log.debug("task %s: the note of the dropped chunk: %s", task_id, exc)
 
     def step_prune(self) -> bool:
         mono = time.monotonic()
@@ -640,6 +729,13 @@ class Node:
         log.info("member %s stopped (%d started, %d finished, %d misfired; %d claims taking "
                  "%.1f s)", self.member.name, s.started, s.finished, s.misfired, s.claims,
                  s.claim_seconds)
+
+
+def _reason(exc: BaseException) -> str:
+    """A short, plain-ASCII account of an exception: certainly writable anywhere."""
+    first = (str(exc).strip().splitlines() or [""])[0]
+    reason = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    return reason[:300].encode("ascii", "backslashreplace").decode("ascii")
 
 
 def default_node_name() -> str:

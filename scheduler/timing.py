@@ -478,3 +478,20 @@ def preview(t: Timing, now: datetime, count: int = 10) -> list[PreviewFire]:
         if len(out) >= count:
             break
     return out
+
+
+# ---------------------------------------------------------------- retries
+
+# The longest a retry waits: the doubling reaches it after a few dozen attempts, and
+# max_retries has no bound, so 2^(attempt-1) alone would overflow (float, then timedelta).
+RETRY_BACKOFF_CAP = 24 * 3600.0
+
+
+def retry_delay(backoff_seconds: float, attempt: int) -> float:
+    """Seconds before the retry of a task's `attempt` (the first attempt is 1):
+    backoff × 2^(attempt-1), at most RETRY_BACKOFF_CAP."""
+    if backoff_seconds <= 0:
+        return 0.0
+    # 2.0 ** 1024 raises OverflowError, and 2^1000 times any backoff is past the cap (a float
+    # product too large is inf, not an error).
+    return min(backoff_seconds * 2.0 ** min(max(attempt - 1, 0), 1000), RETRY_BACKOFF_CAP)
