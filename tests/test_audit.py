@@ -24,7 +24,18 @@ from django.db import connection
 from django.urls import reverse
 
 from scheduler import audit as audits
-from scheduler.audit import DOUBLE, MISFIRE, MISSED, NOT_YET, PAUSED, RAN, RERUN, UNEXPECTED
+from scheduler.audit import (
+    BEHIND,
+    DOUBLE,
+    DOWN,
+    MISFIRE,
+    MISSED,
+    NOT_YET,
+    PAUSED,
+    RAN,
+    RERUN,
+    UNEXPECTED,
+)
 from scheduler.clock import db_now
 from scheduler.models import Cluster, Event, Job, Member, MisfireRecord, Schedule, Task
 from tests.conftest import add_job, is_postgres, wait_for
@@ -528,8 +539,8 @@ def test_recorded_decisions_retries_and_the_unexpected(cluster):
     assert rerun.attempts == 2 and "lost and recovered" in rerun.detail
     assert unrecovered.state == "lost" and "not recovered" in unrecovered.detail
     assert misfire.record["reason"] == "skip" and misfire.record["member"] == "b"
-    assert result.counts == {RAN: 9, RERUN: 1, MISFIRE: 2, PAUSED: 0, NOT_YET: 0, MISSED: 0,
-                             DOUBLE: 0, UNEXPECTED: 1}
+    assert result.counts == {RAN: 9, RERUN: 1, MISFIRE: 2, PAUSED: 0, NOT_YET: 0, BEHIND: 0,
+                             DOWN: 0, MISSED: 0, DOUBLE: 0, UNEXPECTED: 1}
     # Lateness: first attempts that started (not the skipped one, not the off-grid one).
     assert result.lateness["count"] == 10
     assert result.lateness["max"] == 1.5
