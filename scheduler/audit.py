@@ -707,7 +707,7 @@ def build_plans(cluster_id: int, since: datetime, until: datetime, job_id: int |
     if job_id is not None:
         schedules = schedules.filter(job_id=job_id)
     rows = list(schedules.order_by("id").values(
-        "id", "job_id", "job__name", "job__paused", "paused", "created_at",
+        "id", "job_id", "job__name", "job__paused", "paused", "created_at", "updated_at",
         "version", "next_fire_at", *Schedule.DEFINITION_FIELDS, "anchor_at"))
     if not rows:
         return [], warnings
@@ -750,11 +750,16 @@ def build_plans(cluster_id: int, since: datetime, until: datetime, job_id: int |
                                 (ev["data"] or {}).get("version")))
         complete = bool(history) and history[0][1] == Event.Kind.SCHEDULE_CREATED
         if not history:
-            # Loaded in bulk without events: its current definition since it was created.
+            # No definition on record: loaded in bulk without events (version 1: its current
+            # definition since it was created), or its events were pruned. A changed one
+            # (version 2 on) holds its current definition since its last save at the latest
+            # (an interval without a start: since its anchor, the very time of the change);
+            # what held before is unknown.
             current = {f: r[f] for f in (*Schedule.DEFINITION_FIELDS, "anchor_at")}
             current = {k: iso(v) if isinstance(v, datetime) else v for k, v in current.items()}
-            history = [(_effective(current, r["created_at"]), "", current, r["version"])]
-            complete = True
+            complete = r["version"] == 1
+            since_at = r["created_at"] if complete else max(r["created_at"], r["updated_at"])
+            history = [(_effective(current, since_at), "", current, r["version"])]
         history.sort(key=lambda h: h[0])
         segments: list[Segment] = []
 
