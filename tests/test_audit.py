@@ -735,6 +735,23 @@ def test_a_schedule_without_history_is_audited_against_its_current_definition(cl
     assert result.counts[RAN] == 5
 
 
+def test_a_changed_schedule_whose_definitions_were_pruned_is_audited_from_its_change(cluster):
+    job = add_job(cluster, "changed")
+    schedule = add_schedule(job, kind="interval", interval_seconds=2)
+    start = utc(2026, 2, 1, 12, 0, 0)
+    schedule.interval_seconds = 3
+    schedule.save()
+    in_force_from(schedule, start + 30 * S)  # the change: every 3 s from 12:00:30
+    ledger(schedule, every(start, 2 * S, 15) + every(start + 30 * S, 3 * S, 10))
+    Event.objects.filter(schedule=schedule).delete()  # every definition event pruned
+    Schedule.objects.filter(pk=schedule.pk).update(created_at=start)
+    result = audit(cluster, start, start + 60 * S, now=start + 120 * S)
+    # Version 2: what held before the change is unknown, so it is not judged against the
+    # current definition (15 fires of 2 s would be unexpected, 10 of 3 s missed).
+    assert "not in the event log" in result.warnings[0]
+    assert result.counts[RAN] == result.owed == 10 and not list(result.exceptions())
+
+
 # ------------------------------------------------------------------------------------ the command
 
 
