@@ -2,7 +2,8 @@
 
 For each schedule the owed fires are worked out from its own definition history (the
 `schedule.created` / `schedule.changed` events; a schedule without any is audited against its
-current definition from its creation), and each owed fire gets exactly one verdict:
+current definition from its creation, or from its last change if it was changed and the events
+were pruned), and each owed fire gets exactly one verdict:
 
 - ``ran``: its task (attempt 1) started; retries after a failure are still ``ran``.
 - ``re-run``: a task of it was lost (member dead or stopped) and a recovery attempt exists.
@@ -12,14 +13,34 @@ current definition from its creation), and each owed fire gets exactly one verdi
 - ``paused``: no task, and the job or the schedule was paused then (from the event log).
 - ``not yet``: no task yet, but still inside the time it may legitimately start in
   (misfire grace + SLACK before the audit time), or claimed and queued for a free slot.
+- ``behind``: no task, and the cluster has not reached it: "not reached yet: the schedule's
+  next fire is still <time>". Not lost (a member takes it, late, or records it under the
+  misfire policy when it gets there); typical of an overloaded cluster.
+- ``down``: no task, not reached, and owed while the cluster is down: no member of it has
+  run since before the fire, to the audit time. The detail says since when and which member
+  ended last. Not lost either: the first member to come back takes it or records it.
 - ``MISSED``: owed, no task and no record why. When no member of the cluster was running
   at that time (from the member rows), the detail says from when to when and which member
-  ended last: the cluster was down, not a member that skipped a fire.
+  ended last: the cluster was down (and came back, or moved past it), not a member that
+  skipped a fire.
 - ``DOUBLE``: started more than once without a recorded recovery (two rows of one attempt,
   or a later attempt that does not retry a failed or lost one).
 
 Tasks of a schedule at times its definition does not produce are listed as ``UNEXPECTED``
-(not owed fires, so not counted among them, and not a failure of the audit).
+(not owed fires, so not counted among them, and not a failure of the audit). Only MISSED and
+DOUBLE are failures (``auditfires`` exits 1); behind, down and not yet are fires still owed.
+
+Behind and down, the rule: an untaken owed fire is *not reached* when it is owed under the
+definition in force now (the last one on record), neither the job nor the schedule is paused
+now, and it is at or after the schedule's current `next_fire_at` (the next fire the members
+have not handed out yet; claiming a fire writes its task, or its misfire record, and moves
+`next_fire_at` past it in one transaction). A fire before `next_fire_at` without a task or a
+record is a real gap, whatever else is true. A not-reached fire is ``down`` when it lies in a
+stretch without a running member that lasts to the audit time, else ``behind`` (or ``not yet``
+within its start window). Members run from their start to their stop, or to their last
+heartbeat when declared dead or when silent for longer than OPSCENTER_DEAD_AFTER (a cluster
+killed whole has no one left to declare its members dead). The schedules are read before the
+ledger, so a fire claimed during the audit is seen either as a task or as not reached.
 
 Two ways to the same answer. ``python`` streams the ledger of every schedule through a merge
 with its owed fires (every fire is looked at; used on SQLite, and for the full per-fire
@@ -45,7 +66,11 @@ across a resume (it restarts at the next fire of the same definition), so a paus
 the untaken fires in [paused - grace - SLACK, resumed + RESUME_SLACK): a fire that was due
 within its start window when the pause came was stopped by the pause, and the resume's restart
 time is read just after its event's. A fire that has a task is judged by its task, paused or
-not.
+not. Events are pruned oldest first, so the log on record is whole from wherever it begins: a
+resume with no pause before it on record (pruned) means paused from before the log on record,
+and an object paused now without its pause on record is paused since its last resume on
+record, or from before the log. Untaken fires there are ``paused`` (the detail says the pause
+is not in the event log), never MISSED on the strength of a missing record.
 
 Lateness (p50/p99/max, overall and per member): `started_at - scheduled_for` of every first
 attempt of an owed fire that started (linear interpolation, as PostgreSQL's percentile_cont;
@@ -424,7 +449,7 @@ def _member_end(m: dict, silent_before: datetime) -> tuple[datetime | None, str]
         if m["heartbeat_at"] < silent_before:
             end = m["heartbeat_at"]
             return end, (f"the last, {m['name']}, is silent since its last heartbeat at "
-                         f"{text_time(end)} (not declared dead yet)")
+                         f"{text_time(end)}, not declared dead yet")
         return None, ""
     if m["state"] == Member.State.DEAD:
         end = m["heartbeat_at"]

@@ -675,7 +675,7 @@ def test_fires_owed_while_the_cluster_is_down_say_so(cluster):
     assert {f.detail for f in down} == {
         f"owed while the cluster was down: no member of the cluster was running from "
         f"{T(start + 68 * S)} and none has joined since (the last, m2, is silent since its "
-        f"last heartbeat at {T(start + 68 * S)} (not declared dead yet))"}
+        f"last heartbeat at {T(start + 68 * S)}, not declared dead yet)"}
     assert result.counts[NOT_YET] == 0 and result.counts[DOWN] == 10
     # Had the cluster moved past 12:01:10 before it went down, that fire would be lost.
     reach(schedule, due[15])
