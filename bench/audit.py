@@ -91,7 +91,8 @@ CRON_GAP = (3, 17)                       # cron schedule 3 (1-based), minute 17 
 def expected(n: int) -> dict[str, int]:
     owed = (n - 1) * HOUR + EDIT[1] + (HOUR - EDIT[1]) // 2 + CRONS * 60
     out = {"re-run": 1, "misfire": len(OUTAGE[1]) + 1, "paused": len(PAUSE[1]),
-           "not yet": 0, "MISSED": len(GAP[1]) + 1, "DOUBLE": 1, "UNEXPECTED": 1}
+           "not yet": 0, "behind": 0, "down": 0, "MISSED": len(GAP[1]) + 1, "DOUBLE": 1,
+           "UNEXPECTED": 1}
     out["ran"] = owed - sum(v for k, v in out.items() if k != "UNEXPECTED")
     return out
 

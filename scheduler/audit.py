@@ -2,7 +2,8 @@
 
 For each schedule the owed fires are worked out from its own definition history (the
 `schedule.created` / `schedule.changed` events; a schedule without any is audited against its
-current definition from its creation), and each owed fire gets exactly one verdict:
+current definition from its creation, or from its last change if it was changed and the events
+were pruned), and each owed fire gets exactly one verdict:
 
 - ``ran``: its task (attempt 1) started; retries after a failure are still ``ran``.
 - ``re-run``: a task of it was lost (member dead or stopped) and a recovery attempt exists.
@@ -12,14 +13,34 @@ current definition from its creation), and each owed fire gets exactly one verdi
 - ``paused``: no task, and the job or the schedule was paused then (from the event log).
 - ``not yet``: no task yet, but still inside the time it may legitimately start in
   (misfire grace + SLACK before the audit time), or claimed and queued for a free slot.
+- ``behind``: no task, and the cluster has not reached it: "not reached yet: the schedule's
+  next fire is still <time>". Not lost (a member takes it, late, or records it under the
+  misfire policy when it gets there); typical of an overloaded cluster.
+- ``down``: no task, not reached, and owed while the cluster is down: no member of it has
+  run since before the fire, to the audit time. The detail says since when and which member
+  ended last. Not lost either: the first member to come back takes it or records it.
 - ``MISSED``: owed, no task and no record why. When no member of the cluster was running
   at that time (from the member rows), the detail says from when to when and which member
-  ended last: the cluster was down, not a member that skipped a fire.
+  ended last: the cluster was down (and came back, or moved past it), not a member that
+  skipped a fire.
 - ``DOUBLE``: started more than once without a recorded recovery (two rows of one attempt,
   or a later attempt that does not retry a failed or lost one).
 
 Tasks of a schedule at times its definition does not produce are listed as ``UNEXPECTED``
-(not owed fires, so not counted among them, and not a failure of the audit).
+(not owed fires, so not counted among them, and not a failure of the audit). Only MISSED and
+DOUBLE are failures (``auditfires`` exits 1); behind, down and not yet are fires still owed.
+
+Behind and down, the rule: an untaken owed fire is *not reached* when it is owed under the
+definition in force now (the last one on record), neither the job nor the schedule is paused
+now, and it is at or after the schedule's current `next_fire_at` (the next fire the members
+have not handed out yet; claiming a fire writes its task, or its misfire record, and moves
+`next_fire_at` past it in one transaction). A fire before `next_fire_at` without a task or a
+record is a real gap, whatever else is true. A not-reached fire is ``down`` when it lies in a
+stretch without a running member that lasts to the audit time, else ``behind`` (or ``not yet``
+within its start window). Members run from their start to their stop, or to their last
+heartbeat when declared dead or when silent for longer than OPSCENTER_DEAD_AFTER (a cluster
+killed whole has no one left to declare its members dead). The schedules are read before the
+ledger, so a fire claimed during the audit is seen either as a task or as not reached.
 
 Two ways to the same answer. ``python`` streams the ledger of every schedule through a merge
 with its owed fires (every fire is looked at; used on SQLite, and for the full per-fire
@@ -45,7 +66,11 @@ across a resume (it restarts at the next fire of the same definition), so a paus
 the untaken fires in [paused - grace - SLACK, resumed + RESUME_SLACK): a fire that was due
 within its start window when the pause came was stopped by the pause, and the resume's restart
 time is read just after its event's. A fire that has a task is judged by its task, paused or
-not.
+not. Events are pruned oldest first, so the log on record is whole from wherever it begins: a
+resume with no pause before it on record (pruned) means paused from before the log on record,
+and an object paused now without its pause on record is paused since its last resume on
+record, or from before the log. Untaken fires there are ``paused`` (the detail says the pause
+is not in the event log), never MISSED on the strength of a missing record.
 
 Lateness (p50/p99/max, overall and per member): `started_at - scheduled_for` of every first
 attempt of an owed fire that started (linear interpolation, as PostgreSQL's percentile_cont;
@@ -66,6 +91,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone as djtz
 from django.utils.dateparse import parse_date, parse_datetime
@@ -76,8 +102,9 @@ from scheduler.models import Event, Job, Member, MisfireRecord, Schedule, Task
 
 RAN, RERUN, MISFIRE, PAUSED, NOT_YET, MISSED, DOUBLE = (
     "ran", "re-run", "misfire", "paused", "not yet", "MISSED", "DOUBLE")
+BEHIND, DOWN = "behind", "down"
 UNEXPECTED = "UNEXPECTED"
-VERDICTS = (RAN, RERUN, MISFIRE, PAUSED, NOT_YET, MISSED, DOUBLE)
+VERDICTS = (RAN, RERUN, MISFIRE, PAUSED, NOT_YET, BEHIND, DOWN, MISSED, DOUBLE)
 ALL_VERDICTS = (*VERDICTS, UNEXPECTED)
 FAILING = (MISSED, DOUBLE)
 
@@ -350,11 +377,16 @@ class Segment:
 @dataclass(slots=True)
 class Pause:
     what: str  # "job" | "schedule"
-    start: datetime
+    start: datetime | None  # None: from before the event log on record (its event was pruned)
     end: datetime | None
     by: str
     resumed_by: str | None
     note: str = ""
+
+    def covers(self, due: datetime, grace: timedelta) -> bool:
+        """Was an untaken fire due at `due` stopped by this pause?"""
+        return ((self.start is None or self.start - grace - SLACK <= due)
+                and (self.end is None or due < self.end + RESUME_SLACK))
 
     def record(self) -> dict:
         return {"paused": self.what, "by": self.by, "from": iso(self.start),
@@ -364,7 +396,9 @@ class Pause:
         until = (f"to {text_time(self.end)} (resumed by {self.resumed_by or 'unknown'})"
                  if self.end else "and still paused")
         by = self.by or "unknown"
-        text = f"{self.what} paused by {by} from {text_time(self.start)} {until}"
+        since = ("from before the event log on record" if self.start is None
+                 else f"from {text_time(self.start)}")
+        text = f"{self.what} paused by {by} {since} {until}"
         return f"{text}; {self.note}" if self.note else text
 
 
@@ -407,9 +441,15 @@ class Down:
                 f"({self.last})")
 
 
-def _member_end(m: dict) -> tuple[datetime | None, str]:
-    """When a member stopped running (None: it still runs), and how, for Down.last."""
+def _member_end(m: dict, silent_before: datetime) -> tuple[datetime | None, str]:
+    """When a member stopped running (None: it still runs), and how, for Down.last. A live
+    member silent for longer than the dead-after time has stopped running at its last
+    heartbeat, declared dead or not (when the whole cluster is killed, no one declares it)."""
     if m["state"] in Member.LIVE_STATES:
+        if m["heartbeat_at"] < silent_before:
+            end = m["heartbeat_at"]
+            return end, (f"the last, {m['name']}, is silent since its last heartbeat at "
+                         f"{text_time(end)}, not declared dead yet")
         return None, ""
     if m["state"] == Member.State.DEAD:
         end = m["heartbeat_at"]
@@ -419,21 +459,24 @@ def _member_end(m: dict) -> tuple[datetime | None, str]:
     return end, f"the last, {m['name']}, stopped at {text_time(end)}"
 
 
-def _cluster_down(cluster_id: int) -> list[Down]:
+def _cluster_down(cluster_id: int, now: datetime) -> list[Down]:
     """The stretches with no member running, after the cluster's first member started (before
-    that nothing is known). Members are never pruned, so the history is whole."""
+    that nothing is known), as seen at `now`. Members are never pruned, so the history is
+    whole. The last stretch has no end when no member runs now: the cluster is still down."""
     members = list(Member.objects.filter(cluster_id=cluster_id).order_by("started_at").values(
         "name", "state", "started_at", "heartbeat_at", "stopped_at"))
     if not members:
         return []
+    silent_before = now - timedelta(seconds=settings.OPSCENTER["DEAD_AFTER"])
     out: list[Down] = []
-    covered_to, last = _member_end(members[0])  # the latest end so far (None: still running)
+    # the latest end so far (None: still running)
+    covered_to, last = _member_end(members[0], silent_before)
     for m in members[1:]:
         if covered_to is None:
             break  # a member runs to this day: nothing after is down
         if m["started_at"] > covered_to:
             out.append(Down(covered_to, m["started_at"], last))
-        end, how = _member_end(m)
+        end, how = _member_end(m, silent_before)
         if end is None or end >= covered_to:
             covered_to, last = end, how
     if covered_to is not None:
@@ -451,6 +494,19 @@ class SchedulePlan:
     misfires: list[Misfire]
     _mf_firsts: list[datetime] = field(default_factory=list)
     down: list[Down] = field(default_factory=list)  # the cluster's, shared by its plans
+    # The schedule's next fire, which no member has reached yet: its current next_fire_at,
+    # None when the job or the schedule is paused now (or nothing is left to fire).
+    reach: datetime | None = None
+
+    def unreached(self, seg: Segment, due: datetime) -> bool:
+        """Is an untaken owed fire simply not reached yet: owed under the definition in force
+        now, at or after the next fire the schedule is still waiting to hand out?"""
+        return self.reach is not None and seg.next_at is None and due >= self.reach
+
+    def down_now(self, due: datetime) -> Down | None:
+        """The stretch without a running member that `due` falls in, if it lasts to now."""
+        d = self.down_at(due)
+        return d if d is not None and d.end is None else None
 
     def down_at(self, due: datetime) -> Down | None:
         for d in self.down:
@@ -482,9 +538,12 @@ def _gap_bounds(plan: SchedulePlan, seg: Segment, now: datetime) -> list[datetim
     for m in plan.misfires:
         out += [m.first, m.last + _US]
     for p in plan.pauses:
-        out.append(p.start - seg.grace - SLACK)
+        if p.start is not None:
+            out.append(p.start - seg.grace - SLACK)
         if p.end is not None:
             out.append(p.end + RESUME_SLACK)
+    if plan.reach is not None and seg.next_at is None:
+        out.append(plan.reach)
     for d in plan.down:
         out.append(d.start)
         if d.end is not None:
@@ -500,9 +559,18 @@ def _gap_label(plan: SchedulePlan, seg: Segment, due: datetime,
     if m is not None:
         return MISFIRE, m.detail(), m.record()
     for p in plan.pauses:
-        if p.start - seg.grace - SLACK <= due and (p.end is None or due < p.end + RESUME_SLACK):
+        if p.covers(due, seg.grace):
             return PAUSED, p.detail(), p.record()
     limit = now - seg.grace - SLACK
+    if plan.unreached(seg, due):
+        # Not lost: the schedule still waits to hand it out (a member that comes back, or
+        # catches up, takes it or records it under the misfire policy).
+        d = plan.down_now(due)
+        if d is not None:
+            return DOWN, f"owed while the cluster was down: {d.detail()}", None
+        if due < limit:
+            return BEHIND, ("not reached yet: the schedule's next fire is still "
+                            f"{text_time(plan.reach)}"), None
     if due >= limit:
         return NOT_YET, (f"no task yet; it may still start (misfire grace "
                          f"{_secs(seg.grace):g} s + {_secs(SLACK):g} s)"), None
@@ -622,7 +690,10 @@ def _describe(defn: dict) -> str:
     return f"once at {defn.get('run_at')}"
 
 
-def _pauses(events: list[dict], what: str, paused_now: bool, created: datetime) -> list[Pause]:
+def _pauses(events: list[dict], what: str, paused_now: bool) -> list[Pause]:
+    """The pauses of a job or a schedule from its pause/resume events (in time order). The log
+    is whole from wherever it now begins (pruning takes the oldest first), so a resume with no
+    pause before it on record was paused from before that beginning: the pause was pruned."""
     out: list[Pause] = []
     open_: Pause | None = None
     last_resume: datetime | None = None
@@ -636,33 +707,36 @@ def _pauses(events: list[dict], what: str, paused_now: bool, created: datetime) 
             open_ = None
             last_resume = ev["created_at"]
         else:
-            # Resumed without a pause on record (its event was pruned): paused before this.
-            out.append(Pause(what, datetime.min.replace(tzinfo=UTC), ev["created_at"], "",
-                             ev["actor"], "its pause is not in the event log"))
+            # Resumed without a pause on record (its event was pruned, or deleted): paused
+            # since the resume before, or from before the log on record.
+            out.append(Pause(what, last_resume, ev["created_at"], "", ev["actor"],
+                             "its pause is not in the event log"))
             last_resume = ev["created_at"]
     if open_ is not None:
         out.append(open_)
     elif paused_now:
-        # Paused without an event (created paused, or set in bulk): since its last resume.
-        out.append(Pause(what, last_resume or created, None, "", None,
+        # Paused without an event on record: since its last resume, or from before the log
+        # on record (pruned, or paused when it was created).
+        out.append(Pause(what, last_resume, None, "", None,
                          "the pause is not in the event log"))
     return out
 
 
-def build_plans(cluster_id: int, since: datetime, until: datetime,
-                job_id: int | None = None) -> tuple[list[SchedulePlan], list[str]]:
+def build_plans(cluster_id: int, since: datetime, until: datetime, job_id: int | None = None,
+                now: datetime | None = None) -> tuple[list[SchedulePlan], list[str]]:
     """Every schedule of the cluster (or of one job) with its definition segments in the
-    window, its pauses and its misfire records."""
+    window, its pauses and its misfire records, as seen at `now` (default: the database's)."""
+    now = now or db_now()
     warnings: list[str] = []
     schedules = Schedule.objects.filter(cluster_id=cluster_id)
     if job_id is not None:
         schedules = schedules.filter(job_id=job_id)
     rows = list(schedules.order_by("id").values(
-        "id", "job_id", "job__name", "job__paused", "job__created_at", "paused", "created_at",
-        "version", *Schedule.DEFINITION_FIELDS, "anchor_at"))
+        "id", "job_id", "job__name", "job__paused", "paused", "created_at", "updated_at",
+        "version", "next_fire_at", *Schedule.DEFINITION_FIELDS, "anchor_at"))
     if not rows:
         return [], warnings
-    down = _cluster_down(cluster_id)
+    down = _cluster_down(cluster_id, now)
     ids = [r["id"] for r in rows]
     job_ids = sorted({r["job_id"] for r in rows})
 
@@ -701,11 +775,16 @@ def build_plans(cluster_id: int, since: datetime, until: datetime,
                                 (ev["data"] or {}).get("version")))
         complete = bool(history) and history[0][1] == Event.Kind.SCHEDULE_CREATED
         if not history:
-            # Loaded in bulk without events: its current definition since it was created.
+            # No definition on record: loaded in bulk without events (version 1: its current
+            # definition since it was created), or its events were pruned. A changed one
+            # (version 2 on) holds its current definition since its last save at the latest
+            # (an interval without a start: since its anchor, the very time of the change);
+            # what held before is unknown.
             current = {f: r[f] for f in (*Schedule.DEFINITION_FIELDS, "anchor_at")}
             current = {k: iso(v) if isinstance(v, datetime) else v for k, v in current.items()}
-            history = [(_effective(current, r["created_at"]), "", current, r["version"])]
-            complete = True
+            complete = r["version"] == 1
+            since_at = r["created_at"] if complete else max(r["created_at"], r["updated_at"])
+            history = [(_effective(current, since_at), "", current, r["version"])]
         history.sort(key=lambda h: h[0])
         segments: list[Segment] = []
 
@@ -743,13 +822,12 @@ def build_plans(cluster_id: int, since: datetime, until: datetime,
                     if seg.interval:
                         seg.last = seg.first + timedelta(
                             seconds=seg.timing.interval_seconds) * (seg.count - 1)
-        pauses = (_pauses(job_pauses.get(r["job_id"], []), "job", r["job__paused"],
-                          r["job__created_at"])
-                  + _pauses(schedule_pauses.get(sid, []), "schedule", r["paused"],
-                            r["created_at"]))
+        pauses = (_pauses(job_pauses.get(r["job_id"], []), "job", r["job__paused"])
+                  + _pauses(schedule_pauses.get(sid, []), "schedule", r["paused"]))
         mfs = misfires.get(sid, [])
+        reach = None if r["job__paused"] or r["paused"] else r["next_fire_at"]
         plans.append(SchedulePlan(sid, r["job_id"], r["job__name"], segments, pauses, mfs,
-                                  [m.first for m in mfs], down))
+                                  [m.first for m in mfs], down, reach))
     return plans, warnings
 
 
@@ -919,7 +997,7 @@ def audit(cluster, since: datetime | None = None, until: datetime | None = None,
         raise AuditInputError("the set-based audit needs PostgreSQL")
     if method not in ("sql", "python"):
         raise AuditInputError(f"unknown audit method {method!r}")
-    plans, warnings = build_plans(cluster.pk, since, until, job.pk if job else None)
+    plans, warnings = build_plans(cluster.pk, since, until, job.pk if job else None, now)
     unique = fire_key_is_unique()
     if not unique:
         warnings.append("the unique fire key (schedule, scheduled_for, attempt) is missing from "
@@ -1012,7 +1090,7 @@ def audit_stream(cluster, since: datetime, until: datetime, *, job: Job | None =
     if since >= until:
         raise AuditInputError(f"the window is empty: since ({text_time(since)}) must be before "
                               f"until ({text_time(until)})")
-    plans, warnings = build_plans(cluster.pk, since, until, job.pk if job else None)
+    plans, warnings = build_plans(cluster.pk, since, until, job.pk if job else None, now)
     unique = fire_key_is_unique()
     tally = _Tally(keep=False)
     result = AuditResult(cluster.name, since, until, now, "python", len(plans), {}, None, None,

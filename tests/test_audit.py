@@ -24,7 +24,18 @@ from django.db import connection
 from django.urls import reverse
 
 from scheduler import audit as audits
-from scheduler.audit import DOUBLE, MISFIRE, MISSED, NOT_YET, PAUSED, RAN, RERUN, UNEXPECTED
+from scheduler.audit import (
+    BEHIND,
+    DOUBLE,
+    DOWN,
+    MISFIRE,
+    MISSED,
+    NOT_YET,
+    PAUSED,
+    RAN,
+    RERUN,
+    UNEXPECTED,
+)
 from scheduler.clock import db_now
 from scheduler.models import Cluster, Event, Job, Member, MisfireRecord, Schedule, Task
 from tests.conftest import add_job, is_postgres, wait_for
@@ -528,8 +539,8 @@ def test_recorded_decisions_retries_and_the_unexpected(cluster):
     assert rerun.attempts == 2 and "lost and recovered" in rerun.detail
     assert unrecovered.state == "lost" and "not recovered" in unrecovered.detail
     assert misfire.record["reason"] == "skip" and misfire.record["member"] == "b"
-    assert result.counts == {RAN: 9, RERUN: 1, MISFIRE: 2, PAUSED: 0, NOT_YET: 0, MISSED: 0,
-                             DOUBLE: 0, UNEXPECTED: 1}
+    assert result.counts == {RAN: 9, RERUN: 1, MISFIRE: 2, PAUSED: 0, NOT_YET: 0, BEHIND: 0,
+                             DOWN: 0, MISSED: 0, DOUBLE: 0, UNEXPECTED: 1}
     # Lateness: first attempts that started (not the skipped one, not the off-grid one).
     assert result.lateness["count"] == 10
     assert result.lateness["max"] == 1.5
@@ -587,6 +598,122 @@ def test_recent_fires_without_a_task_are_not_yet_due(cluster):
     assert result.counts[MISSED] == 2 and "queued" in fires(result, NOT_YET)[0].detail
 
 
+def reach(schedule, at) -> None:
+    """Where the cluster has got to: the schedule's next fire, as the claiming member left it."""
+    Schedule.objects.filter(pk=schedule.pk).update(next_fire_at=at)
+
+
+def test_fires_the_cluster_has_not_reached_are_behind_not_missed(cluster):
+    start = utc(2026, 2, 1, 12, 0, 0)
+    due = every(start, S, 120)
+    now = due[-1] + S / 2
+    a = member(cluster, "a")  # running all along, and now: busy, not down
+    Member.objects.filter(pk=a.pk).update(started_at=start - S, heartbeat_at=now)
+    busy = add_schedule(add_job(cluster, "busy"), kind="interval", interval_seconds=1,
+                        misfire_grace_seconds=5)
+    in_force_from(busy, start)
+    ledger(busy, due[:10] + due[11:40], member=a)
+    reach(busy, due[40])  # the members have handed out every fire before due[40], no further
+    result = audit(cluster, start, now, now=now)
+    # due[10] lies before the schedule's next fire and has no task: a real gap. From due[40]
+    # on nothing is lost: behind, except the last 7 s (grace 5 s + slack 2 s), not yet.
+    assert [f.due for f in fires(result, MISSED)] == [due[10]]
+    behind = fires(result, BEHIND)
+    assert [f.due for f in behind] == due[40:113]
+    assert {f.detail for f in behind} == {
+        f"not reached yet: the schedule's next fire is still {audits.text_time(due[40])}"}
+    assert [f.due for f in fires(result, NOT_YET)] == due[113:]
+    assert result.counts[BEHIND] == 73 and result.counts[RAN] == 39
+    # Paused now: nothing is waiting to be handed out, the fires are paused, not behind.
+    quiet = add_schedule(add_job(cluster, "quiet"), kind="interval", interval_seconds=1)
+    in_force_from(quiet, start)
+    ledger(quiet, due[:60], member=a)
+    quiet.pause(actor="pat")
+    Event.objects.filter(kind="schedule.paused").update(created_at=due[60] - S / 2)
+    reach(quiet, due[60])  # a resume of its job would set it; the schedule stays paused
+    result = audit(cluster, start, now, job=quiet.job, now=now)
+    assert result.counts[PAUSED] == 60 and result.counts[BEHIND] == 0
+    out, error = command("--cluster", "test", "--job", "busy", "--since",
+                         due[11].isoformat(), "--until", now.isoformat())
+    assert error is None, out  # behind is not a failure
+    # Audited at the database's time: the last 7 fires are no longer "not yet" but behind.
+    assert "behind      80" in out and "not reached yet: the schedule's next fire" in out
+    assert out.endswith("Audit passed: nothing MISSED or DOUBLE; still owed, not lost: "
+                        "80 fire(s) behind (not reached yet by the cluster).\n")
+
+
+def test_fires_owed_while_the_cluster_is_down_say_so(cluster):
+    start = utc(2026, 2, 1, 12, 0, 0)
+    due = every(start, 5 * S, 24)  # 12:00:00 to 12:01:55
+    now = due[-1] + S
+    job = add_job(cluster, "tick")
+    schedule = add_schedule(job, kind="interval", interval_seconds=5, misfire_grace_seconds=1)
+    in_force_from(schedule, start)
+    m1, m2 = member(cluster, "m1"), member(cluster, "m2")
+    # m1 ran to 12:00:32 and stopped; m2 ran from 12:00:42 and went silent at 12:01:08
+    # (killed with the whole cluster: no one is left to declare it dead).
+    Member.objects.filter(pk=m1.pk).update(started_at=start - S, state="stopped",
+                                           stopped_at=start + 32 * S)
+    Member.objects.filter(pk=m2.pk).update(started_at=start + 42 * S, heartbeat_at=start + 68 * S)
+    ledger(schedule, due[:7], member=m1)  # to 12:00:30
+    ledger(schedule, due[9:13], member=m2)  # 12:00:45 to 12:01:00
+    reach(schedule, due[13])
+    result = audit(cluster, start, now, now=now)
+    T = audits.text_time
+    # 12:00:35 and 12:00:40: the cluster came back and moved past them with no record: lost.
+    missed = fires(result, MISSED)
+    assert [f.due for f in missed] == due[7:9]
+    assert {f.detail for f in missed} == {
+        f"no task and no record why: no member of the cluster was running from "
+        f"{T(start + 32 * S)} to {T(start + 42 * S)} (the last, m1, stopped at "
+        f"{T(start + 32 * S)})"}
+    # 12:01:05, while m2 still ran (to 12:01:08): not reached, behind.
+    assert [f.due for f in fires(result, BEHIND)] == [due[13]]
+    # 12:01:10 on, the last seconds too: owed while the cluster is down, not lost, not "not yet".
+    down = fires(result, DOWN)
+    assert [f.due for f in down] == due[14:]
+    assert {f.detail for f in down} == {
+        f"owed while the cluster was down: no member of the cluster was running from "
+        f"{T(start + 68 * S)} and none has joined since (the last, m2, is silent since its "
+        f"last heartbeat at {T(start + 68 * S)}, not declared dead yet)"}
+    assert result.counts[NOT_YET] == 0 and result.counts[DOWN] == 10
+    # Had the cluster moved past 12:01:10 before it went down, that fire would be lost.
+    reach(schedule, due[15])
+    result = audit(cluster, start, now, now=now)
+    assert [f.due for f in fires(result, MISSED)] == [*due[7:9], *due[13:15]]
+    assert "was running from " + T(start + 68 * S) in fires(result, MISSED)[-1].detail
+    assert result.counts[DOWN] == 9 and result.counts[BEHIND] == 0
+    reach(schedule, due[13])
+    out, error = command("--cluster", "test", "--since", due[9].isoformat(), "--until",
+                         now.isoformat())
+    assert error is None, out
+    assert "owed while the cluster was down" in out and "10 owed while the cluster was down" in out
+
+
+@TX
+def test_a_stopped_cluster_owes_its_last_fires_while_down(cluster):
+    node = make_node()
+    try:
+        job = add_job(cluster, "tick")
+        schedule = add_schedule(job, kind="interval", interval_seconds=1, misfire_grace_seconds=1)
+        drive(node, finished(job, 3), message="three runs")
+    finally:
+        stop(node)
+    stopped = Member.objects.get(name="n1").stopped_at
+    schedule.refresh_from_db()
+    # Past the grace and slack of the first fire after the stop: once missed, then not yet.
+    wait_for(lambda: db_now() > schedule.next_fire_at + 4 * S, timeout=10)
+    now = db_now()
+    result = audit(cluster, schedule.anchor_at, now, now=now)
+    down = fires(result, DOWN)
+    assert down and down[0].due == schedule.next_fire_at and down[-1].due > now - 3 * S
+    assert result.counts[DOWN] == len(down) and result.counts[MISSED] == 0
+    assert result.counts[NOT_YET] == 0 and result.counts[RAN] >= 3
+    assert f"running from {audits.text_time(stopped)} and none has joined since" in down[0].detail
+    out, error = command("--cluster", "test", "--since", schedule.anchor_at.isoformat())
+    assert error is None, out
+
+
 def test_a_schedule_without_history_is_audited_against_its_current_definition(cluster):
     job = add_job(cluster, "bulk")
     schedule = add_schedule(job, kind="interval", interval_seconds=2)
@@ -606,6 +733,23 @@ def test_a_schedule_without_history_is_audited_against_its_current_definition(cl
     # missed; before it nothing is judged.
     assert result.counts[UNEXPECTED] == 10 and result.counts[MISSED] == 5
     assert result.counts[RAN] == 5
+
+
+def test_a_changed_schedule_whose_definitions_were_pruned_is_audited_from_its_change(cluster):
+    job = add_job(cluster, "changed")
+    schedule = add_schedule(job, kind="interval", interval_seconds=2)
+    start = utc(2026, 2, 1, 12, 0, 0)
+    schedule.interval_seconds = 3
+    schedule.save()
+    in_force_from(schedule, start + 30 * S)  # the change: every 3 s from 12:00:30
+    ledger(schedule, every(start, 2 * S, 15) + every(start + 30 * S, 3 * S, 10))
+    Event.objects.filter(schedule=schedule).delete()  # every definition event pruned
+    Schedule.objects.filter(pk=schedule.pk).update(created_at=start)
+    result = audit(cluster, start, start + 60 * S, now=start + 120 * S)
+    # Version 2: what held before the change is unknown, so it is not judged against the
+    # current definition (15 fires of 2 s would be unexpected, 10 of 3 s missed).
+    assert "not in the event log" in result.warnings[0]
+    assert result.counts[RAN] == result.owed == 10 and not list(result.exceptions())
 
 
 # ------------------------------------------------------------------------------------ the command
@@ -718,6 +862,67 @@ def test_the_job_page_shows_the_audit_of_the_last_hour_and_day(cluster, admin_cl
     assert 'class="audit-missed"' in page
 
 
+@pytest.mark.parametrize("what", ["job", "schedule"])
+def test_a_pause_pruned_from_the_event_log_is_read_as_paused_from_before_it(
+        cluster, admin_client, what):
+    from scheduler.retention import prune
+
+    now = db_now()
+    job = add_job(cluster, "pruned")
+    schedule = add_schedule(job, kind="interval", interval_seconds=60)
+    start = now - timedelta(hours=3) + 30 * S  # fires half a minute away from the bounds
+    in_force_from(schedule, start)
+    due = every(start, 60 * S, 180)
+    paused = job if what == "job" else schedule
+    paused.pause(actor="pat")
+    paused.resume(actor="rita")
+    # Paused 40 days ago, resumed 2.5 hours ago; no task in between.
+    Event.objects.filter(kind=f"{what}.paused").update(created_at=now - timedelta(days=40))
+    Event.objects.filter(kind=f"{what}.resumed").update(created_at=due[30] - S)
+    ledger(schedule, [d for i, d in enumerate(due) if i >= 30 and i != 150])
+    assert prune(cluster.pk, task_days=30, event_days=30) == 1  # the pause event, only
+    assert not Event.objects.filter(kind=f"{what}.paused").exists()
+    result = audit(cluster, start, now, now=now)
+    assert [f.due for f in fires(result, PAUSED)] == due[:30]
+    assert fires(result, PAUSED)[0].detail == (
+        f"{what} paused by unknown from before the event log on record to "
+        f"{audits.text_time(due[30] - S)} (resumed by rita); its pause is not in the event log")
+    assert [f.due for f in fires(result, MISSED)] == [due[150]]  # a real gap, still found
+    assert result.counts[RAN] == 149
+    counts = audits.job_counts(job, {"hour": timedelta(hours=1), "day": timedelta(days=1)})
+    assert counts["day"][PAUSED] == 30 and counts["day"][MISSED] == 1
+    response = admin_client.get(reverse("admin:scheduler_job_change", args=[job.pk]))
+    assert response.status_code == 200 and "last day" in response.content.decode()
+    # Paused now, without its pause on record (deleted): when it began is unknown, so from
+    # the resume on record on, an untaken fire is paused, not missed on a missing record.
+    paused.pause(actor="pat")
+    Event.objects.filter(kind=f"{what}.paused").delete()
+    Task.objects.filter(scheduled_for__gte=due[170]).delete()
+    result = audit(cluster, start, now, now=now)
+    assert [f.due for f in fires(result, PAUSED)] == due[:30] + [due[150]] + due[170:]
+    assert result.counts[MISSED] == 0
+    assert fires(result, PAUSED)[-1].detail == (
+        f"{what} paused by unknown from {audits.text_time(due[30] - S)} and still paused; "
+        "the pause is not in the event log")
+    response = admin_client.get(reverse("admin:scheduler_job_change", args=[job.pk]))
+    assert response.status_code == 200
+
+
+def test_pruning_takes_the_oldest_first_so_the_history_left_is_whole(cluster, monkeypatch):
+    from scheduler import retention
+
+    job = add_job(cluster, "old")
+    now = db_now()
+    job.pause(actor="pat")
+    job.resume(actor="rita")
+    Event.objects.filter(kind="job.paused").update(created_at=now - timedelta(days=50))
+    Event.objects.filter(kind="job.resumed").update(created_at=now - timedelta(days=40))
+    monkeypatch.setattr(retention, "BATCH", 1)
+    assert retention.prune(cluster.pk, task_days=30, event_days=30) == 1
+    # A pause without its resume would read as paused to this day.
+    assert list(Event.objects.filter(job=job).values_list("kind", flat=True)) == ["job.resumed"]
+
+
 # ------------------------------------------------------------------------------------ both ways
 
 
@@ -734,6 +939,17 @@ def test_both_audits_agree_on_a_random_ledger(cluster, seed):
     members = [member(cluster, name) for name in ("a", "b", "c")]
     window = (start + 30 * S, start + 600 * S)
     now = start + rng.choice([300, 590, 700]) * S
+    down_from = None
+    if rng.random() < 0.6:  # the whole cluster stopped (and is still down, or came back)
+        down_from = start + timedelta(seconds=rng.uniform(100, 500))
+        Member.objects.filter(pk__in=[m.pk for m in members]).update(
+            started_at=start, state="stopped", stopped_at=down_from)
+        if rng.random() < 0.3:
+            Member.objects.filter(pk=members[0].pk).update(
+                started_at=down_from + timedelta(seconds=rng.uniform(10, 60)), state="active",
+                stopped_at=None, heartbeat_at=now)
+    untaken = {MISSED, PAUSED, NOT_YET, BEHIND, DOWN}  # the verdicts a fire without a task may get
+    reaches = {}
     expect: dict[tuple, set] = {}  # (schedule, due) -> the verdicts it may get
     for i in range(6):
         job = add_job(cluster, f"r{i}")
@@ -777,7 +993,7 @@ def test_both_audits_agree_on_a_random_ledger(cluster, seed):
             key = (schedule.pk, due)
             if roll < 0.06:
                 run_of_misfires.append(due)
-                expect[key] = {MISFIRE, MISSED, PAUSED, NOT_YET}
+                expect[key] = {MISFIRE, *untaken}
                 continue
             if run_of_misfires and rng.random() < 0.5:
                 MisfireRecord.objects.create(
@@ -786,7 +1002,7 @@ def test_both_audits_agree_on_a_random_ledger(cluster, seed):
                     policy="skip", reason="skip", member=m)
             run_of_misfires = []
             if roll < 0.09:
-                expect[key] = {MISSED, PAUSED, NOT_YET}
+                expect[key] = untaken
                 continue
             late = rng.uniform(0, 2)
             if roll < 0.11:
@@ -811,14 +1027,21 @@ def test_both_audits_agree_on_a_random_ledger(cluster, seed):
                 expect[key] = {NOT_YET}
             elif roll < 0.18:
                 ledger(schedule, [due + S / 3], member=m)  # off the grid, and missed
-                expect[key] = {MISSED, PAUSED, NOT_YET}
+                expect[key] = untaken
                 expect[(schedule.pk, due + S / 3)] = {UNEXPECTED}
             else:
                 ledger(schedule, [due], member=m, late=late)
                 expect[key] = {RAN}
+        if rng.random() < 0.6:  # the cluster has not reached the last fires: behind (or down)
+            reaches[schedule.pk] = rng.choice(owed[len(owed) // 3:])
+            for due in owed:
+                if due >= reaches[schedule.pk] and expect.get((schedule.pk, due)) == {RAN}:
+                    Task.objects.filter(schedule=schedule, scheduled_for=due).delete()
+                    expect[(schedule.pk, due)] = untaken
+            reach(schedule, reaches[schedule.pk])
     result = audit(cluster, *window, now=now)
     every_fire = list(audits.iter_fires(
-        audits.build_plans(cluster.pk, *window)[0], *window, now))
+        audits.build_plans(cluster.pk, *window, now=now)[0], *window, now))
     assert sum(result.counts.values()) == len(every_fire)
     judged = {(f.schedule_id, f.due): f.verdict for f in every_fire}
     assert judged == {k: judged[k] for k in expect if window[0] <= k[1] < window[1]}
@@ -826,4 +1049,9 @@ def test_both_audits_agree_on_a_random_ledger(cluster, seed):
         assert verdict in expect[key], (key, verdict, expect[key])
     for verdict in audits.ALL_VERDICTS:
         assert result.counts[verdict] == sum(f.verdict == verdict for f in every_fire)
+    for f in every_fire:  # behind and down only at or after the schedule's next fire
+        if f.verdict in (BEHIND, DOWN):
+            assert f.due >= reaches[f.schedule_id]
+        if f.verdict == DOWN:
+            assert down_from is not None and f.due >= down_from
     assert result.lateness["count"] > 0

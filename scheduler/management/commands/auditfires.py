@@ -2,8 +2,10 @@
 schedules owed in a window, each with one verdict (scheduler/audit.py says how they are found).
 
 Verdicts: ran, re-run, misfire (a misfire record of the schedule's policy, or "overlap skip":
-a task skipped by the job's overlap policy), paused, not yet, MISSED, DOUBLE; tasks at times
-no definition produced are listed as UNEXPECTED (not owed, not a failure).
+a task skipped by the job's overlap policy), paused, not yet, behind (not reached yet: the
+schedule's next fire is still at or before it), down (owed while the cluster is down: no
+member has run since), MISSED, DOUBLE; tasks at times no definition produced are listed as
+UNEXPECTED (not owed, not a failure). Only MISSED and DOUBLE are failures.
 
 Output: a summary (counts per verdict, lateness p50/p99/max of first attempts, per member) and
 a table of every fire that is not plainly `ran`. With --json: JSON Lines, written as the audit
@@ -11,7 +13,8 @@ goes, so memory stays flat on any ledger: a first line {"type": "audit", ...}, o
 {"type": "fire", ...} per fire (owed or UNEXPECTED, by schedule id and due time), and a last
 line {"type": "summary", ...}.
 
-Exit status: 0 when nothing is MISSED or DOUBLE, 1 when something is, 2 on bad input.
+Exit status: 0 when nothing is MISSED or DOUBLE (whatever else: behind, down, not yet are
+not failures), 1 when something is, 2 on bad input.
 """
 
 from __future__ import annotations
@@ -40,7 +43,10 @@ def seconds(value: float | None) -> str:
 
 class Command(BaseCommand):
     help = ("Audit the fires a cluster's schedules owed in a window against the task ledger "
-            "and the event log; exit status 1 when a fire was MISSED or DOUBLE.")
+            "and the event log. Verdicts: ran, re-run, misfire, paused, not yet, behind (not "
+            "reached yet by the cluster), down (owed while no member runs), MISSED, DOUBLE; "
+            "UNEXPECTED for tasks at times not owed. Exit status 0 when nothing is MISSED or "
+            "DOUBLE, 1 when something is, 2 on bad input.")
 
     def add_arguments(self, parser):
         add_cluster_argument(parser)
@@ -140,4 +146,23 @@ class Command(BaseCommand):
             print_table(write, header, rows)
         if not shown:
             write("Every owed fire plainly ran.")
+        write("")
+        self.write_verdict(result)
+
+    def write_verdict(self, result) -> None:
+        """The last line: passed or failed, and what is owed but not lost."""
+        counts = result.counts
+        waiting = []
+        if counts[audits.BEHIND]:
+            waiting.append(f"{counts[audits.BEHIND]} fire(s) behind (not reached yet by the "
+                           "cluster)")
+        if counts[audits.DOWN]:
+            waiting.append(f"{counts[audits.DOWN]} owed while the cluster was down (no member "
+                           "has run since)")
+        if counts[audits.NOT_YET]:
+            waiting.append(f"{counts[audits.NOT_YET]} not yet due to have started")
+        outcome = (f"FAILED: {counts[audits.MISSED]} MISSED, {counts[audits.DOUBLE]} DOUBLE"
+                   if result.failed else "passed: nothing MISSED or DOUBLE")
+        still = f"; still owed, not lost: {', '.join(waiting)}" if waiting else ""
+        self.stdout.write(f"Audit {outcome}{still}.")
 
