@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import IO, Any, cast
 
+from scheduler.reaper import TOKEN_VAR
+
 # Seconds between SIGTERM and SIGKILL for shell jobs, and how long a cancelled python job gets to
 # return before its thread is abandoned.
 KILL_GRACE = 5.0
@@ -326,7 +328,16 @@ def _shell_environment(run: TaskRun) -> dict[str, str]:
         OPSCENTER_CLUSTER=run.cluster,
         OPSCENTER_MEMBER=run.member,
     )
+    _keep_node_token(env)
     return env
+
+
+def _keep_node_token(env: dict[str, str]) -> None:
+    """The node's reaper finds its jobs' processes by this variable: no parameter may change
+    or drop it, or the job would outlive its node."""
+    token = os.environ.get(TOKEN_VAR)
+    if token:
+        env[TOKEN_VAR] = token
 
 
 def _pump_output(fd: int, log: LogBuffer, stop: threading.Event) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import signal
 import threading
 import time
@@ -24,6 +25,7 @@ from django.db import InterfaceError, OperationalError, connection, connections
 from scheduler import executors, ledger, membership, validators
 from scheduler.clock import db_now
 from scheduler.models import Cluster, Event, Member, Task
+from scheduler.reaper import TOKEN_VAR, Reaper
 
 log = logging.getLogger("opscenter.node")
 
@@ -141,6 +143,7 @@ class Node:
         # SQLite's write lock several times a second for nothing.
         self._claim_at = 0.0
         self._listener: threading.Thread | None = None
+        self.reaper: Reaper | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -167,6 +170,26 @@ class Node:
 
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
+
+    def start_reaper(self) -> None:
+        """Mark everything this node starts with a token of its own and start the reaper that
+        kills those processes when the node ends, however it ends (scheduler/reaper.py).
+
+        Call it before start(): it changes this process's environment, which must happen before
+        other threads (the listener, the pool) run."""
+        token = secrets.token_hex(16)
+        os.environ[TOKEN_VAR] = token
+        self.reaper = Reaper(token)
+        self.reaper.start()
+        log.info("reaper started (pid %s): the processes of this node's jobs die with it",
+                 self.reaper.pid)
+
+    def _check_reaper(self) -> None:
+        if self.reaper is None or self.reaper.alive():
+            return
+        log.error("the reaper (pid %s) ended with status %s; starting a new one",
+                  self.reaper.pid, self.reaper.exit_code())
+        self.reaper.start()
 
     def start(self) -> Member:
         self._configure_session()
@@ -243,6 +266,7 @@ class Node:
             self._declared_dead()
             return True
         self._check_cancel_requests()
+        self._check_reaper()
         if self.is_passive:
             self._keep_or_seek_lease()
         return False
@@ -620,6 +644,9 @@ class Node:
                 log.exception("recording the stop failed")
                 break
         self.pool.shutdown(wait=False, cancel_futures=True)
+        if self.reaper is not None:
+            # Whatever a job left behind (a child of a python job) goes now, as it would at exit.
+            self.reaper.stop()
         s = self.stats
         log.info("member %s stopped (%d started, %d finished, %d misfired; %d claims taking "
                  "%.1f s)", self.member.name, s.started, s.finished, s.misfired, s.claims,
