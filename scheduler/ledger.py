@@ -75,6 +75,7 @@ class JobSnapshot:
     max_parallel: int
     overlap_policy: str
     recover_lost: bool
+    isolation: str
 
 
 JOB_FIELDS = [f.name for f in JobSnapshot.__dataclass_fields__.values()]

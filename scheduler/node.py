@@ -425,6 +425,7 @@ class Node:
             parameters={**job.parameters, **started.parameters}, data=job.data_map,
             timeout=job.timeout_seconds, scheduled_for=started.scheduled_for,
             attempt=started.attempt, cluster=self.opts.cluster, member=self.opts.name,
+            isolation=job.isolation, stateful=job.stateful,
         )
         self.stats.started += 1
         self.pool.submit(self._execute, run, task_run)
