@@ -180,16 +180,28 @@ class Node:
         token = secrets.token_hex(16)
         os.environ[TOKEN_VAR] = token
         self.reaper = Reaper(token)
-        self.reaper.start()
+        try:
+            self.reaper.start()
+        except OSError as exc:  # tried again at every heartbeat
+            log.error("could not start the reaper (%s): until it runs, the processes of this "
+                      "node's jobs would outlive a crash of the node", exc)
+            return
         log.info("reaper started (pid %s): the processes of this node's jobs die with it",
                  self.reaper.pid)
 
     def _check_reaper(self) -> None:
         if self.reaper is None or self.reaper.alive():
             return
-        log.error("the reaper (pid %s) ended with status %s; starting a new one",
-                  self.reaper.pid, self.reaper.exit_code())
-        self.reaper.start()
+        if self.reaper.proc is not None:
+            log.error("the reaper (pid %s) ended with status %s; starting a new one",
+                      self.reaper.pid, self.reaper.exit_code())
+            self.reaper.proc = None
+        try:
+            self.reaper.start()
+        except OSError as exc:
+            log.error("could not start the reaper (%s); trying again at the next heartbeat", exc)
+            return
+        log.warning("reaper started again (pid %s)", self.reaper.pid)
 
     def start(self) -> Member:
         self._configure_session()

@@ -113,7 +113,7 @@ class Reaper:
 
     def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if k != TOKEN_VAR}
-        self.proc = subprocess.Popen(
+        proc = subprocess.Popen(
             # -I: no user site, no PYTHON* variables, no script directory on the path; the
             # reaper needs only the standard library.
             [sys.executable, "-I", os.path.abspath(__file__)],
@@ -122,9 +122,10 @@ class Reaper:
             # supervisor killing the group) must leave it to see the node's end and act.
             start_new_session=True,
         )
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(self.token.encode("ascii") + b"\n")
-        self.proc.stdin.flush()
+        assert proc.stdin is not None
+        proc.stdin.write(self.token.encode("ascii") + b"\n")
+        proc.stdin.flush()
+        self.proc = proc
 
     @property
     def pid(self) -> int | None:

@@ -137,3 +137,41 @@ def test_the_reaper_runs_without_django():
     out = subprocess.run([sys.executable, "-I", reaper.__file__], input=b"", timeout=10,
                          capture_output=True)
     assert out.returncode == 0, out.stderr
+
+
+def reapers_of(pid: int) -> list:
+    """The live reaper processes a node started."""
+    import psutil
+
+    found = []
+    for child in psutil.Process(pid).children():
+        try:
+            if any(part.endswith("reaper.py") for part in child.cmdline()):
+                found.append(child)
+        except psutil.Error:  # gone, or a zombie the node has not collected yet
+            continue
+    return found
+
+
+@pytest.mark.processes
+@pytest.mark.django_db(transaction=True)
+def test_a_node_starts_a_new_reaper_when_its_reaper_dies(cluster, start_node):
+    node = start_node("--cluster", "test", "--node", "n1", *FAST)
+    first = wait_for(lambda: reapers_of(node.pid), timeout=20, message="the reaper")
+    assert len(first) == 1
+    first[0].kill()
+    again = wait_for(lambda: [p for p in reapers_of(node.pid) if p.pid != first[0].pid],
+                     timeout=10, message="a new reaper")
+    assert len(again) == 1
+    wait_for(lambda: "starting a new one" in node.output(), timeout=5)
+    # The new one knows the node's token: a job started now still dies with the node.
+    job = add_job(cluster, "sleeper", "echo started; exec sleep 60", kind="shell")
+    task = job.run_now()
+    wait_for(lambda: "started" in Task.objects.get(pk=task.pk).log_text(), timeout=20)
+    import psutil
+
+    jobs = [p for p in psutil.Process(node.pid).children() if p.name() == "sleep"]
+    assert len(jobs) == 1
+    os.kill(node.pid, signal.SIGKILL)
+    node.proc.wait(timeout=10)
+    wait_for(lambda: gone(jobs[0].pid), timeout=2.0, message="the job to die with its node")
