@@ -682,7 +682,7 @@ class TaskAdmin(admin.ModelAdmin):
                            ("scheduled_for", "not_before"), "member",
                            ("started_at", "finished_at", "duration", "late"),
                            ("exit_code", "error"), ("requested_by", "cancel_reason"),
-                           ("retry_of", "lost_at"), "parameters", "created_at")}),
+                           ("retry_of", "lost_at", "member_deaths"), "parameters", "created_at")}),
         ("Log", {"fields": ("log",)}),
     )
 
