@@ -487,7 +487,7 @@ class ScheduleInline(admin.StackedInline):
 class JobAdmin(OperatorActions, admin.ModelAdmin):
     list_display = ("name", "cluster", "kind", "paused", "schedules_summary", "last_task_state",
                     "next_fire")
-    list_filter = ("cluster", "kind", "paused", "stateful")
+    list_filter = ("cluster", "kind", "isolation", "paused", "stateful")
     search_fields = ("name", "title", "command")
     list_select_related = ("cluster",)
     formfield_overrides = DATA_MAP_OVERRIDES
@@ -496,7 +496,7 @@ class JobAdmin(OperatorActions, admin.ModelAdmin):
     readonly_fields = ("paused", "next_fire", "last_task_state", "created_at", "updated_at",
                        "recent_tasks", "audit_summary")
     fieldsets = (
-        (None, {"fields": ("cluster", "name", "title", "kind", "command",
+        (None, {"fields": ("cluster", "name", "title", "kind", "command", "isolation",
                            "working_directory")}),
         ("Data", {"fields": ("parameters", "stateful", "data_map")}),
         ("Execution", {"fields": (("timeout_seconds", "max_retries", "retry_backoff_seconds"),
@@ -724,7 +724,7 @@ class TaskAdmin(OperatorActions, admin.ModelAdmin):
                            ("scheduled_for", "not_before"), "member",
                            ("started_at", "finished_at", "duration", "late"),
                            ("exit_code", "error"), ("requested_by", "cancel_reason"),
-                           ("retry_of", "lost_at"), "parameters", "created_at")}),
+                           ("retry_of", "lost_at", "member_deaths"), "parameters", "created_at")}),
         ("Log", {"fields": ("log",)}),
     )
 

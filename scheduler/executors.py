@@ -23,6 +23,7 @@ import re
 import select
 import signal
 import subprocess
+import sys
 import threading
 import time
 import traceback
@@ -30,6 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import IO, Any, cast
+
+from scheduler.reaper import TOKEN_VAR
 
 # Seconds between SIGTERM and SIGKILL for shell jobs, and how long a cancelled python job gets to
 # return before its thread is abandoned.
@@ -163,6 +166,9 @@ class TaskRun:
     attempt: int = 1
     cluster: str = ""
     member: str = ""
+    # python jobs: "thread" (a thread of the node) or "process" (a child process of its own)
+    isolation: str = "thread"
+    stateful: bool = False  # python jobs in a process: the data map must come back as JSON
 
 
 @dataclass
@@ -233,6 +239,8 @@ def execute(
             return Outcome("cancelled", None, _cancel_error(cancel))
         if run.kind == "shell":
             return _execute_shell(run, log, cancel, kill_grace)
+        if run.kind == "python" and run.isolation == "process":
+            return _execute_isolated(run, log, cancel, kill_grace)
         if run.kind == "python":
             return _execute_python(run, log, cancel, kill_grace)
         return Outcome("failed", None, f"unknown job kind {run.kind!r}")
@@ -273,6 +281,22 @@ def _execute_shell(run: TaskRun, log: LogBuffer, cancel: Cancel, kill_grace: flo
     except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the command or environment
         return Outcome("failed", None, f"could not start /bin/sh: {_describe(exc)}")
 
+    stopped_by = _supervise(proc, run, log, cancel, kill_grace)
+    code = proc.returncode
+    if stopped_by == "timed_out":
+        return Outcome("timed_out", code, f"timed out after {run.timeout:g} s")
+    if stopped_by == "cancelled":
+        return Outcome("cancelled", code, _cancel_error(cancel))
+    if code == 0:
+        return Outcome("succeeded", 0)
+    return Outcome("failed", code, _exit_error(code))
+
+
+def _supervise(proc: subprocess.Popen, run: TaskRun, log: LogBuffer, cancel: Cancel,
+               kill_grace: float) -> str | None:
+    """Copy the process's output into the log until it ends, stopping its whole group on a
+    timeout or cancel (or when it leaves processes behind). Returns None, or "timed_out" /
+    "cancelled" when it had to be stopped."""
     stdout = cast(IO[bytes], proc.stdout)  # not None: stdout=PIPE
     stop_reading = threading.Event()
     reader = threading.Thread(
@@ -308,15 +332,7 @@ def _execute_shell(run: TaskRun, log: LogBuffer, cancel: Cancel, kill_grace: flo
             stop_reading.set()
             reader.join()
         stdout.close()
-
-    code = proc.returncode
-    if stopped_by == "timed_out":
-        return Outcome("timed_out", code, f"timed out after {run.timeout:g} s")
-    if stopped_by == "cancelled":
-        return Outcome("cancelled", code, _cancel_error(cancel))
-    if code == 0:
-        return Outcome("succeeded", 0)
-    return Outcome("failed", code, _exit_error(code))
+    return stopped_by
 
 
 def _shell_environment(run: TaskRun) -> dict[str, str]:
@@ -341,7 +357,16 @@ def _shell_environment(run: TaskRun) -> dict[str, str]:
         OPSCENTER_CLUSTER=run.cluster,
         OPSCENTER_MEMBER=run.member,
     )
+    _keep_node_token(env)
     return env
+
+
+def _keep_node_token(env: dict[str, str]) -> None:
+    """The node's reaper finds its jobs' processes by this variable: no parameter may change
+    or drop it, or the job would outlive its node."""
+    token = os.environ.get(TOKEN_VAR)
+    if token:
+        env[TOKEN_VAR] = token
 
 
 def _pump_output(fd: int, log: LogBuffer, stop: threading.Event) -> None:
@@ -507,26 +532,9 @@ def _execute_python(run: TaskRun, log: LogBuffer, cancel: Cancel, kill_grace: fl
     if run.working_directory:
         # The working directory is process-wide and shared by every job of the daemon.
         log.write("[opscenter] working_directory is ignored for python jobs\n")
-    # A Logger made directly, not through logging.getLogger(): the manager would keep every task's
-    # logger for the life of the process. No parent, no propagation: it writes only to this log.
-    logger = logging.Logger(f"opscenter.task.{run.task_id}", logging.DEBUG)
-    logger.propagate = False
-    logger.addHandler(_LogBufferHandler(log))
-    ctx = JobContext(
-        task_id=run.task_id,
-        job_name=run.job_name,
-        # Copies: the daemon's dicts must not change under it, whatever the callable does.
-        parameters=_copy_json(run.parameters),
-        data=_copy_json(run.data),
-        logger=logger,
-        scheduled_for=run.scheduled_for,
-        attempt=run.attempt,
-        cluster=run.cluster,
-        member=run.member,
-        # Without a time limit the job runs in the caller's (pool) thread, and a cancel reaches
-        # it through this same event; a thread per task would cost more than a no-op job.
-        cancelled=cancel._event if _no_limit(run.timeout) else threading.Event(),
-    )
+    # Without a time limit the job runs in the caller's (pool) thread, and a cancel reaches it
+    # through this same event; a thread per task would cost more than a no-op job.
+    ctx = job_context(run, log, cancel._event if _no_limit(run.timeout) else threading.Event())
     result = _PythonResult()
     if _no_limit(run.timeout):
         _run_callable(run.command, ctx, log, result)
@@ -550,6 +558,29 @@ def _execute_python(run: TaskRun, log: LogBuffer, cancel: Cancel, kill_grace: fl
             error = _stop_error(stopped_by, run, cancel)
             return Outcome(stopped_by, None, error, None)
     return _python_outcome(run, log, cancel, ctx, result, stopped_by)
+
+
+def job_context(run: TaskRun, log: LogBuffer | Any, cancelled: threading.Event) -> JobContext:
+    """The `ctx` a python job's callable receives; its logger writes into `log` (anything with
+    a write(text) method)."""
+    # A Logger made directly, not through logging.getLogger(): the manager would keep every task's
+    # logger for the life of the process. No parent, no propagation: it writes only to this log.
+    logger = logging.Logger(f"opscenter.task.{run.task_id}", logging.DEBUG)
+    logger.propagate = False
+    logger.addHandler(_LogBufferHandler(log))
+    return JobContext(
+        task_id=run.task_id,
+        job_name=run.job_name,
+        # Copies: the daemon's dicts must not change under it, whatever the callable does.
+        parameters=_copy_json(run.parameters),
+        data=_copy_json(run.data),
+        logger=logger,
+        scheduled_for=run.scheduled_for,
+        attempt=run.attempt,
+        cluster=run.cluster,
+        member=run.member,
+        cancelled=cancelled,
+    )
 
 
 def _no_limit(timeout: float | None) -> bool:
@@ -688,6 +719,106 @@ def _get_attributes(obj: Any, names: list[str]) -> Any:
     for name in names:
         obj = getattr(obj, name)
     return obj
+
+
+# --------------------------------------------------------------------------------------------
+# Python jobs in a process of their own (isolation "process")
+
+# The child's first statement: the node's import path first (so the job's module imports as it
+# would in a thread of the node), then scheduler/isolated.py, which sets Django up and runs it.
+_CHILD_BOOT = ("import sys; sys.path[:0] = sys.argv[1:]; "
+               "from scheduler.isolated import main; sys.exit(main())")
+_RESULT_MAX = 64 * 1024 * 1024  # bytes of a child's result read at most (a data map as JSON)
+
+
+def _execute_isolated(run: TaskRun, log: LogBuffer, cancel: Cancel,
+                      kill_grace: float) -> Outcome:
+    """Run the callable in a child process (scheduler/isolated.py) in a session of its own, like
+    a shell job: its output streams into the log through a pipe, its outcome comes back as JSON
+    on another pipe, a timeout or cancel stops its group (SIGTERM sets ctx.cancelled, SIGKILL
+    after the grace), and whatever ends the child (os._exit, a crash) fails only this task."""
+    cwd = run.working_directory or None
+    if cwd is not None and not os.path.isdir(cwd):
+        return Outcome("failed", None, f"working directory does not exist: {cwd}")
+    spec = {
+        "task_id": run.task_id, "job_name": run.job_name, "command": run.command,
+        "parameters": run.parameters, "data": run.data, "attempt": run.attempt,
+        "scheduled_for": _iso_utc(run.scheduled_for), "cluster": run.cluster,
+        "member": run.member, "stateful": run.stateful,
+    }
+    paths = [p or os.getcwd() for p in sys.path]
+    result_r, result_w = os.pipe()
+    spec["result_fd"] = result_w  # pass_fds keeps the number in the child
+    try:
+        payload = json.dumps(spec, default=str).encode()
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _CHILD_BOOT, *paths], cwd=cwd, env=dict(os.environ),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            pass_fds=(result_w,), start_new_session=True,
+        )
+    except (OSError, ValueError, TypeError) as exc:
+        os.close(result_r)
+        return Outcome("failed", None, f"could not start the job's process: {_describe(exc)}")
+    finally:
+        os.close(result_w)  # the child's copy is the only one: EOF when it is gone
+
+    returned = bytearray()
+    collector = threading.Thread(target=_collect, args=(result_r, returned),
+                                 name=f"opscenter-result-{run.task_id}", daemon=True)
+    collector.start()
+    try:
+        stdin = cast(IO[bytes], proc.stdin)
+        try:
+            stdin.write(payload)  # read at once by the child; a big data map may take a moment
+            stdin.close()
+        except OSError:
+            pass  # the child is already gone; its exit says why
+        stopped_by = _supervise(proc, run, log, cancel, kill_grace)
+    finally:
+        collector.join(_READER_JOIN)
+        if collector.is_alive():  # a grandchild holds the result pipe: give up on it
+            returned.clear()
+    result = _parse_result(bytes(returned))
+    code = proc.returncode
+    if result is None:
+        # Nothing reported: os._exit, killed, or a crash of the interpreter.
+        if stopped_by is not None:
+            return Outcome(stopped_by, code, _stop_error(stopped_by, run, cancel))
+        if code == 0:
+            return Outcome("succeeded", 0, "", None)
+        return Outcome("failed", code, f"the job's process ended without a result: "
+                                       f"{_exit_error(code)}")
+    exit_code, error, data = result
+    if stopped_by is not None:
+        return Outcome(stopped_by, exit_code, _stop_error(stopped_by, run, cancel), data)
+    if exit_code == 0:
+        return Outcome("succeeded", 0, "", data)
+    return Outcome("failed", exit_code, error, data)
+
+
+def _collect(fd: int, into: bytearray) -> None:
+    """Read the child's result pipe to EOF (a thread: a big result must not block the child)."""
+    try:
+        while len(into) <= _RESULT_MAX:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            into += chunk
+    finally:
+        os.close(fd)
+
+
+def _parse_result(raw: bytes) -> tuple[int | None, str, dict | None] | None:
+    try:
+        result = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(result, dict):
+        return None
+    code = result.get("exit_code")
+    data = result.get("data")
+    return (code if isinstance(code, int) else 1, str(result.get("error") or ""),
+            data if isinstance(data, dict) else None)
 
 
 # --------------------------------------------------------------------------------------------

@@ -76,6 +76,7 @@ class JobSnapshot:
     max_parallel: int
     overlap_policy: str
     recover_lost: bool
+    isolation: str
 
 
 JOB_FIELDS = [f.name for f in JobSnapshot.__dataclass_fields__.values()]
@@ -690,37 +691,61 @@ def recover_lost_tasks(cluster_id: int, member_id: int, member_name: str, epoch:
             lost = 0
             for dead_id, dead_name in dead:
                 lost += lose_member_tasks(cluster_id, dead_id, by=member_name,
-                                          why=f"member {dead_name} died while the task ran")
+                                          why=f"member {dead_name} died while the task ran",
+                                          died=True)
             return lost + returned
     except Fenced:
         return 0
 
 
-def lose_member_tasks(cluster_id: int, member_id: int, *, by: str, why: str) -> int:
+# A task whose member died while running it this many times in a row (along its fire's
+# recoveries) is not run again: its job very likely ends its node (os._exit, a crash of the
+# interpreter, memory exhausted), and each recovery would take down one more member.
+QUARANTINE_AFTER_DEATHS = 2
+
+
+def lose_member_tasks(cluster_id: int, member_id: int, *, by: str, why: str,
+                      died: bool = False) -> int:
     """Inside the caller's transaction: a member's running tasks end `lost` (with a recovery
     run queued when their job asks for it), except those an operator asked to cancel, which
-    end `cancelled` and are not run again."""
+    end `cancelled` and are not run again.
+
+    `died`: the member died (rather than stopped): each of its tasks counts one more member
+    death, carried into its recovery; at QUARANTINE_AFTER_DEATHS the task is quarantined,
+    lost without a recovery, and an event says why."""
     from scheduler.models import Event
 
     rows = list(
         Task.objects.select_for_update().filter(member_id=member_id, state=Task.State.RUNNING)
         .values("id", "job_id", "schedule_id", "scheduled_for", "attempt", "parameters",
-                "cancel_reason", "job__recover_lost", "job__name")
+                "cancel_reason", "member_deaths", "job__recover_lost", "job__name")
     )
     if not rows:
         return 0
     now = _db_now_in_tx()
     cancelled = [r["id"] for r in rows if r["cancel_reason"]]
     lost = [r for r in rows if not r["cancel_reason"]]
+    for r in lost:
+        r["deaths"] = r["member_deaths"] + (1 if died else 0)
+    quarantined = [r for r in lost if died and r["deaths"] >= QUARANTINE_AFTER_DEATHS]
+    lost = [r for r in lost if r not in quarantined]
     Task.objects.filter(id__in=cancelled, state=Task.State.RUNNING).update(
         state=Task.State.CANCELLED, finished_at=now, error=f"cancelled; then {why}")
     Task.objects.filter(id__in=[r["id"] for r in lost], state=Task.State.RUNNING).update(
         state=Task.State.LOST, lost_at=now, finished_at=now, error=f"lost: {why}")
+    for r in quarantined:
+        r["error"] = (f"lost and quarantined: {why}; its member died while running it "
+                      f"{r['deaths']} times in a row: the job may end its node (e.g. os._exit, "
+                      "a crash, memory exhausted), so it is not run again; run it by hand once "
+                      "fixed (or give the python job isolation 'process')")
+        Task.objects.filter(id=r["id"], state=Task.State.RUNNING).update(
+            state=Task.State.LOST, lost_at=now, finished_at=now, error=r["error"])
     Task.objects.bulk_create([
         Task(cluster_id=cluster_id, job_id=r["job_id"], schedule_id=r["schedule_id"],
              scheduled_for=r["scheduled_for"], attempt=r["attempt"] + 1,
              trigger=Task.Trigger.RECOVERY, state=Task.State.QUEUED, not_before=now,
-             parameters=r["parameters"], retry_of_id=r["id"], requested_by=by)
+             parameters=r["parameters"], retry_of_id=r["id"], requested_by=by,
+             member_deaths=r["deaths"])
         for r in lost if r["job__recover_lost"]
     ], ignore_conflicts=True)
     Event.objects.bulk_create([
@@ -728,9 +753,18 @@ def lose_member_tasks(cluster_id: int, member_id: int, *, by: str, why: str) -> 
               job_id=r["job_id"], task_id=r["id"], actor=by,
               message=f"task {r['id']} of job {r['job__name']} lost: {why}"
                       + ("; recovery run queued" if r["job__recover_lost"] else ""),
-              data={"recovered": r["job__recover_lost"]})
+              data={"recovered": r["job__recover_lost"], "member_deaths": r["deaths"]})
         for r in lost
+    ] + [
+        Event(cluster_id=cluster_id, kind=Event.Kind.TASK_QUARANTINED, member_id=member_id,
+              job_id=r["job_id"], task_id=r["id"], actor=by,
+              message=f"task {r['id']} of job {r['job__name']} {r['error']}",
+              data={"recovered": False, "member_deaths": r["deaths"]})
+        for r in quarantined
     ])
+    if quarantined:
+        log.error("quarantined task(s) %s: their member died while running them %d times in a "
+                  "row", [r["id"] for r in quarantined], QUARANTINE_AFTER_DEATHS)
     return len(rows)
 
 

@@ -152,6 +152,10 @@ class Job(models.Model):
     class Executor(models.TextChoices):
         NODE = "node", "node worker pool"
 
+    class Isolation(models.TextChoices):
+        THREAD = "thread", "a thread of the node"
+        PROCESS = "process", "a process of its own"
+
     cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="jobs")
     name = models.CharField(max_length=100, validators=[validate_name])
     title = models.CharField(max_length=200, blank=True)
@@ -197,6 +201,11 @@ class Job(models.Model):
         help_text="Run only on the member of this name or on members with this --label.",
     )
     executor = models.CharField(max_length=10, choices=Executor.choices, default="node")
+    isolation = models.CharField(
+        max_length=10, choices=Isolation.choices, default="thread",
+        help_text="python jobs: run in a thread of the node (fast), or in a process of their "
+        "own (for untrusted code: a crash or os._exit fails the task, not the node).",
+    )
     paused = models.BooleanField(default=False)
     created_at = models.DateTimeField(db_default=Now(), editable=False)
     updated_at = models.DateTimeField(auto_now=True)
@@ -228,6 +237,11 @@ class Job(models.Model):
                 )
         elif not (self.command or "").strip():
             errors["command"] = "A shell job needs a command line."
+        if self.isolation == self.Isolation.PROCESS and self.kind != self.Kind.PYTHON:
+            errors["isolation"] = (
+                "Only python jobs have an isolation: a shell job always runs as a process of "
+                "its own."
+            )
         if self.stateful and self.max_parallel != 1:
             errors["max_parallel"] = "A stateful job never overlaps: max parallel must be 1."
         if self.affinity:
@@ -571,6 +585,11 @@ class Task(models.Model):
     # Set by an operator or by the overlap policy `replace`; the owning member stops the task.
     cancel_reason = models.CharField(max_length=200, blank=True)
     lost_at = models.DateTimeField(null=True, blank=True)
+    # How many times in a row, along this fire's recoveries, a member died while running an
+    # earlier attempt (ledger.lose_member_tasks); when this attempt's member dies too and the
+    # count reaches QUARANTINE_AFTER_DEATHS, the task is quarantined, not run again.
+    # db_default: the claim inserts fire rows in raw SQL without this column.
+    member_deaths = models.PositiveSmallIntegerField(default=0, db_default=0)
 
     objects = TaskQuerySet.as_manager()
 
@@ -859,6 +878,7 @@ class Event(models.Model):
         ORDER_RETURNED = "order.returned"
         TASK_CANCEL = "task.cancel"
         TASK_FAILED = "task.failed"
+        TASK_QUARANTINED = "task.quarantined"
 
     cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="events")
     created_at = models.DateTimeField(db_default=Now())

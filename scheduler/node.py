@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import signal
 import threading
 import time
@@ -24,6 +25,7 @@ from scheduler import executors, ledger, membership, text, validators
 from scheduler.clock import db_now
 from scheduler.limits import BOUNDS, door_names
 from scheduler.models import Cluster, Event, Member, Task
+from scheduler.reaper import TOKEN_VAR, Reaper
 
 log = logging.getLogger("opscenter.node")
 
@@ -159,6 +161,7 @@ class Node:
         # SQLite's write lock several times a second for nothing.
         self._claim_at = 0.0
         self._listener: threading.Thread | None = None
+        self.reaper: Reaper | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -185,6 +188,38 @@ class Node:
 
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
+
+    def start_reaper(self) -> None:
+        """Mark everything this node starts with a token of its own and start the reaper that
+        kills those processes when the node ends, however it ends (scheduler/reaper.py).
+
+        Call it before start(): it changes this process's environment, which must happen before
+        other threads (the listener, the pool) run."""
+        token = secrets.token_hex(16)
+        os.environ[TOKEN_VAR] = token
+        self.reaper = Reaper(token)
+        try:
+            self.reaper.start()
+        except OSError as exc:  # tried again at every heartbeat
+            log.error("could not start the reaper (%s): until it runs, the processes of this "
+                      "node's jobs would outlive a crash of the node", exc)
+            return
+        log.info("reaper started (pid %s): the processes of this node's jobs die with it",
+                 self.reaper.pid)
+
+    def _check_reaper(self) -> None:
+        if self.reaper is None or self.reaper.alive():
+            return
+        if self.reaper.proc is not None:
+            log.error("the reaper (pid %s) ended with status %s; starting a new one",
+                      self.reaper.pid, self.reaper.exit_code())
+            self.reaper.proc = None
+        try:
+            self.reaper.start()
+        except OSError as exc:
+            log.error("could not start the reaper (%s); trying again at the next heartbeat", exc)
+            return
+        log.warning("reaper started again (pid %s)", self.reaper.pid)
 
     def start(self) -> Member:
         self._configure_session()
@@ -261,6 +296,7 @@ class Node:
             self._declared_dead()
             return True
         self._check_cancel_requests()
+        self._check_reaper()
         if self.is_passive:
             self._keep_or_seek_lease()
         return False
@@ -506,6 +542,7 @@ class Node:
             parameters={**job.parameters, **started.parameters}, data=job.data_map,
             timeout=job.timeout_seconds, scheduled_for=started.scheduled_for,
             attempt=started.attempt, cluster=self.opts.cluster, member=self.opts.name,
+            isolation=job.isolation, stateful=job.stateful,
         )
         self.stats.started += 1
         self.pool.submit(self._execute, run, task_run)
@@ -725,6 +762,9 @@ class Node:
                 log.exception("recording the stop failed")
                 break
         self.pool.shutdown(wait=False, cancel_futures=True)
+        if self.reaper is not None:
+            # Whatever a job left behind (a child of a python job) goes now, as it would at exit.
+            self.reaper.stop()
         s = self.stats
         log.info("member %s stopped (%d started, %d finished, %d misfired; %d claims taking "
                  "%.1f s)", self.member.name, s.started, s.finished, s.misfired, s.claims,

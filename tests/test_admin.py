@@ -189,7 +189,7 @@ def job_form(cluster, **overrides) -> dict:
         "command": "echo hi", "working_directory": "", "parameters": "{}", "data_map": "{}",
         "timeout_seconds": "", "max_retries": "0", "retry_backoff_seconds": "10",
         "max_parallel": "1", "overlap_policy": "queue", "recover_lost": "on", "affinity": "",
-        "executor": "node",
+        "executor": "node", "isolation": "thread",
         "schedules-TOTAL_FORMS": "0", "schedules-INITIAL_FORMS": "0",
         "schedules-MIN_NUM_FORMS": "0", "schedules-MAX_NUM_FORMS": "1000",
     }
@@ -233,6 +233,18 @@ def test_job_parameters_that_are_not_a_data_map_are_refused(admin_client, cluste
     assert response.status_code == 200
     assert message in text(response)
     assert not Job.objects.exists()
+
+
+def test_a_python_job_may_run_in_a_process_of_its_own_a_shell_job_is_told_why_not(
+        admin_client, cluster):
+    response = admin_client.post(url(Job, "add"), job_form(cluster, isolation="process"))
+    assert response.status_code == 200
+    assert "Only python jobs have an isolation" in text(response)
+    assert not Job.objects.exists()
+    response = admin_client.post(url(Job, "add"), job_form(
+        cluster, kind="python", command="tests.jobs:noop", isolation="process"))
+    assert response.status_code == 302, text(response)
+    assert Job.objects.get(name="nightly").isolation == "process"
 
 
 def test_a_job_data_map_with_null_is_refused_on_change(admin_client, shell_job):

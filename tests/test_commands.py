@@ -79,6 +79,12 @@ def test_addjob_adds_a_python_job_to_an_existing_cluster(cluster):
     assert Job.objects.get(cluster=cluster, name="report").kind == "python"
 
 
+def test_addjob_gives_a_python_job_a_process_of_its_own(cluster):
+    run("addjob", "--cluster", "test", "untrusted", "--python", "tests.jobs:die",
+        "--isolation", "process")
+    assert Job.objects.get(cluster=cluster, name="untrusted").isolation == "process"
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--shell", "true", "--params", "{bad"],
      "--params: Invalid JSON: Expecting property name enclosed in double quotes"),
@@ -91,6 +97,9 @@ def test_addjob_adds_a_python_job_to_an_existing_cluster(cluster):
     (["--shell", "true", "--max-parallel", "0"], "--max-parallel: Ensure this value is greater"),
     (["--shell", "true", "--affinity", "no spaces"], "--affinity: 'no spaces' is not a valid"),
     (["--shell", "true", "--overlap", "sometimes"], "invalid choice: 'sometimes'"),
+    (["--shell", "true", "--isolation", "process"],
+     "--isolation: Only python jobs have an isolation"),
+    (["--python", "a.b:c", "--isolation", "vm"], "invalid choice: 'vm'"),
     ([], "one of the arguments --shell --python is required"),
 ])
 def test_addjob_refuses_bad_input_and_creates_no_cluster(db, args, message):

@@ -17,7 +17,7 @@ OPTIONS = {"name": "NAME", "command": "--shell/--python", "parameters": "--param
            "timeout_seconds": "--timeout", "max_retries": "--retries",
            "max_parallel": "--max-parallel", "overlap_policy": "--overlap",
            "affinity": "--affinity", "stateful": "--stateful", "title": "--title",
-           "cluster": "--cluster"}
+           "cluster": "--cluster", "isolation": "--isolation"}
 
 
 class Command(BaseCommand):
@@ -45,6 +45,11 @@ class Command(BaseCommand):
                             help="Keep the data map a run leaves for the next; never overlap.")
         parser.add_argument("--affinity", default="",
                             help="Run only on the member of this name or with this label.")
+        parser.add_argument("--isolation", choices=Job.Isolation.values,
+                            default=Job.Isolation.THREAD,
+                            help="python jobs: run in a thread of the node (default), or in a "
+                                 "process of their own (untrusted code: a crash or os._exit "
+                                 "fails the task, not the node).")
 
     def handle(self, *args, **options):
         name = options["cluster"]
@@ -63,7 +68,7 @@ class Command(BaseCommand):
                   parameters=parameters, timeout_seconds=options["timeout"],
                   max_retries=options["retries"], max_parallel=options["max_parallel"],
                   overlap_policy=options["overlap"], stateful=options["stateful"],
-                  affinity=options["affinity"])
+                  affinity=options["affinity"], isolation=options["isolation"])
         # One transaction: a job that is refused leaves no new cluster behind.
         with transaction.atomic():
             cluster = Cluster.objects.filter(name=name).first()

@@ -150,6 +150,7 @@ class Command(BaseCommand):
         logging.getLogger("opscenter").setLevel(logging.INFO)
         runner = Node(member_opts, conf)
         runner.install_signal_handlers()
+        runner.start_reaper()
         try:
             runner.start()
         except MemberRefused as exc:
