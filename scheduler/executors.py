@@ -152,7 +152,9 @@ class TaskRun:
 
 @dataclass
 class Outcome:
-    state: str  # "succeeded" | "failed" | "timed_out" | "cancelled"
+    # "succeeded" | "failed" | "timed_out" | "cancelled" | "lost" (the entry gate refused it:
+    # nothing was started)
+    state: str
     # shell: the process's return code (negative = killed by that signal, like subprocess);
     # python: 0 ok, 1 exception, the SystemExit code; None when nothing ran to an end.
     exit_code: int | None
@@ -188,6 +190,23 @@ class Cancel:
         return self._reason
 
 
+class Entry:
+    """The moment a job's own code is entered, shared with the daemon.
+
+    `gate` (optional) is called in the worker thread right before the job is entered and
+    returns "" to go on, or the reason not to start it at all (the daemon's fence: its member
+    may no longer own the task). `at` is then set to time.monotonic() as the job is entered: a
+    python job just before its callable is called, a shell job once its process is spawned.
+    """
+
+    def __init__(self, gate: Callable[[], str] | None = None) -> None:
+        self.gate = gate
+        self.at: float | None = None
+
+    def refusal(self) -> str:
+        return self.gate() if self.gate is not None else ""
+
+
 @dataclass
 class JobContext:
     """The single argument a python job's callable receives."""
@@ -209,17 +228,22 @@ class JobContext:
 
 
 def execute(
-    run: TaskRun, log: LogBuffer, cancel: Cancel, *, kill_grace: float = KILL_GRACE
+    run: TaskRun, log: LogBuffer, cancel: Cancel, *, kill_grace: float = KILL_GRACE,
+    entry: Entry | None = None,
 ) -> Outcome:
-    """Run `run` to its end, a timeout or a cancel. Never raises: any failure becomes an Outcome."""
+    """Run `run` to its end, a timeout or a cancel. Never raises: any failure becomes an Outcome.
+
+    `entry`: the daemon's gate just before the job is entered, and where the moment of entry
+    is written."""
+    entry = entry or Entry()
     try:
         if cancel.requested:
             # Cancelled while queued in the daemon's pool: start nothing.
             return Outcome("cancelled", None, _cancel_error(cancel))
         if run.kind == "shell":
-            return _execute_shell(run, log, cancel, kill_grace)
+            return _execute_shell(run, log, cancel, kill_grace, entry)
         if run.kind == "python":
-            return _execute_python(run, log, cancel, kill_grace)
+            return _execute_python(run, log, cancel, kill_grace, entry)
         return Outcome("failed", None, f"unknown job kind {run.kind!r}")
     except Exception as exc:  # the daemon's contract: never raise
         # A bug here must not kill the daemon's worker thread or lose the task's end.
@@ -239,15 +263,20 @@ def abandoned_threads() -> int:
 # Shell jobs
 
 
-def _execute_shell(run: TaskRun, log: LogBuffer, cancel: Cancel, kill_grace: float) -> Outcome:
+def _execute_shell(run: TaskRun, log: LogBuffer, cancel: Cancel, kill_grace: float,
+                   entry: Entry) -> Outcome:
     cwd = run.working_directory or None
     if cwd is not None and not os.path.isdir(cwd):
         return Outcome("failed", None, f"working directory does not exist: {cwd}")
+    env = _shell_environment(run)
+    refusal = entry.refusal()
+    if refusal:
+        return Outcome("lost", None, refusal)
     try:
         proc = subprocess.Popen(
             ["/bin/sh", "-c", run.command],
             cwd=cwd,
-            env=_shell_environment(run),
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -257,6 +286,7 @@ def _execute_shell(run: TaskRun, log: LogBuffer, cancel: Cancel, kill_grace: flo
         )
     except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the command or environment
         return Outcome("failed", None, f"could not start /bin/sh: {_describe(exc)}")
+    entry.at = time.monotonic()
 
     stdout = cast(IO[bytes], proc.stdout)  # not None: stdout=PIPE
     stop_reading = threading.Event()
@@ -465,10 +495,11 @@ _abandoned = 0
 class _PythonResult:
     """What the job's thread leaves for the executor; read only after `finished` is set."""
 
-    __slots__ = ("abandoned", "error", "exit_code", "finished", "returned")
+    __slots__ = ("abandoned", "error", "exit_code", "finished", "refused", "returned")
 
     def __init__(self) -> None:
         self.finished = threading.Event()
+        self.refused = ""  # the entry gate's reason not to call the job
         self.abandoned = False  # guarded by _abandon_lock
         self.exit_code: int | None = None
         self.error = ""
@@ -488,7 +519,8 @@ class _LogBufferHandler(logging.Handler):
             self.handleError(record)
 
 
-def _execute_python(run: TaskRun, log: LogBuffer, cancel: Cancel, kill_grace: float) -> Outcome:
+def _execute_python(run: TaskRun, log: LogBuffer, cancel: Cancel, kill_grace: float,
+                    entry: Entry) -> Outcome:
     if run.working_directory:
         # The working directory is process-wide and shared by every job of the daemon.
         log.write("[opscenter] working_directory is ignored for python jobs\n")
@@ -514,14 +546,14 @@ def _execute_python(run: TaskRun, log: LogBuffer, cancel: Cancel, kill_grace: fl
     )
     result = _PythonResult()
     if _no_limit(run.timeout):
-        _run_callable(run.command, ctx, log, result)
+        _run_callable(run.command, ctx, log, result, entry)
         return _python_outcome(run, log, cancel, ctx, result,
                                "cancelled" if cancel.requested else None)
     # Its own thread, so that a timeout or cancel can return to the daemon even if the callable
     # never does; daemon=True so such a thread does not block the daemon's exit.
     thread = threading.Thread(
         target=_run_callable,
-        args=(run.command, ctx, log, result),
+        args=(run.command, ctx, log, result, entry),
         name=f"opscenter-task-{run.task_id}",
         daemon=True,
     )
@@ -543,6 +575,8 @@ def _no_limit(timeout: float | None) -> bool:
 
 def _python_outcome(run: TaskRun, log: LogBuffer, cancel: Cancel, ctx: JobContext,
                     result: _PythonResult, stopped_by: str | None) -> Outcome:
+    if result.refused:
+        return Outcome("lost", None, result.refused)
     if isinstance(result.returned, dict):
         ctx.data.update(result.returned)
     elif result.returned is not None:
@@ -555,7 +589,8 @@ def _python_outcome(run: TaskRun, log: LogBuffer, cancel: Cancel, ctx: JobContex
     return Outcome("failed", result.exit_code, result.error, data)
 
 
-def _run_callable(path: str, ctx: JobContext, log: LogBuffer, result: _PythonResult) -> None:
+def _run_callable(path: str, ctx: JobContext, log: LogBuffer, result: _PythonResult,
+                  entry: Entry) -> None:
     """The job's thread: resolve the callable, call it, record how it ended."""
     global _abandoned
     try:
@@ -566,7 +601,11 @@ def _run_callable(path: str, ctx: JobContext, log: LogBuffer, result: _PythonRes
             result.exit_code = 1
             result.error = _shorten(f"cannot load {path!r}: {_describe(exc)}", _ERROR_MAX)
             return
+        result.refused = entry.refusal()
+        if result.refused:
+            return
         try:
+            entry.at = time.monotonic()
             result.returned = func(ctx)
             result.exit_code = 0
         except SystemExit as exc:

@@ -425,11 +425,12 @@ def _db_now_in_tx() -> datetime:
 # client-side binding parses and quotes again on every claim (a quarter of a member's CPU).
 INSERT_FIRES_SQL = (
     "INSERT INTO scheduler_task (cluster_id, job_id, schedule_id, scheduled_for, attempt, "
-    "trigger, state, member_id, not_before, created_at, started_at, finished_at, error, "
-    "parameters, requested_by, cancel_reason) "
+    "trigger, state, member_id, not_before, created_at, claimed_at, started_at, finished_at, "
+    "error, parameters, requested_by, cancel_reason) "
     "SELECT %(cluster)s, f.job_id, f.schedule_id, f.fire_at, 1, 'schedule', f.state, "
     "CASE WHEN f.state = 'running' THEN %(member)s::bigint END, "
     "CASE WHEN f.state = 'queued' THEN %(now)s::timestamptz END, %(now)s::timestamptz, "
+    "CASE WHEN f.state = 'running' THEN %(now)s::timestamptz END, "
     "CASE WHEN f.state = 'running' THEN %(now)s::timestamptz END, "
     "CASE WHEN f.state = 'skipped' THEN %(now)s::timestamptz END, "
     "CASE WHEN f.state = 'skipped' THEN %(skipped)s ELSE '' END, '{}', '', '' "
@@ -468,8 +469,8 @@ def _insert_fires_values(cluster_id: int, member_id: int, now: datetime,
     """SQLite: multi-row VALUES lists, CHUNK rows at a time (its variable limit)."""
     out: list[tuple] = []
     cols = ("cluster_id, job_id, schedule_id, scheduled_for, attempt, trigger, state, member_id, "
-            "not_before, created_at, started_at, finished_at, error, parameters, requested_by, "
-            "cancel_reason")
+            "not_before, created_at, claimed_at, started_at, finished_at, error, parameters, "
+            "requested_by, cancel_reason")
     nowp = _param(now)
     for chunk in _chunks(rows):
         values = []
@@ -478,12 +479,13 @@ def _insert_fires_values(cluster_id: int, member_id: int, now: datetime,
             running = state == Task.State.RUNNING
             skipped = state == Task.State.SKIPPED
             values.append(
-                "(%s, %s, %s, %s, 1, 'schedule', %s, %s, %s, %s, %s, %s, %s, '{}', '', '')")
+                "(%s, %s, %s, %s, 1, 'schedule', %s, %s, %s, %s, %s, %s, %s, %s, '{}', '', '')")
             params += [
                 cluster_id, job_id, schedule_id, _param(fire_at), state,
                 member_id if running else None,
                 nowp if state == Task.State.QUEUED else None,
-                nowp, nowp if running else None, nowp if skipped else None,
+                nowp, nowp if running else None, nowp if running else None,
+                nowp if skipped else None,
                 SKIPPED_OVERLAP if skipped else "",
             ]
         sql = (f"INSERT INTO scheduler_task ({cols}) VALUES {', '.join(values)} "
@@ -498,7 +500,7 @@ def _insert_fires_values(cluster_id: int, member_id: int, now: datetime,
 def _start_queued(member_id: int, now: datetime, task_ids: list[int]) -> None:
     if task_ids:
         Task.objects.filter(id__in=task_ids, state=Task.State.QUEUED).update(
-            state=Task.State.RUNNING, member_id=member_id, started_at=now
+            state=Task.State.RUNNING, member_id=member_id, claimed_at=now, started_at=now
         )
 
 
@@ -561,6 +563,8 @@ class Finished:
     error: str
     data: dict | None
     log_text: str = ""
+    # When the job was really entered (database clock); None: it never was.
+    started_at: datetime | None = None
 
 
 def record_finished(cluster_id: int, member_id: int, finished: list[Finished],
@@ -584,8 +588,9 @@ def record_finished(cluster_id: int, member_id: int, finished: list[Finished],
                 continue
             if f.state == Task.State.SUCCEEDED and f.job.stateful and f.data is not None:
                 Job.objects.filter(pk=f.job.id).update(data_map=f.data)
-            if f.state == Task.State.LOST and f.job.recover_lost:
-                # Interrupted by its member's stop: another member (or this one, back) runs it.
+            if f.state == Task.State.LOST and (f.job.recover_lost or f.started_at is None):
+                # Interrupted by its member's stop, or never entered (the start fence): another
+                # member (or this one, back) runs it. One never entered always runs again.
                 retries.append(Task(
                     cluster_id=cluster_id, job_id=f.job.id, schedule_id=f.schedule_id,
                     scheduled_for=f.scheduled_for, attempt=f.attempt + 1,
@@ -628,13 +633,15 @@ def _finish_rows(member_id: int, now: datetime, finished: list[Finished]) -> set
             for chunk in _chunks(finished, 5000):
                 cursor.execute(
                     "UPDATE scheduler_task AS t SET state = v.state, finished_at = %s, "
-                    "exit_code = v.code, error = v.error "
+                    "exit_code = v.code, error = v.error, started_at = v.started "
                     "FROM (SELECT unnest(%s::bigint[]) AS id, unnest(%s::text[]) AS state, "
-                    "unnest(%s::int[]) AS code, unnest(%s::text[]) AS error) AS v "
+                    "unnest(%s::int[]) AS code, unnest(%s::text[]) AS error, "
+                    "unnest(%s::timestamptz[]) AS started) AS v "
                     "WHERE t.id = v.id AND t.state = 'running' AND t.member_id = %s "
                     f"AND {LIVE_MEMBER} RETURNING t.id",
                     [now, [f.task_id for f in chunk], [f.state for f in chunk],
-                     [f.exit_code for f in chunk], [f.error[:10000] for f in chunk], member_id],
+                     [f.exit_code for f in chunk], [f.error[:10000] for f in chunk],
+                     [f.started_at for f in chunk], member_id],
                 )
                 kept.update(r[0] for r in cursor.fetchall())
         else:
@@ -642,13 +649,61 @@ def _finish_rows(member_id: int, now: datetime, finished: list[Finished]) -> set
             for f in finished:
                 cursor.execute(
                     "UPDATE scheduler_task SET state = %s, finished_at = %s, exit_code = %s, "
-                    "error = %s WHERE id = %s AND state = 'running' AND member_id = %s "
+                    "error = %s, started_at = %s WHERE id = %s AND state = 'running' "
+                    "AND member_id = %s "
                     f"AND {LIVE_MEMBER.replace('t.member_id', 'scheduler_task.member_id')}",
-                    [f.state, nowp, f.exit_code, f.error[:10000], f.task_id, member_id],
+                    [f.state, nowp, f.exit_code, f.error[:10000], _param(f.started_at),
+                     f.task_id, member_id],
                 )
                 if cursor.rowcount == 1:
                     kept.add(f.task_id)
     return kept
+
+
+def write_starts(member_id: int, starts: list[tuple[int, datetime]]) -> None:
+    """When running tasks' jobs were really entered (task id, database time): one statement
+    for the batch. A task that ends before this is written gets its start with its end."""
+    if not starts:
+        return
+    with connection.cursor() as cursor:
+        if _is_pg():
+            for chunk in _chunks(starts, 5000):
+                cursor.execute(
+                    "UPDATE scheduler_task AS t SET started_at = v.started "
+                    "FROM (SELECT unnest(%s::bigint[]) AS id, "
+                    "unnest(%s::timestamptz[]) AS started) AS v "
+                    "WHERE t.id = v.id AND t.member_id = %s",
+                    [[s[0] for s in chunk], [s[1] for s in chunk], member_id],
+                )
+        else:
+            cursor.executemany(
+                "UPDATE scheduler_task SET started_at = %s WHERE id = %s AND member_id = %s",
+                [(_param(at), task_id, member_id) for task_id, at in starts],
+            )
+
+
+def record_ran_unowned(cluster_id: int, member_id: int, member_name: str,
+                       entries: list[tuple[int, int, datetime]]) -> None:
+    """Write down jobs this member entered although their task was declared lost with it
+    (task id, job id, entry time): the fire may have run again elsewhere, and the audit must
+    say so. The rare path of a member that was unreachable: a statement per task is fine."""
+    from scheduler.models import Event
+
+    if not entries:
+        return
+    with transaction.atomic():
+        for task_id, _job_id, at in entries:
+            Task.objects.filter(pk=task_id, member_id=member_id, ran_unowned_at__isnull=True) \
+                .update(ran_unowned_at=at)
+        Event.objects.bulk_create([
+            Event(cluster_id=cluster_id, kind=Event.Kind.TASK_RAN_UNOWNED, member_id=member_id,
+                  job_id=job_id, task_id=task_id, actor=member_name,
+                  message=f"task {task_id}: its job was entered on member {member_name} at "
+                          f"{at.astimezone(UTC):%Y-%m-%d %H:%M:%S.%f}"[:-3] + " UTC, but the "
+                          "task was declared lost with that member: the fire may have run twice",
+                  data={"task": task_id, "member": member_name, "entered_at": at.isoformat()})
+            for task_id, job_id, at in entries
+        ])
 
 
 def write_logs(logs: list[tuple[int, str]]) -> None:

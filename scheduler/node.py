@@ -15,11 +15,11 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import InterfaceError, OperationalError, connection, connections
+from django.db import InterfaceError, OperationalError, connection, connections, transaction
 
 from scheduler import executors, ledger, membership, validators
 from scheduler.clock import db_now
@@ -32,6 +32,9 @@ log = logging.getLogger("opscenter.node")
 DB_ERRORS = (OperationalError, InterfaceError)
 STOP_REASON = "node stopped"
 INT32 = 2**31 - 1
+# The share of the ownership window (see Node._owned_since) kept back as a safety margin: the
+# start fence refuses that much before the others could possibly declare the member dead.
+OWNERSHIP_MARGIN = 0.1
 
 
 @dataclass
@@ -73,9 +76,11 @@ class Running:
     started: ledger.Started
     log: executors.LogBuffer
     cancel: executors.Cancel
+    entry: executors.Entry
     outcome: executors.Outcome | None = None
     interrupted: bool = False
     unsaved_log: str = ""  # drained but not yet committed
+    start_saved: bool = False  # entry.at written to the task's started_at
 
 
 @dataclass
@@ -93,6 +98,10 @@ class Clock:
 
     def now(self) -> float:
         return time.monotonic() + self.offset
+
+    def at(self, mono: float) -> datetime:
+        """A reading of the monotonic clock as a database time."""
+        return datetime.fromtimestamp(mono + self.offset, UTC)
 
     def seconds_until(self, at: datetime) -> float:
         return at.timestamp() - self.now()
@@ -122,6 +131,11 @@ class Node:
         self.stopping = False
         self.forced = False
         self.running: dict[int, Running] = {}
+        # Until when (monotonic) this member surely still owns the tasks it holds: no other
+        # member can have declared it dead before then. Pool threads read it right before
+        # they enter a job (the start fence); the main thread pushes it on at each heartbeat.
+        self.owned_until = 0.0
+        self._last_beat = time.monotonic()
         self.pool = ThreadPoolExecutor(max_workers=opts.workers,
                                        thread_name_prefix=f"job-{opts.name}")
         self.cache = ledger.TimingCache()
@@ -141,6 +155,10 @@ class Node:
         # SQLite's write lock several times a second for nothing.
         self._claim_at = 0.0
         self._listener: threading.Thread | None = None
+        # Test hook: freeze this process (SIGSTOP) once, right after the first claim that
+        # started something committed and before its jobs reach the pool, as a member that
+        # hangs at a due instant would (tests/test_fence.py). Off unless exactly "1".
+        self._stop_after_claim = os.environ.get("OPSCENTER_TEST_SIGSTOP_AFTER_CLAIM") == "1"
 
     # ------------------------------------------------------------ lifecycle
 
@@ -171,7 +189,9 @@ class Node:
     def start(self) -> Member:
         self._configure_session()
         self.clock.measure()
+        before = time.monotonic()
         self.member = membership.register(self.opts, self.conf.dead_after)
+        self._owned_since(before)
         log.info("member %s joined cluster %s as %s (pid %d, %d workers)", self.member.name,
                  self.opts.cluster, self.opts.mode, os.getpid(), self.opts.workers)
         # Joining judged the others already; only a reconnect calls for a wait (see
@@ -231,17 +251,18 @@ class Node:
             return False
         self._next_beat = mono + self.conf.heartbeat_interval
         skew = self.clock.measure()
+        before = time.monotonic()
         alive = membership.heartbeat(self.member.pk, len(self.running),
                                      int(max(min(skew, INT32), -INT32)))
         if not alive:
             if self.stopping:
                 # Stopping anyway: the others recover our tasks; do not join again.
                 log.error("declared dead by the cluster while stopping")
-                self._cancel_all("its member was declared dead", interrupted=False)
-                self.running.clear()
+                self._drop_unowned()
                 return True
             self._declared_dead()
             return True
+        self._owned_since(before)
         self._check_cancel_requests()
         if self.is_passive:
             self._keep_or_seek_lease()
@@ -303,6 +324,9 @@ class Node:
             self._claim_at = time.monotonic() + self.conf.heartbeat_interval
             return False
         self.stats.misfired += result.misfired
+        if result.started and self._stop_after_claim:
+            self._stop_after_claim = False
+            os.kill(os.getpid(), signal.SIGSTOP)
         for started in result.started:
             self._start(started)
         if result.more:
@@ -330,15 +354,16 @@ class Node:
             run.unsaved_log += run.log.drain()
         logs = [(run.started.task_id, run.unsaved_log) for run in done]
         discarded = ledger.record_finished(self.member.cluster_id, self.member.pk, finished, logs)
+        if discarded:
+            self.stats.discarded += len(discarded)
+            log.warning("results of task(s) %s discarded: they are no longer this member's "
+                        "(declared lost while it was unreachable)", discarded)
+            self._record_ran_unowned([self.running[t] for t in discarded if t in self.running])
         for run in done:
             self.running.pop(run.started.task_id, None)
         self.stats.finished += len(finished)
         if len(self.running) + len(finished) >= self.opts.workers:
             self._claim_at = 0.0  # the pool was full: what is due can start now
-        if discarded:
-            self.stats.discarded += len(discarded)
-            log.warning("results of task(s) %s discarded: they are no longer this member's "
-                        "(declared lost while it was unreachable)", discarded)
         return True
 
     def _finished(self, run: Running) -> ledger.Finished:
@@ -359,10 +384,12 @@ class Node:
                 state = Task.State.FAILED
                 error = f"the data map the run left is not JSON data: {exc}"
                 data = None
+        entered = run.entry.at
         return ledger.Finished(
             task_id=s.task_id, job=s.job, schedule_id=s.schedule_id,
             scheduled_for=s.scheduled_for, attempt=s.attempt, parameters=s.parameters,
             state=state, exit_code=code, error=error, data=data,
+            started_at=self.clock.at(entered) if entered is not None else None,
         )
 
     def step_flush_logs(self) -> bool:
@@ -372,8 +399,17 @@ class Node:
         self._next_log_flush = mono + self.conf.log_flush_interval
         logs = [(task_id, run.log.drain()) for task_id, run in self.running.items()]
         logs = [(t, text) for t, text in logs if text]
-        if logs:
-            ledger.write_logs(logs)
+        # Jobs entered since the last flush that are still running: their real start (those
+        # that ended already get it with their end).
+        entered = [run for run in self.running.values()
+                   if run.entry.at is not None and not run.start_saved]
+        if logs or entered:
+            with transaction.atomic():
+                ledger.write_logs(logs)
+                ledger.write_starts(self.member.pk, [
+                    (run.started.task_id, self.clock.at(run.entry.at)) for run in entered])
+            for run in entered:
+                run.start_saved = True
         return False
 
     def step_prune(self) -> bool:
@@ -393,7 +429,7 @@ class Node:
     def _start(self, started: ledger.Started) -> None:
         job = started.job
         run = Running(started=started, log=executors.LogBuffer(self.conf.log_limit_bytes),
-                      cancel=executors.Cancel())
+                      cancel=executors.Cancel(), entry=executors.Entry(self._unowned))
         self.running[started.task_id] = run
         task_run = executors.TaskRun(
             task_id=started.task_id, job_name=job.name, kind=job.kind, command=job.command,
@@ -407,7 +443,7 @@ class Node:
 
     def _execute(self, run: Running, task_run: executors.TaskRun) -> None:
         try:
-            run.outcome = executors.execute(task_run, run.log, run.cancel)
+            run.outcome = executors.execute(task_run, run.log, run.cancel, entry=run.entry)
         except BaseException as exc:  # execute never raises; this is the last line of defence
             run.outcome = executors.Outcome("failed", None, f"executor error: {exc!r}")
         finally:
@@ -416,6 +452,65 @@ class Node:
             # long as the member, so a pool of 100 would keep 100 sessions open for ever.
             connections.close_all()
         self.wake.set()
+
+    # ------------------------------------------------------------ ownership (the start fence)
+
+    def _ownership_window(self) -> float:
+        """How long after a heartbeat statement is sent no other member can declare this one
+        dead: dead_after without a newer heartbeat; on PostgreSQL also the idle-in-transaction
+        timeout, since a member frozen inside a transaction loses its session then, and the
+        others declare a member whose session (advisory lock) is gone dead at once."""
+        window = self.conf.dead_after
+        if connection.vendor == "postgresql":
+            idle = self.conf.idle_in_transaction_timeout
+            if idle is None:
+                idle = max(self.conf.dead_after / 2, 0.5)
+            if idle > 0:
+                window = min(window, idle)
+        return window
+
+    def _owned_since(self, before: float) -> None:
+        """A heartbeat (or the join) sent after the monotonic reading `before` succeeded: the
+        others cannot declare this member dead before `before` + the window, on any clock that
+        runs at the rate of ours. Neither a claim's fence nor a lease renewal extends this: the
+        tasks of a member are lost only when the member is declared dead."""
+        self._last_beat = before
+        self.owned_until = before + self._ownership_window() * (1 - OWNERSHIP_MARGIN)
+
+    def _unowned(self) -> str:
+        """The start fence, asked in a pool thread right before a job is entered: "" while
+        this member surely still owns its tasks, else why the job is not started. The
+        monotonic clock runs on while the process is frozen (SIGSTOP), so a member woken
+        after the others declared it dead sees its deadline passed."""
+        now = time.monotonic()
+        if now < self.owned_until:
+            return ""
+        return (f"not started: member {self.opts.name} was unresponsive for "
+                f"{now - self._last_beat:.1f} s (no heartbeat) and may no longer own the task")
+
+    def _record_ran_unowned(self, runs: list[Running]) -> None:
+        """Tasks that are no longer ours but whose job was entered here: the fire may have
+        run twice (here and in the recovery). Say so on the ledger, for the audit."""
+        entered = [run for run in runs if run.entry.at is not None]
+        if not entered:
+            return
+        log.error("task(s) %s ran on this member although they were declared lost with it; "
+                  "recorded for the audit", [run.started.task_id for run in entered])
+        ledger.record_ran_unowned(self.member.cluster_id, self.member.pk, self.member.name, [
+            (run.started.task_id, run.started.job.id, self.clock.at(run.entry.at))
+            for run in entered])
+
+    def _drop_unowned(self) -> None:
+        """This member was declared dead: its running tasks are the others' to recover. Stop
+        them, write down those whose job had been entered, and forget them."""
+        self._cancel_all("its member was declared dead", interrupted=False)
+        deadline = time.monotonic() + executors.KILL_GRACE + 1.0
+        while any(r.outcome is None for r in self.running.values()) \
+                and time.monotonic() < deadline:
+            self.wake.wait(0.1)
+            self.wake.clear()
+        self._record_ran_unowned(list(self.running.values()))
+        self.running.clear()
 
     def _check_cancel_requests(self) -> None:
         if not self.running:
@@ -466,18 +561,15 @@ class Node:
 
     def _declared_dead(self) -> None:
         """Others declared us dead while we were away: our running tasks are theirs to recover.
-        Stop them, drop their results without a word to the database, and join again."""
+        Stop them, drop their results (writing down the jobs that were entered all the same),
+        and join again."""
         log.error("this member was declared dead by the cluster; stopping its tasks and "
                   "joining again")
         self.epoch = None
-        self._cancel_all("its member was declared dead", interrupted=False)
-        deadline = time.monotonic() + executors.KILL_GRACE + 1.0
-        while any(r.outcome is None for r in self.running.values()) \
-                and time.monotonic() < deadline:
-            self.wake.wait(0.1)
-            self.wake.clear()
-        self.running.clear()
+        self._drop_unowned()
+        before = time.monotonic()
         self.member = membership.register(self.opts, self.conf.dead_after)
+        self._owned_since(before)
         self._connected_since = time.monotonic()
 
     def _database_weather(self, exc: Exception) -> None:
