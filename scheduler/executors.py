@@ -193,17 +193,25 @@ class Cancel:
 class Entry:
     """The moment a job's own code is entered, shared with the daemon.
 
-    `gate` (optional) is called in the worker thread right before the job is entered and
-    returns "" to go on, or the reason not to start it at all (the daemon's fence: its member
-    may no longer own the task). `at` is then set to time.monotonic() as the job is entered: a
-    python job just before its callable is called, a shell job once its process is spawned.
+    Right before the job is entered, with everything else ready, the worker thread waits
+    until `not_before` (time.monotonic(), optional: a fire taken a little before its due
+    instant), then asks `gate` (optional), which returns "" to go on or the reason not to
+    start the job at all (the daemon's fence: its member may no longer own the task). `at` is
+    then set to time.monotonic() as the job is entered: a python job just before its callable
+    is called, a shell job once its process is spawned.
     """
 
-    def __init__(self, gate: Callable[[], str] | None = None) -> None:
+    def __init__(self, gate: Callable[[], str] | None = None,
+                 not_before: float | None = None) -> None:
         self.gate = gate
+        self.not_before = not_before
         self.at: float | None = None
 
     def refusal(self) -> str:
+        if self.not_before is not None:
+            early = self.not_before - time.monotonic()
+            if early > 0:
+                time.sleep(early)
         return self.gate() if self.gate is not None else ""
 
 
@@ -559,7 +567,9 @@ def _execute_python(run: TaskRun, log: LogBuffer, cancel: Cancel, kill_grace: fl
     )
     thread.start()
 
-    stopped_by = _wait_thread(result.finished, cancel, _deadline(run.timeout))
+    # The time limit counts from the planned start, not from a wait for it.
+    stopped_by = _wait_thread(result.finished, cancel,
+                              _deadline(run.timeout, entry.not_before))
     if stopped_by is not None:
         ctx.cancelled.set()
         if not result.finished.wait(kill_grace) and _abandon(result):
@@ -718,9 +728,11 @@ def _get_attributes(obj: Any, names: list[str]) -> Any:
 # Small helpers
 
 
-def _deadline(timeout: float | None) -> float | None:
+def _deadline(timeout: float | None, start: float | None = None) -> float | None:
     # A zero or negative timeout cannot be meant literally; treat it like None (no limit).
-    return time.monotonic() + timeout if timeout is not None and timeout > 0 else None
+    if timeout is None or timeout <= 0:
+        return None
+    return max(time.monotonic(), start or 0.0) + timeout
 
 
 def _cancel_error(cancel: Cancel) -> str:

@@ -100,6 +100,7 @@ class ClaimResult:
     misfired: int = 0       # owed fires recorded as misfires
     fenced: bool = False    # the fence refused: this member may not claim now
     more: bool = False      # the batch was full: there may be more work right away
+    deferred: bool = False  # fires due within `ahead` were left for their due instant
 
 
 class Fenced(Exception):
@@ -290,10 +291,16 @@ def claim(
     dead_after: float,
     cache: TimingCache,
     batch_limit: int = 1000,
+    ahead: float = 0.0,
 ) -> ClaimResult:
     """Take what this member can start now: ready queued tasks first, then due fires.
 
     `member_names` are the member's name and labels (for job affinity). One transaction.
+    `ahead` (seconds): also take fires due that soon, so that the claim's own time is spent
+    before the due instant and the member enters their jobs on time (it waits for the
+    instant). Only fires that can start at once are taken early: a fire that would be
+    queued, skipped or would replace a run is left for its due instant, where the overlap
+    policy judges it as it always did. Misfires are judged on the real time.
     """
     result = ClaimResult()
     if capacity <= 0:
@@ -302,13 +309,14 @@ def claim(
     try:
         with transaction.atomic():
             now = check_fence(cluster_id, member_id, epoch, dead_after)
+            horizon = now + timedelta(seconds=ahead)
             names = list(member_names)
             queued = [dict(zip(QUEUED_FIELDS, row, strict=True))
                       for row in _fetch(QUEUED_SQL, [cluster_id, now], names, [limit])]
             due = []
             if len(queued) < limit:
                 due = [dict(zip(SCHEDULE_FIELDS, row, strict=True)) for row in
-                       _fetch(DUE_SQL, [cluster_id, now], names, [limit - len(queued)])]
+                       _fetch(DUE_SQL, [cluster_id, horizon], names, [limit - len(queued)])]
             if not queued and not due:
                 return result
             result.more = len(queued) + len(due) >= limit
@@ -337,10 +345,15 @@ def claim(
                 if job is None:
                     continue
                 t = cache.get(row)
+                next_fire = _as_dt(row["next_fire_at"])
+                # Due within `ahead`: its fires up to the horizon, none of them late (the grace
+                # stretched by `ahead` puts the misfire line where it is for `now`).
+                early = next_fire > now
                 try:
                     plan = timing.plan_fires(
-                        t, _as_dt(row["next_fire_at"]), now,
-                        grace=timedelta(seconds=row["misfire_grace_seconds"]),
+                        t, next_fire, horizon if early else now,
+                        grace=timedelta(seconds=row["misfire_grace_seconds"]
+                                        + (ahead if early else 0)),
                         policy=row["misfire_policy"], run_all_limit=row["run_all_limit"],
                     )
                 except timing.TimingError as exc:
@@ -350,6 +363,10 @@ def claim(
                     advances.append((row["id"], None, None))
                     parked.append((row["id"], row["job_id"], str(exc)))
                     continue
+                if early and len(plan.run) > min(
+                        free, job.max_parallel - running.get(job.id, 0)):
+                    result.deferred = True
+                    continue  # not due yet and cannot start at once: left for its instant
                 if plan.misfire is not None:
                     m = plan.misfire
                     misfires.append((row["id"], m.first, m.last, m.count, row["misfire_policy"],
@@ -420,6 +437,8 @@ def _db_now_in_tx() -> datetime:
     return _utcnow()
 
 
+# A started fire's started_at is its planned start (the claim, or its due instant when it was
+# taken a little ahead) until the member writes when the job was really entered.
 # On PostgreSQL the batch goes as arrays into one fixed-text statement, prepared once per
 # connection: a multi-row VALUES list would be new text for every batch size, which psycopg's
 # client-side binding parses and quotes again on every claim (a quarter of a member's CPU).
@@ -431,7 +450,7 @@ INSERT_FIRES_SQL = (
     "CASE WHEN f.state = 'running' THEN %(member)s::bigint END, "
     "CASE WHEN f.state = 'queued' THEN %(now)s::timestamptz END, %(now)s::timestamptz, "
     "CASE WHEN f.state = 'running' THEN %(now)s::timestamptz END, "
-    "CASE WHEN f.state = 'running' THEN %(now)s::timestamptz END, "
+    "CASE WHEN f.state = 'running' THEN GREATEST(%(now)s::timestamptz, f.fire_at) END, "
     "CASE WHEN f.state = 'skipped' THEN %(now)s::timestamptz END, "
     "CASE WHEN f.state = 'skipped' THEN %(skipped)s ELSE '' END, '{}', '', '' "
     "FROM unnest(%(jobs)s::bigint[], %(schedules)s::bigint[], %(fires)s::timestamptz[], "
@@ -484,8 +503,8 @@ def _insert_fires_values(cluster_id: int, member_id: int, now: datetime,
                 cluster_id, job_id, schedule_id, _param(fire_at), state,
                 member_id if running else None,
                 nowp if state == Task.State.QUEUED else None,
-                nowp, nowp if running else None, nowp if running else None,
-                nowp if skipped else None,
+                nowp, nowp if running else None,
+                _param(max(now, fire_at)) if running else None, nowp if skipped else None,
                 SKIPPED_OVERLAP if skipped else "",
             ]
         sql = (f"INSERT INTO scheduler_task ({cols}) VALUES {', '.join(values)} "

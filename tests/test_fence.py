@@ -18,7 +18,7 @@ from scheduler.audit import DOUBLE, MISSED, audit
 from scheduler.clock import db_now
 from scheduler.models import Event, Member, Schedule, Task
 from tests.conftest import add_job, is_postgres, wait_for
-from tests.test_node import make_node
+from tests.test_node import drive, make_node
 
 # Python job callables (dotted paths tests.test_fence:...).
 ENTRIES: list[tuple[int, float]] = []  # (task id, time.time() at entry), in-process jobs
@@ -113,8 +113,8 @@ def test_the_start_fence_does_not_enter_a_job_its_member_may_no_longer_own(node,
     assert task.started_at is None and task.claimed_at is not None
     # Never entered, so it runs again (a recovery), once.
     node._next_beat = 0.0
-    recovery = wait_for(lambda: Task.objects.filter(retry_of=task, state="succeeded").first()
-                        if node.tick() or True else None, timeout=10, message="recovery")
+    recovery = drive(node, lambda: Task.objects.filter(retry_of=task, state="succeeded").first(),
+                     message="recovery")
     assert recovery.trigger == "recovery"
     assert [t for t, _ in ENTRIES] == [recovery.pk]
 
@@ -148,8 +148,8 @@ def test_a_result_that_is_no_longer_ours_but_ran_is_written_down_as_a_double(nod
     assert "n1" in event.message and event.member_id == node.member.pk
     # The recovery runs too: the fire ran twice, and the audit says so.
     node._next_beat = 0.0
-    wait_for(lambda: Task.objects.filter(retry_of=task, state="succeeded").exists()
-             if node.tick() or True else None, timeout=10, message="recovery")
+    drive(node, lambda: Task.objects.filter(retry_of=task, state="succeeded").exists(),
+          message="recovery")
     result = audit(cluster, since=schedule.run_at - timedelta(seconds=1),
                    until=db_now() + timedelta(seconds=1), method="python")
     assert result.counts[DOUBLE] == 1, result.counts
@@ -319,3 +319,47 @@ def test_a_job_that_ran_while_its_member_was_declared_dead_is_a_double_in_the_au
         assert result.counts[DOUBLE] == 1, (method, result.counts)
         (fire,) = [f for f in result.items if getattr(f, "verdict", None) == DOUBLE]
         assert first.member.name in fire.detail and "declared lost" in fire.detail
+
+
+# ------------------------------------------------------------------ claiming a little ahead
+
+
+def claim_ahead(cluster, member, ahead):
+    return ledger.claim(cluster_id=cluster.pk, member_id=member.pk, member_names=[member.name],
+                        capacity=10, epoch=None, dead_after=5.0, cache=ledger.TimingCache(),
+                        ahead=ahead)
+
+
+def test_a_fire_due_soon_is_claimed_ahead_and_entered_at_its_due_instant(node, cluster):
+    job = add_job(cluster, "punctual", command="tests.test_fence:record_entry")
+    schedule = once(job, db_now() + timedelta(milliseconds=400))
+    task = drive(node, lambda: Task.objects.filter(job=job, state="succeeded").first(),
+                 message="the fire ran")
+    entered = datetime.fromtimestamp(ENTRIES[0][1], UTC)
+    # Claimed before its instant, entered at it (not before), and started_at says so.
+    assert task.claimed_at < schedule.run_at <= task.started_at
+    assert entered >= schedule.run_at - timedelta(milliseconds=2)
+    assert task.lateness < timedelta(milliseconds=50)
+
+
+def test_a_fire_due_soon_that_cannot_start_at_once_is_left_for_its_instant(cluster):
+    member = Member.objects.create(cluster=cluster, name="m", mode="single", host="h", pid=1,
+                                   version="x", state="active")
+    busy = add_job(cluster, "busy", overlap_policy="skip")
+    free = add_job(cluster, "free")
+    soon = db_now() + timedelta(seconds=10)
+    schedules = {job.name: once(job, soon) for job in (busy, free)}
+    Task.objects.create(cluster=cluster, job=busy, trigger="manual", state="running",
+                        member=member, scheduled_for=db_now(), started_at=db_now())
+    result = claim_ahead(cluster, member, ahead=20.0)
+    # The free job's fire is taken (its start planned at its due instant); the busy one's is
+    # not skipped early: its overlap is judged when it is due.
+    (started,) = result.started
+    assert started.job.name == "free" and result.deferred
+    task = Task.objects.get(pk=started.task_id)
+    assert task.scheduled_for == soon and task.started_at == soon and task.claimed_at < soon
+    assert not Task.objects.filter(job=busy, schedule__isnull=False).exists()
+    schedules["busy"].refresh_from_db()
+    assert schedules["busy"].next_fire_at == soon
+    # Not due within the look-ahead: nothing is taken.
+    assert claim_ahead(cluster, member, ahead=1.0).started == []
