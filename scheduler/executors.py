@@ -207,12 +207,17 @@ class Entry:
         self.not_before = not_before
         self.at: float | None = None
 
-    def refusal(self) -> str:
+    def refusal(self, cancel: Cancel) -> Outcome | None:
+        """Wait for `not_before`, then None to enter the job, or the Outcome of not entering
+        it: cancelled meanwhile (`cancel`), or refused by the gate ("lost")."""
         if self.not_before is not None:
             early = self.not_before - time.monotonic()
             if early > 0:
-                time.sleep(early)
-        return self.gate() if self.gate is not None else ""
+                cancel._event.wait(early)
+        if cancel.requested:
+            return Outcome("cancelled", None, _cancel_error(cancel))
+        reason = self.gate() if self.gate is not None else ""
+        return Outcome("lost", None, reason) if reason else None
 
 
 @dataclass
@@ -277,9 +282,9 @@ def _execute_shell(run: TaskRun, log: LogBuffer, cancel: Cancel, kill_grace: flo
     if cwd is not None and not os.path.isdir(cwd):
         return Outcome("failed", None, f"working directory does not exist: {cwd}")
     env = _shell_environment(run)
-    refusal = entry.refusal()
-    if refusal:
-        return Outcome("lost", None, refusal)
+    refusal = entry.refusal(cancel)
+    if refusal is not None:
+        return refusal
     try:
         proc = subprocess.Popen(
             ["/bin/sh", "-c", run.command],
@@ -507,7 +512,7 @@ class _PythonResult:
 
     def __init__(self) -> None:
         self.finished = threading.Event()
-        self.refused = ""  # the entry gate's reason not to call the job
+        self.refused: Outcome | None = None  # why the job was not entered after all
         self.abandoned = False  # guarded by _abandon_lock
         self.exit_code: int | None = None
         self.error = ""
@@ -554,14 +559,14 @@ def _execute_python(run: TaskRun, log: LogBuffer, cancel: Cancel, kill_grace: fl
     )
     result = _PythonResult()
     if _no_limit(run.timeout):
-        _run_callable(run.command, ctx, log, result, entry)
+        _run_callable(run.command, ctx, log, result, entry, cancel)
         return _python_outcome(run, log, cancel, ctx, result,
                                "cancelled" if cancel.requested else None)
     # Its own thread, so that a timeout or cancel can return to the daemon even if the callable
     # never does; daemon=True so such a thread does not block the daemon's exit.
     thread = threading.Thread(
         target=_run_callable,
-        args=(run.command, ctx, log, result, entry),
+        args=(run.command, ctx, log, result, entry, cancel),
         name=f"opscenter-task-{run.task_id}",
         daemon=True,
     )
@@ -585,8 +590,8 @@ def _no_limit(timeout: float | None) -> bool:
 
 def _python_outcome(run: TaskRun, log: LogBuffer, cancel: Cancel, ctx: JobContext,
                     result: _PythonResult, stopped_by: str | None) -> Outcome:
-    if result.refused:
-        return Outcome("lost", None, result.refused)
+    if result.refused is not None:
+        return result.refused
     if isinstance(result.returned, dict):
         ctx.data.update(result.returned)
     elif result.returned is not None:
@@ -600,7 +605,7 @@ def _python_outcome(run: TaskRun, log: LogBuffer, cancel: Cancel, ctx: JobContex
 
 
 def _run_callable(path: str, ctx: JobContext, log: LogBuffer, result: _PythonResult,
-                  entry: Entry) -> None:
+                  entry: Entry, cancel: Cancel) -> None:
     """The job's thread: resolve the callable, call it, record how it ended."""
     global _abandoned
     try:
@@ -611,8 +616,8 @@ def _run_callable(path: str, ctx: JobContext, log: LogBuffer, result: _PythonRes
             result.exit_code = 1
             result.error = _shorten(f"cannot load {path!r}: {_describe(exc)}", _ERROR_MAX)
             return
-        result.refused = entry.refusal()
-        if result.refused:
+        result.refused = entry.refusal(cancel)
+        if result.refused is not None:
             return
         try:
             entry.at = time.monotonic()

@@ -143,6 +143,9 @@ class Node:
         # they enter a job (the start fence); the main thread pushes it on at each heartbeat.
         self.owned_until = 0.0
         self._last_beat = time.monotonic()
+        # Jobs entered here whose task was declared lost with this member, not written yet:
+        # (cluster id, member id, member name, task id, job id, entry time).
+        self._ran_unowned: list[tuple] = []
         self.pool = ThreadPoolExecutor(max_workers=opts.workers,
                                        thread_name_prefix=f"job-{opts.name}")
         self.cache = ledger.TimingCache()
@@ -358,6 +361,8 @@ class Node:
         from a queue, so a failed write is simply tried again at the next pass."""
         done = [run for run in self.running.values() if run.outcome is not None]
         if not done:
+            if self._ran_unowned:
+                self._record_ran_unowned([])
             return False
         finished = [self._finished(run) for run in done]
         for run in done:
@@ -368,9 +373,12 @@ class Node:
             self.stats.discarded += len(discarded)
             log.warning("results of task(s) %s discarded: they are no longer this member's "
                         "(declared lost while it was unreachable)", discarded)
-            self._record_ran_unowned([self.running[t] for t in discarded if t in self.running])
+        unowned = [self.running[t] for t in discarded if t in self.running]
         for run in done:
             self.running.pop(run.started.task_id, None)
+        # After the runs are gone: a failure here must not make a recorded task look
+        # discarded at the next pass; what is not written yet is tried again then.
+        self._record_ran_unowned(unowned)
         self.stats.finished += len(finished)
         if len(self.running) + len(finished) >= self.opts.workers:
             self._claim_at = 0.0  # the pool was full: what is due can start now
@@ -518,15 +526,20 @@ class Node:
 
     def _record_ran_unowned(self, runs: list[Running]) -> None:
         """Tasks that are no longer ours but whose job was entered here: the fire may have
-        run twice (here and in the recovery). Say so on the ledger, for the audit."""
+        run twice (here and in the recovery). Say so on the ledger, for the audit; kept until
+        written (a lost connection is weather: the next pass tries again)."""
         entered = [run for run in runs if run.entry.at is not None]
-        if not entered:
-            return
-        log.error("task(s) %s ran on this member although they were declared lost with it; "
-                  "recorded for the audit", [run.started.task_id for run in entered])
-        ledger.record_ran_unowned(self.member.cluster_id, self.member.pk, self.member.name, [
-            (run.started.task_id, run.started.job.id, self.clock.at(run.entry.at))
-            for run in entered])
+        if entered:
+            log.error("task(s) %s ran on this member although they were declared lost with "
+                      "it; written down for the audit", [r.started.task_id for r in entered])
+        self._ran_unowned += [
+            (self.member.cluster_id, self.member.pk, self.member.name, run.started.task_id,
+             run.started.job.id, self.clock.at(run.entry.at)) for run in entered]
+        while self._ran_unowned:
+            cluster_id, member_id, name = self._ran_unowned[0][:3]
+            mine = [e for e in self._ran_unowned if e[1] == member_id]
+            ledger.record_ran_unowned(cluster_id, member_id, name, [e[3:] for e in mine])
+            self._ran_unowned = [e for e in self._ran_unowned if e[1] != member_id]
 
     def _drop_unowned(self) -> None:
         """This member was declared dead: its running tasks are the others' to recover. Stop
@@ -537,8 +550,9 @@ class Node:
                 and time.monotonic() < deadline:
             self.wake.wait(0.1)
             self.wake.clear()
-        self._record_ran_unowned(list(self.running.values()))
+        runs = list(self.running.values())
         self.running.clear()
+        self._record_ran_unowned(runs)
 
     def _check_cancel_requests(self) -> None:
         if not self.running:

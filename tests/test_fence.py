@@ -363,3 +363,38 @@ def test_a_fire_due_soon_that_cannot_start_at_once_is_left_for_its_instant(clust
     assert schedules["busy"].next_fire_at == soon
     # Not due within the look-ahead: nothing is taken.
     assert claim_ahead(cluster, member, ahead=1.0).started == []
+
+
+# ------------------------------------------------------------------ the executor's entry hook
+
+
+@pytest.mark.parametrize("kind,command", [("python", "tests.test_fence:record_entry"),
+                                          ("shell", "echo entered")])
+@pytest.mark.parametrize("timeout", [None, 5.0])
+def test_the_executor_enters_at_not_before_and_only_past_the_gate(kind, command, timeout):
+    from scheduler import executors
+
+    def run(entry, cancel=None):
+        log = executors.LogBuffer()
+        outcome = executors.execute(
+            executors.TaskRun(task_id=1, job_name="j", kind=kind, command=command,
+                              timeout=timeout), log, cancel or executors.Cancel(), entry=entry)
+        return outcome, log.drain()
+
+    not_before = time.monotonic() + 0.1
+    entry = executors.Entry(lambda: "", not_before=not_before)
+    outcome, text = run(entry)
+    assert outcome.state == "succeeded" and not_before <= entry.at < not_before + 0.05
+    # Refused by the gate: nothing is started.
+    ENTRIES.clear()
+    entry = executors.Entry(lambda: "not started: gone")
+    outcome, text = run(entry)
+    assert (outcome.state, outcome.error) == ("lost", "not started: gone")
+    assert entry.at is None and ENTRIES == [] and "entered" not in text
+    # Cancelled while waiting for its instant: cancelled, not started, and at once.
+    cancel = executors.Cancel()
+    threading.Timer(0.05, cancel.request, ["replaced"]).start()
+    began = time.monotonic()
+    entry = executors.Entry(lambda: "", not_before=began + 5)
+    outcome, text = run(entry, cancel)
+    assert outcome.state == "cancelled" and entry.at is None and time.monotonic() - began < 1
