@@ -258,7 +258,7 @@ def test_a_member_frozen_right_after_its_claim_enters_none_of_those_jobs(cluster
     nodes = _start_active(start_node, ["m1", "m2", "m3"], workers=20,
                           env={"m1": {"OPSCENTER_TEST_SIGSTOP_AFTER_CLAIM": "1"}})
     since = db_now()
-    due = since + timedelta(seconds=1)
+    due = since + timedelta(seconds=3)  # time to save 60 schedules on a busy machine
     for job in jobs:
         once(job, due)
     m1 = nodes["m1"]
