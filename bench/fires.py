@@ -12,7 +12,8 @@ members are stopped `--tail` s after it ends. Only fires owed inside the window 
   missed     owed fires with no task and no misfire record covering them (target: 0)
   misfired   owed fires not run but recorded as misfires (the cluster did not keep up)
   duplicates extra attempt-1 tasks of one (schedule, scheduled_for), whole run (target: 0)
-  lateness   started_at - scheduled_for, both on the database clock
+  lateness   started_at - scheduled_for: from the due instant to the job's entry (the
+             member's monotonic clock converted to the database's; see bench/lateness.py)
 
 While the window runs, each member's CPU (% of one core, mean) and RSS (max) are sampled
 every 0.5 s, and the members' database sessions in pg_stat_activity every 0.1 s.

@@ -3,11 +3,14 @@
     .venv/bin/python bench/lateness.py [--workers 100,8] [--seconds 60] [--spread]
                                        [--json out.json]
 
-Lateness is started_at - scheduled_for of every fire owed in the window, both read on the
-database's clock (the member starts a fire in the same transaction that claims it, so this is
-the time from the due instant to the claim that started it). 100 is the default worker pool; 8
-shows what a pool smaller than the burst costs (it claims 8, records their ends, claims 8
-more...). Target: p99 under 50 ms.
+Lateness is started_at - scheduled_for of every fire owed in the window: the time from the
+due instant to the moment the member really entered the job's code (a python job: just before
+its callable is called), read on the member's monotonic clock and converted to the database's
+with the offset the member measures at each heartbeat; scheduled_for is the database's. The
+claim's own time is `claimed_at` (a member takes fires due within 50 ms a little ahead and
+enters them at their instant). 100 is the default worker pool; 8 shows what a pool smaller
+than the burst costs (it claims 8, records their ends, claims 8 more...). Target (issue 12):
+p99 under 20 ms with the default pool.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from bench.fires import measure
 from bench.harness import BenchDB
 
 HEADERS = ["workers", "anchors", "fires/s", "dup", "miss", "misfired", "p50 ms", "p99 ms",
-           "max ms", "member CPU %", "RSS MB", "others' CPU %", "p99 < 50 ms"]
+           "max ms", "member CPU %", "RSS MB", "others' CPU %", "p99 < 20 ms"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                      r["achieved_fires_per_s"], r["duplicates"], r["missed"], r["misfired"],
                      lat["p50"], lat["p99"], lat["max"], m["cpu_pct"], m["rss_mb_max"],
                      r["other_cpu_pct"],
-                     "met" if lat["p99"] is not None and lat["p99"] < 50 else "MISSED"])
+                     "met" if lat["p99"] is not None and lat["p99"] < 20 else "MISSED"])
     out = {"benchmark": "lateness", "machine": info, "settings": vars(args),
            "elapsed_s": round(time.monotonic() - began), "runs": results}
     harness.write_json(args.json, out)

@@ -24,7 +24,9 @@ were pruned), and each owed fire gets exactly one verdict:
   ended last: the cluster was down (and came back, or moved past it), not a member that
   skipped a fire.
 - ``DOUBLE``: started more than once without a recorded recovery (two rows of one attempt,
-  or a later attempt that does not retry a failed or lost one).
+  or a later attempt that does not retry a failed or lost one), or a task whose job its
+  member entered although the task was declared lost with it (`ran_unowned_at`, written by
+  that member when it found out) while another attempt of the fire also started.
 
 Tasks of a schedule at times its definition does not produce are listed as ``UNEXPECTED``
 (not owed fires, so not counted among them, and not a failure of the audit). Only MISSED and
@@ -229,25 +231,31 @@ class TaskRow:
     finished_at: datetime | None
     retry_of: int | None
     created_at: datetime | None
+    ran_unowned_at: datetime | None = None
 
     def to_json(self) -> dict:
-        return {"task": self.id, "attempt": self.attempt, "trigger": self.trigger,
-                "state": self.state, "member": self.member, "started_at": iso(self.started_at),
-                "finished_at": iso(self.finished_at), "retry_of": self.retry_of}
+        out = {"task": self.id, "attempt": self.attempt, "trigger": self.trigger,
+               "state": self.state, "member": self.member, "started_at": iso(self.started_at),
+               "finished_at": iso(self.finished_at), "retry_of": self.retry_of}
+        if self.ran_unowned_at is not None:
+            out["ran_unowned_at"] = iso(self.ran_unowned_at)
+        return out
 
 
 # Column order of every row query: schedule id, fire time, then the TaskRow fields.
 _ROW_SQL_COLUMNS = ("t.schedule_id, t.scheduled_for, t.id, t.attempt, t.trigger, t.state, "
-                    "m.name, t.started_at, t.finished_at, t.retry_of_id, t.created_at")
+                    "m.name, t.started_at, t.finished_at, t.retry_of_id, t.created_at, "
+                    "t.ran_unowned_at")
 _ROW_ORM_COLUMNS = ("schedule_id", "scheduled_for", "id", "attempt", "trigger", "state",
-                    "member__name", "started_at", "finished_at", "retry_of_id", "created_at")
+                    "member__name", "started_at", "finished_at", "retry_of_id", "created_at",
+                    "ran_unowned_at")
 
 
 def _row(values) -> tuple[int, datetime, TaskRow]:
     (sid, due, tid, attempt, trigger, state, member, started, finished, retry_of,
-     created) = values
+     created, ran_unowned) = values
     return sid, _dt(due), TaskRow(tid, attempt, trigger, state, member, _dt(started),
-                                  _dt(finished), retry_of, _dt(created))
+                                  _dt(finished), retry_of, _dt(created), _dt(ran_unowned))
 
 
 # ------------------------------------------------------------------------------ verdict records
@@ -624,10 +632,26 @@ def classify_rows(plan: SchedulePlan, seg: Segment | None, due: datetime,
         elif src.state not in _RETRYABLE:
             problems.append(f"attempt {r.attempt} (task {r.id}) retries task {src.id}, "
                             f"which {src.state}")
-    if problems:
-        return Fire(plan.id, plan.job, due, DOUBLE,
-                    "started more than once without a recorded recovery: " + "; ".join(problems),
-                    rows)
+    unowned = []
+    for r in rows:
+        # A job entered by a member that no longer owned its task (it was declared lost with
+        # it): a double run if another attempt of the fire started too. Another attempt that
+        # was lost counts only if its job is known to have been entered as well.
+        if r.ran_unowned_at is None:
+            continue
+        also = [o for o in rows if o.id != r.id and o.started_at is not None
+                and (o.state != Task.State.LOST or o.ran_unowned_at is not None)]
+        if also:
+            unowned.append(
+                f"attempt {r.attempt} (task {r.id}) was entered on member {r.member or '-'} "
+                f"at {text_time(r.ran_unowned_at)} although the task was declared lost with "
+                "it, and " + ", ".join(f"attempt {o.attempt} (task {o.id}) on {o.member or '-'}"
+                                       for o in also) + " started too")
+    if problems or unowned:
+        detail = "; ".join(
+            (["started more than once without a recorded recovery: " + "; ".join(problems)]
+             if problems else []) + (["ran twice: " + "; ".join(unowned)] if unowned else []))
+        return Fire(plan.id, plan.job, due, DOUBLE, detail, rows)
     first, final = rows[0], rows[-1]
     if len(rows) == 1 and first.state == Task.State.SKIPPED:
         return Fire(plan.id, plan.job, due, MISFIRE,
@@ -1117,7 +1141,8 @@ _SEGS = ("WITH seg AS (SELECT * FROM unnest(%s::int[], %s::bigint[], %s::timesta
 _ON_GRID = "date_bin(seg.stride, {t}.scheduled_for, seg.anchor) = {t}.scheduled_for"
 _OFF_GRID = _ON_GRID.replace(" = ", " <> ")
 # A row that needs a closer look: not a plain first attempt, or not at an owed time.
-_ODD = ("({t}.attempt > 1 OR {t}.started_at IS NULL OR {t}.state = 'lost' OR seg.first IS NULL "
+_ODD = ("({t}.attempt > 1 OR {t}.started_at IS NULL OR {t}.state = 'lost' "
+        "OR {t}.ran_unowned_at IS NOT NULL OR seg.first IS NULL "
         "OR {t}.scheduled_for < seg.first OR {t}.scheduled_for > seg.last OR " + _OFF_GRID + ")")
 
 # A task of an owed fire (any attempt): on the grid, within the first and last fire.

@@ -173,7 +173,9 @@ class TaskRun:
 
 @dataclass
 class Outcome:
-    state: str  # "succeeded" | "failed" | "timed_out" | "cancelled"
+    # "succeeded" | "failed" | "timed_out" | "cancelled" | "lost" (the entry gate refused it:
+    # nothing was started)
+    state: str
     # shell: the process's return code (negative = killed by that signal, like subprocess);
     # python: 0 ok, 1 exception, the SystemExit code; None when nothing ran to an end.
     exit_code: int | None
@@ -209,6 +211,36 @@ class Cancel:
         return self._reason
 
 
+class Entry:
+    """The moment a job's own code is entered, shared with the daemon.
+
+    Right before the job is entered, with everything else ready, the worker thread waits
+    until `not_before` (time.monotonic(), optional: a fire taken a little before its due
+    instant), then asks `gate` (optional), which returns "" to go on or the reason not to
+    start the job at all (the daemon's fence: its member may no longer own the task). `at` is
+    then set to time.monotonic() as the job is entered: a python job just before its callable
+    is called, a shell job once its process is spawned.
+    """
+
+    def __init__(self, gate: Callable[[], str] | None = None,
+                 not_before: float | None = None) -> None:
+        self.gate = gate
+        self.not_before = not_before
+        self.at: float | None = None
+
+    def refusal(self, cancel: Cancel) -> Outcome | None:
+        """Wait for `not_before`, then None to enter the job, or the Outcome of not entering
+        it: cancelled meanwhile (`cancel`), or refused by the gate ("lost")."""
+        if self.not_before is not None:
+            early = self.not_before - time.monotonic()
+            if early > 0:
+                cancel._event.wait(early)
+        if cancel.requested:
+            return Outcome("cancelled", None, _cancel_error(cancel))
+        reason = self.gate() if self.gate is not None else ""
+        return Outcome("lost", None, reason) if reason else None
+
+
 @dataclass
 class JobContext:
     """The single argument a python job's callable receives."""
@@ -230,19 +262,24 @@ class JobContext:
 
 
 def execute(
-    run: TaskRun, log: LogBuffer, cancel: Cancel, *, kill_grace: float = KILL_GRACE
+    run: TaskRun, log: LogBuffer, cancel: Cancel, *, kill_grace: float = KILL_GRACE,
+    entry: Entry | None = None,
 ) -> Outcome:
-    """Run `run` to its end, a timeout or a cancel. Never raises: any failure becomes an Outcome."""
+    """Run `run` to its end, a timeout or a cancel. Never raises: any failure becomes an Outcome.
+
+    `entry`: the daemon's gate just before the job is entered, and where the moment of entry
+    is written."""
+    entry = entry or Entry()
     try:
         if cancel.requested:
             # Cancelled while queued in the daemon's pool: start nothing.
             return Outcome("cancelled", None, _cancel_error(cancel))
         if run.kind == "shell":
-            return _execute_shell(run, log, cancel, kill_grace)
+            return _execute_shell(run, log, cancel, kill_grace, entry)
         if run.kind == "python" and run.isolation == "process":
-            return _execute_isolated(run, log, cancel, kill_grace)
+            return _execute_isolated(run, log, cancel, kill_grace, entry)
         if run.kind == "python":
-            return _execute_python(run, log, cancel, kill_grace)
+            return _execute_python(run, log, cancel, kill_grace, entry)
         return Outcome("failed", None, f"unknown job kind {run.kind!r}")
     except Exception as exc:  # the daemon's contract: never raise
         # A bug here must not kill the daemon's worker thread or lose the task's end.
@@ -262,15 +299,20 @@ def abandoned_threads() -> int:
 # Shell jobs
 
 
-def _execute_shell(run: TaskRun, log: LogBuffer, cancel: Cancel, kill_grace: float) -> Outcome:
+def _execute_shell(run: TaskRun, log: LogBuffer, cancel: Cancel, kill_grace: float,
+                   entry: Entry) -> Outcome:
     cwd = run.working_directory or None
     if cwd is not None and not os.path.isdir(cwd):
         return Outcome("failed", None, f"working directory does not exist: {cwd}")
+    env = _shell_environment(run)
+    refusal = entry.refusal(cancel)
+    if refusal is not None:
+        return refusal
     try:
         proc = subprocess.Popen(
             ["/bin/sh", "-c", run.command],
             cwd=cwd,
-            env=_shell_environment(run),
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -280,6 +322,7 @@ def _execute_shell(run: TaskRun, log: LogBuffer, cancel: Cancel, kill_grace: flo
         )
     except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the command or environment
         return Outcome("failed", None, f"could not start /bin/sh: {_describe(exc)}")
+    entry.at = time.monotonic()
 
     stopped_by = _supervise(proc, run, log, cancel, kill_grace)
     code = proc.returncode
@@ -505,10 +548,11 @@ _abandoned = 0
 class _PythonResult:
     """What the job's thread leaves for the executor; read only after `finished` is set."""
 
-    __slots__ = ("abandoned", "error", "exit_code", "finished", "returned")
+    __slots__ = ("abandoned", "error", "exit_code", "finished", "refused", "returned")
 
     def __init__(self) -> None:
         self.finished = threading.Event()
+        self.refused: Outcome | None = None  # why the job was not entered after all
         self.abandoned = False  # guarded by _abandon_lock
         self.exit_code: int | None = None
         self.error = ""
@@ -528,7 +572,8 @@ class _LogBufferHandler(logging.Handler):
             self.handleError(record)
 
 
-def _execute_python(run: TaskRun, log: LogBuffer, cancel: Cancel, kill_grace: float) -> Outcome:
+def _execute_python(run: TaskRun, log: LogBuffer, cancel: Cancel, kill_grace: float,
+                    entry: Entry) -> Outcome:
     if run.working_directory:
         # The working directory is process-wide and shared by every job of the daemon.
         log.write("[opscenter] working_directory is ignored for python jobs\n")
@@ -537,20 +582,22 @@ def _execute_python(run: TaskRun, log: LogBuffer, cancel: Cancel, kill_grace: fl
     ctx = job_context(run, log, cancel._event if _no_limit(run.timeout) else threading.Event())
     result = _PythonResult()
     if _no_limit(run.timeout):
-        _run_callable(run.command, ctx, log, result)
+        _run_callable(run.command, ctx, log, result, entry, cancel)
         return _python_outcome(run, log, cancel, ctx, result,
                                "cancelled" if cancel.requested else None)
     # Its own thread, so that a timeout or cancel can return to the daemon even if the callable
     # never does; daemon=True so such a thread does not block the daemon's exit.
     thread = threading.Thread(
         target=_run_callable,
-        args=(run.command, ctx, log, result),
+        args=(run.command, ctx, log, result, entry, cancel),
         name=f"opscenter-task-{run.task_id}",
         daemon=True,
     )
     thread.start()
 
-    stopped_by = _wait_thread(result.finished, cancel, _deadline(run.timeout))
+    # The time limit counts from the planned start, not from a wait for it.
+    stopped_by = _wait_thread(result.finished, cancel,
+                              _deadline(run.timeout, entry.not_before))
     if stopped_by is not None:
         ctx.cancelled.set()
         if not result.finished.wait(kill_grace) and _abandon(result):
@@ -589,6 +636,8 @@ def _no_limit(timeout: float | None) -> bool:
 
 def _python_outcome(run: TaskRun, log: LogBuffer, cancel: Cancel, ctx: JobContext,
                     result: _PythonResult, stopped_by: str | None) -> Outcome:
+    if result.refused is not None:
+        return result.refused
     if isinstance(result.returned, dict):
         ctx.data.update(result.returned)
     elif result.returned is not None:
@@ -601,7 +650,8 @@ def _python_outcome(run: TaskRun, log: LogBuffer, cancel: Cancel, ctx: JobContex
     return Outcome("failed", result.exit_code, result.error, data)
 
 
-def _run_callable(path: str, ctx: JobContext, log: LogBuffer, result: _PythonResult) -> None:
+def _run_callable(path: str, ctx: JobContext, log: LogBuffer, result: _PythonResult,
+                  entry: Entry, cancel: Cancel) -> None:
     """The job's thread: resolve the callable, call it, record how it ended."""
     global _abandoned
     try:
@@ -612,7 +662,11 @@ def _run_callable(path: str, ctx: JobContext, log: LogBuffer, result: _PythonRes
             result.exit_code = 1
             result.error = _shorten(f"cannot load {path!r}: {_describe(exc)}", _ERROR_MAX)
             return
+        result.refused = entry.refusal(cancel)
+        if result.refused is not None:
+            return
         try:
+            entry.at = time.monotonic()
             result.returned = func(ctx)
             result.exit_code = 0
         except SystemExit as exc:
@@ -732,7 +786,7 @@ _RESULT_MAX = 64 * 1024 * 1024  # bytes of a child's result read at most (a data
 
 
 def _execute_isolated(run: TaskRun, log: LogBuffer, cancel: Cancel,
-                      kill_grace: float) -> Outcome:
+                      kill_grace: float, entry: Entry) -> Outcome:
     """Run the callable in a child process (scheduler/isolated.py) in a session of its own, like
     a shell job: its output streams into the log through a pipe, its outcome comes back as JSON
     on another pipe, a timeout or cancel stops its group (SIGTERM sets ctx.cancelled, SIGKILL
@@ -747,6 +801,9 @@ def _execute_isolated(run: TaskRun, log: LogBuffer, cancel: Cancel,
         "member": run.member, "stateful": run.stateful,
     }
     paths = [p or os.getcwd() for p in sys.path]
+    refusal = entry.refusal(cancel)
+    if refusal is not None:
+        return refusal
     result_r, result_w = os.pipe()
     spec["result_fd"] = result_w  # pass_fds keeps the number in the child
     try:
@@ -761,6 +818,9 @@ def _execute_isolated(run: TaskRun, log: LogBuffer, cancel: Cancel,
         return Outcome("failed", None, f"could not start the job's process: {_describe(exc)}")
     finally:
         os.close(result_w)  # the child's copy is the only one: EOF when it is gone
+    # Entered when its process is spawned, like a shell job (the callable itself is reached
+    # after the child has set Django up).
+    entry.at = time.monotonic()
 
     returned = bytearray()
     collector = threading.Thread(target=_collect, args=(result_r, returned),
@@ -825,9 +885,11 @@ def _parse_result(raw: bytes) -> tuple[int | None, str, dict | None] | None:
 # Small helpers
 
 
-def _deadline(timeout: float | None) -> float | None:
+def _deadline(timeout: float | None, start: float | None = None) -> float | None:
     # A zero or negative timeout cannot be meant literally; treat it like None (no limit).
-    return time.monotonic() + timeout if timeout is not None and timeout > 0 else None
+    if timeout is None or timeout <= 0:
+        return None
+    return max(time.monotonic(), start or 0.0) + timeout
 
 
 def _cancel_error(cancel: Cancel) -> str:

@@ -54,7 +54,9 @@ def main() -> int:
     ctx = executors.job_context(run, log, cancelled)
     result = executors._PythonResult()
     try:
-        executors._run_callable(run.command, ctx, log, result)
+        # The node's entry gate ran before this process was spawned: nothing more to wait for.
+        executors._run_callable(run.command, ctx, log, result, executors.Entry(),
+                                executors.Cancel())
     finally:
         _close_connections()
     if isinstance(result.returned, dict):

@@ -102,6 +102,7 @@ class ClaimResult:
     misfired: int = 0       # owed fires recorded as misfires
     fenced: bool = False    # the fence refused: this member may not claim now
     more: bool = False      # the batch was full: there may be more work right away
+    deferred: bool = False  # fires due within `ahead` were left for their due instant
 
 
 class Fenced(Exception):
@@ -292,10 +293,16 @@ def claim(
     dead_after: float,
     cache: TimingCache,
     batch_limit: int = 1000,
+    ahead: float = 0.0,
 ) -> ClaimResult:
     """Take what this member can start now: ready queued tasks first, then due fires.
 
     `member_names` are the member's name and labels (for job affinity). One transaction.
+    `ahead` (seconds): also take fires due that soon, so that the claim's own time is spent
+    before the due instant and the member enters their jobs on time (it waits for the
+    instant). Only fires that can start at once are taken early: a fire that would be
+    queued, skipped or would replace a run is left for its due instant, where the overlap
+    policy judges it as it always did. Misfires are judged on the real time.
     """
     result = ClaimResult()
     if capacity <= 0:
@@ -304,13 +311,14 @@ def claim(
     try:
         with transaction.atomic():
             now = check_fence(cluster_id, member_id, epoch, dead_after)
+            horizon = now + timedelta(seconds=ahead)
             names = list(member_names)
             queued = [dict(zip(QUEUED_FIELDS, row, strict=True))
                       for row in _fetch(QUEUED_SQL, [cluster_id, now], names, [limit])]
             due = []
             if len(queued) < limit:
                 due = [dict(zip(SCHEDULE_FIELDS, row, strict=True)) for row in
-                       _fetch(DUE_SQL, [cluster_id, now], names, [limit - len(queued)])]
+                       _fetch(DUE_SQL, [cluster_id, horizon], names, [limit - len(queued)])]
             if not queued and not due:
                 return result
             result.more = len(queued) + len(due) >= limit
@@ -339,10 +347,15 @@ def claim(
                 if job is None:
                     continue
                 t = cache.get(row)
+                next_fire = _as_dt(row["next_fire_at"])
+                # Due within `ahead`: its fires up to the horizon, none of them late (the grace
+                # stretched by `ahead` puts the misfire line where it is for `now`).
+                early = next_fire > now
                 try:
                     plan = timing.plan_fires(
-                        t, _as_dt(row["next_fire_at"]), now,
-                        grace=timedelta(seconds=row["misfire_grace_seconds"]),
+                        t, next_fire, horizon if early else now,
+                        grace=timedelta(seconds=row["misfire_grace_seconds"]
+                                        + (ahead if early else 0)),
                         policy=row["misfire_policy"], run_all_limit=row["run_all_limit"],
                     )
                 except timing.TimingError as exc:
@@ -352,6 +365,10 @@ def claim(
                     advances.append((row["id"], None, None))
                     parked.append((row["id"], row["job_id"], str(exc)))
                     continue
+                if early and len(plan.run) > min(
+                        free, job.max_parallel - running.get(job.id, 0)):
+                    result.deferred = True
+                    continue  # not due yet and cannot start at once: left for its instant
                 if plan.misfire is not None:
                     m = plan.misfire
                     misfires.append((row["id"], m.first, m.last, m.count, row["misfire_policy"],
@@ -422,17 +439,20 @@ def _db_now_in_tx() -> datetime:
     return _utcnow()
 
 
+# A started fire's started_at is its planned start (the claim, or its due instant when it was
+# taken a little ahead) until the member writes when the job was really entered.
 # On PostgreSQL the batch goes as arrays into one fixed-text statement, prepared once per
 # connection: a multi-row VALUES list would be new text for every batch size, which psycopg's
 # client-side binding parses and quotes again on every claim (a quarter of a member's CPU).
 INSERT_FIRES_SQL = (
     "INSERT INTO scheduler_task (cluster_id, job_id, schedule_id, scheduled_for, attempt, "
-    "trigger, state, member_id, not_before, created_at, started_at, finished_at, error, "
-    "parameters, requested_by, cancel_reason) "
+    "trigger, state, member_id, not_before, created_at, claimed_at, started_at, finished_at, "
+    "error, parameters, requested_by, cancel_reason) "
     "SELECT %(cluster)s, f.job_id, f.schedule_id, f.fire_at, 1, 'schedule', f.state, "
     "CASE WHEN f.state = 'running' THEN %(member)s::bigint END, "
     "CASE WHEN f.state = 'queued' THEN %(now)s::timestamptz END, %(now)s::timestamptz, "
     "CASE WHEN f.state = 'running' THEN %(now)s::timestamptz END, "
+    "CASE WHEN f.state = 'running' THEN GREATEST(%(now)s::timestamptz, f.fire_at) END, "
     "CASE WHEN f.state = 'skipped' THEN %(now)s::timestamptz END, "
     "CASE WHEN f.state = 'skipped' THEN %(skipped)s ELSE '' END, '{}', '', '' "
     "FROM unnest(%(jobs)s::bigint[], %(schedules)s::bigint[], %(fires)s::timestamptz[], "
@@ -470,8 +490,8 @@ def _insert_fires_values(cluster_id: int, member_id: int, now: datetime,
     """SQLite: multi-row VALUES lists, CHUNK rows at a time (its variable limit)."""
     out: list[tuple] = []
     cols = ("cluster_id, job_id, schedule_id, scheduled_for, attempt, trigger, state, member_id, "
-            "not_before, created_at, started_at, finished_at, error, parameters, requested_by, "
-            "cancel_reason")
+            "not_before, created_at, claimed_at, started_at, finished_at, error, parameters, "
+            "requested_by, cancel_reason")
     nowp = _param(now)
     for chunk in _chunks(rows):
         values = []
@@ -480,12 +500,13 @@ def _insert_fires_values(cluster_id: int, member_id: int, now: datetime,
             running = state == Task.State.RUNNING
             skipped = state == Task.State.SKIPPED
             values.append(
-                "(%s, %s, %s, %s, 1, 'schedule', %s, %s, %s, %s, %s, %s, %s, '{}', '', '')")
+                "(%s, %s, %s, %s, 1, 'schedule', %s, %s, %s, %s, %s, %s, %s, %s, '{}', '', '')")
             params += [
                 cluster_id, job_id, schedule_id, _param(fire_at), state,
                 member_id if running else None,
                 nowp if state == Task.State.QUEUED else None,
-                nowp, nowp if running else None, nowp if skipped else None,
+                nowp, nowp if running else None,
+                _param(max(now, fire_at)) if running else None, nowp if skipped else None,
                 SKIPPED_OVERLAP if skipped else "",
             ]
         sql = (f"INSERT INTO scheduler_task ({cols}) VALUES {', '.join(values)} "
@@ -500,7 +521,7 @@ def _insert_fires_values(cluster_id: int, member_id: int, now: datetime,
 def _start_queued(member_id: int, now: datetime, task_ids: list[int]) -> None:
     if task_ids:
         Task.objects.filter(id__in=task_ids, state=Task.State.QUEUED).update(
-            state=Task.State.RUNNING, member_id=member_id, started_at=now
+            state=Task.State.RUNNING, member_id=member_id, claimed_at=now, started_at=now
         )
 
 
@@ -563,6 +584,8 @@ class Finished:
     error: str
     data: dict | None
     log_text: str = ""
+    # When the job was really entered (database clock); None: it never was.
+    started_at: datetime | None = None
 
 
 def record_finished(cluster_id: int, member_id: int, finished: list[Finished],
@@ -586,8 +609,9 @@ def record_finished(cluster_id: int, member_id: int, finished: list[Finished],
                 continue
             if f.state == Task.State.SUCCEEDED and f.job.stateful and f.data is not None:
                 Job.objects.filter(pk=f.job.id).update(data_map=f.data)
-            if f.state == Task.State.LOST and f.job.recover_lost:
-                # Interrupted by its member's stop: another member (or this one, back) runs it.
+            if f.state == Task.State.LOST and (f.job.recover_lost or f.started_at is None):
+                # Interrupted by its member's stop, or never entered (the start fence): another
+                # member (or this one, back) runs it. One never entered always runs again.
                 retries.append(Task(
                     cluster_id=cluster_id, job_id=f.job.id, schedule_id=f.schedule_id,
                     scheduled_for=f.scheduled_for, attempt=f.attempt + 1,
@@ -643,13 +667,15 @@ def _finish_rows(member_id: int, now: datetime, finished: list[Finished]) -> set
             for chunk in _chunks(finished, 5000):
                 cursor.execute(
                     "UPDATE scheduler_task AS t SET state = v.state, finished_at = %s, "
-                    "exit_code = v.code, error = v.error "
+                    "exit_code = v.code, error = v.error, started_at = v.started "
                     "FROM (SELECT unnest(%s::bigint[]) AS id, unnest(%s::text[]) AS state, "
-                    "unnest(%s::int[]) AS code, unnest(%s::text[]) AS error) AS v "
+                    "unnest(%s::int[]) AS code, unnest(%s::text[]) AS error, "
+                    "unnest(%s::timestamptz[]) AS started) AS v "
                     "WHERE t.id = v.id AND t.state = 'running' AND t.member_id = %s "
                     f"AND {LIVE_MEMBER} RETURNING t.id",
                     [now, [f.task_id for f in chunk], [f.state for f in chunk],
-                     [f.exit_code for f in chunk], [f.error[:10000] for f in chunk], member_id],
+                     [f.exit_code for f in chunk], [f.error[:10000] for f in chunk],
+                     [f.started_at for f in chunk], member_id],
                 )
                 kept.update(r[0] for r in cursor.fetchall())
         else:
@@ -657,13 +683,61 @@ def _finish_rows(member_id: int, now: datetime, finished: list[Finished]) -> set
             for f in finished:
                 cursor.execute(
                     "UPDATE scheduler_task SET state = %s, finished_at = %s, exit_code = %s, "
-                    "error = %s WHERE id = %s AND state = 'running' AND member_id = %s "
+                    "error = %s, started_at = %s WHERE id = %s AND state = 'running' "
+                    "AND member_id = %s "
                     f"AND {LIVE_MEMBER.replace('t.member_id', 'scheduler_task.member_id')}",
-                    [f.state, nowp, f.exit_code, f.error[:10000], f.task_id, member_id],
+                    [f.state, nowp, f.exit_code, f.error[:10000], _param(f.started_at),
+                     f.task_id, member_id],
                 )
                 if cursor.rowcount == 1:
                     kept.add(f.task_id)
     return kept
+
+
+def write_starts(member_id: int, starts: list[tuple[int, datetime]]) -> None:
+    """When running tasks' jobs were really entered (task id, database time): one statement
+    for the batch. A task that ends before this is written gets its start with its end."""
+    if not starts:
+        return
+    with connection.cursor() as cursor:
+        if _is_pg():
+            for chunk in _chunks(starts, 5000):
+                cursor.execute(
+                    "UPDATE scheduler_task AS t SET started_at = v.started "
+                    "FROM (SELECT unnest(%s::bigint[]) AS id, "
+                    "unnest(%s::timestamptz[]) AS started) AS v "
+                    "WHERE t.id = v.id AND t.member_id = %s",
+                    [[s[0] for s in chunk], [s[1] for s in chunk], member_id],
+                )
+        else:
+            cursor.executemany(
+                "UPDATE scheduler_task SET started_at = %s WHERE id = %s AND member_id = %s",
+                [(_param(at), task_id, member_id) for task_id, at in starts],
+            )
+
+
+def record_ran_unowned(cluster_id: int, member_id: int, member_name: str,
+                       entries: list[tuple[int, int, datetime]]) -> None:
+    """Write down jobs this member entered although their task was declared lost with it
+    (task id, job id, entry time): the fire may have run again elsewhere, and the audit must
+    say so. The rare path of a member that was unreachable: a statement per task is fine."""
+    from scheduler.models import Event
+
+    if not entries:
+        return
+    with transaction.atomic():
+        for task_id, _job_id, at in entries:
+            Task.objects.filter(pk=task_id, member_id=member_id, ran_unowned_at__isnull=True) \
+                .update(ran_unowned_at=at)
+        Event.objects.bulk_create([
+            Event(cluster_id=cluster_id, kind=Event.Kind.TASK_RAN_UNOWNED, member_id=member_id,
+                  job_id=job_id, task_id=task_id, actor=member_name,
+                  message=f"task {task_id}: its job was entered on member {member_name} at "
+                          f"{at.astimezone(UTC):%Y-%m-%d %H:%M:%S.%f}"[:-3] + " UTC, but the "
+                          "task was declared lost with that member: the fire may have run twice",
+                  data={"task": task_id, "member": member_name, "entered_at": at.isoformat()})
+            for task_id, job_id, at in entries
+        ])
 
 
 def write_logs(logs: list[tuple[int, str]]) -> None:

@@ -571,6 +571,10 @@ class Task(models.Model):
     # A queued task (retry, recovery, overlap queue, run now) starts no earlier than this.
     not_before = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(db_default=Now())
+    # When a member took the task to start it (the claim's time), and when the job's own code
+    # was really entered on that member (its monotonic clock, converted to the database's);
+    # empty for a task that was never entered.
+    claimed_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     exit_code = models.IntegerField(null=True, blank=True)
@@ -590,6 +594,9 @@ class Task(models.Model):
     # count reaches QUARANTINE_AFTER_DEATHS, the task is quarantined, not run again.
     # db_default: the claim inserts fire rows in raw SQL without this column.
     member_deaths = models.PositiveSmallIntegerField(default=0, db_default=0)
+    # The job was entered although the task was (or was then) declared lost with its member:
+    # it ran there besides any recovery run. When, on the database clock; the audit's DOUBLE.
+    ran_unowned_at = models.DateTimeField(null=True, blank=True)
 
     objects = TaskQuerySet.as_manager()
 
@@ -879,6 +886,7 @@ class Event(models.Model):
         TASK_CANCEL = "task.cancel"
         TASK_FAILED = "task.failed"
         TASK_QUARANTINED = "task.quarantined"
+        TASK_RAN_UNOWNED = "task.ran_unowned"
 
     cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="events")
     created_at = models.DateTimeField(db_default=Now())

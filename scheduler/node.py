@@ -16,7 +16,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection, connections, transaction
@@ -34,6 +34,12 @@ log = logging.getLogger("opscenter.node")
 DB_ERRORS = (OperationalError, InterfaceError)
 STOP_REASON = "node stopped"
 INT32 = 2**31 - 1
+# Pool threads made at the start (see Node._prestart_pool); a larger pool makes the rest when
+# a burst needs them.
+PRESTART_MAX = 256
+# The share of the ownership window (see Node._owned_since) kept back as a safety margin: the
+# start fence refuses that much before the others could possibly declare the member dead.
+OWNERSHIP_MARGIN = 0.1
 
 
 @dataclass
@@ -45,6 +51,10 @@ class NodeSettings:
     log_limit_bytes: int = 1_000_000
     log_flush_interval: float = 1.0
     batch_limit: int = 1000
+    # Fires due this soon are claimed now and their jobs entered at the due instant (the pool
+    # thread waits for it): the claim's own time (some 15-30 ms for a burst of 100 on a busy
+    # machine) is spent before the instant rather than after it.
+    start_ahead: float = 0.05
     task_retention_days: int = 30
     event_retention_days: int = 30
     # PostgreSQL ends a session idle inside a transaction for this long (None: half of
@@ -90,9 +100,11 @@ class Running:
     started: ledger.Started
     log: executors.LogBuffer
     cancel: executors.Cancel
+    entry: executors.Entry
     outcome: executors.Outcome | None = None
     interrupted: bool = False
     unsaved_log: str = ""  # drained but not yet committed
+    start_saved: bool = False  # entry.at written to the task's started_at
 
 
 @dataclass
@@ -110,6 +122,10 @@ class Clock:
 
     def now(self) -> float:
         return time.monotonic() + self.offset
+
+    def at(self, mono: float) -> datetime:
+        """A reading of the monotonic clock as a database time."""
+        return datetime.fromtimestamp(mono + self.offset, UTC)
 
     def seconds_until(self, at: datetime) -> float:
         return at.timestamp() - self.now()
@@ -142,6 +158,14 @@ class Node:
         self.stopping = False
         self.forced = False
         self.running: dict[int, Running] = {}
+        # Until when (monotonic) this member surely still owns the tasks it holds: no other
+        # member can have declared it dead before then. Pool threads read it right before
+        # they enter a job (the start fence); the main thread pushes it on at each heartbeat.
+        self.owned_until = 0.0
+        self._last_beat = time.monotonic()
+        # Jobs entered here whose task was declared lost with this member, not written yet:
+        # (cluster id, member id, member name, task id, job id, entry time).
+        self._ran_unowned: list[tuple] = []
         self.pool = ThreadPoolExecutor(max_workers=opts.workers,
                                        thread_name_prefix=f"job-{opts.name}")
         self.cache = ledger.TimingCache()
@@ -162,6 +186,10 @@ class Node:
         self._claim_at = 0.0
         self._listener: threading.Thread | None = None
         self.reaper: Reaper | None = None
+        # Test hook: freeze this process (SIGSTOP) once, right after the first claim that
+        # started something committed and before its jobs reach the pool, as a member that
+        # hangs at a due instant would (tests/test_fence.py). Off unless exactly "1".
+        self._stop_after_claim = os.environ.get("OPSCENTER_TEST_SIGSTOP_AFTER_CLAIM") == "1"
 
     # ------------------------------------------------------------ lifecycle
 
@@ -224,7 +252,10 @@ class Node:
     def start(self) -> Member:
         self._configure_session()
         self.clock.measure()
+        before = time.monotonic()
         self.member = membership.register(self.opts, self.conf.dead_after)
+        self._owned_since(before)
+        self._prestart_pool()
         log.info("member %s joined cluster %s as %s (pid %d, %d workers)", self.member.name,
                  self.opts.cluster, self.opts.mode, os.getpid(), self.opts.workers)
         # Joining judged the others already; only a reconnect calls for a wait (see
@@ -284,17 +315,18 @@ class Node:
             return False
         self._next_beat = mono + self.conf.heartbeat_interval
         skew = self.clock.measure()
+        before = time.monotonic()
         alive = membership.heartbeat(self.member.pk, len(self.running),
                                      int(max(min(skew, INT32), -INT32)))
         if not alive:
             if self.stopping:
                 # Stopping anyway: the others recover our tasks; do not join again.
                 log.error("declared dead by the cluster while stopping")
-                self._cancel_all("its member was declared dead", interrupted=False)
-                self.running.clear()
+                self._drop_unowned()
                 return True
             self._declared_dead()
             return True
+        self._owned_since(before)
         self._check_cancel_requests()
         self._check_reaper()
         if self.is_passive:
@@ -346,6 +378,7 @@ class Node:
             cluster_id=self.member.cluster_id, member_id=self.member.pk,
             member_names=self.names, capacity=capacity, epoch=self.epoch,
             dead_after=self.conf.dead_after, cache=self.cache, batch_limit=self.conf.batch_limit,
+            ahead=self.conf.start_ahead,
         )
         self.stats.claims += 1
         self.stats.claim_seconds += time.perf_counter() - began
@@ -357,20 +390,24 @@ class Node:
             self._claim_at = time.monotonic() + self.conf.heartbeat_interval
             return False
         self.stats.misfired += result.misfired
+        if result.started and self._stop_after_claim:
+            self._stop_after_claim = False
+            os.kill(os.getpid(), signal.SIGSTOP)
         for started in result.started:
             self._start(started)
         if result.more:
             self._claim_at = 0.0
         else:
-            self._plan_next_claim()
+            self._plan_next_claim(ahead=0.0 if result.deferred else self.conf.start_ahead)
         return bool(result.started) or result.more or bool(result.fired)
 
-    def _plan_next_claim(self) -> None:
-        """After a claim that took all it could: the next one when the next fire is due."""
+    def _plan_next_claim(self, ahead: float) -> None:
+        """After a claim that took all it could: the next one `ahead` before the next fire is
+        due (at its due instant when this claim left a fire due that soon for then)."""
         due = ledger.next_wake(self.member.cluster_id, self.names)
         wait = self.conf.heartbeat_interval
         if due is not None:
-            wait = min(max(self.clock.seconds_until(due), 0.0), wait)
+            wait = min(max(self.clock.seconds_until(due) - ahead, 0.0), wait)
         self._claim_at = time.monotonic() + wait
 
     def step_record_finished(self) -> bool:
@@ -378,11 +415,14 @@ class Node:
         from a queue, so a failed write is simply tried again at the next pass."""
         done = [run for run in self.running.values() if run.outcome is not None]
         if not done:
+            if self._ran_unowned:
+                self._record_ran_unowned([])
             return False
         finished = [self._finished(run) for run in done]
         for run in done:
             run.unsaved_log += text.storable_text(run.log.drain())
         logs = [(run.started.task_id, run.unsaved_log) for run in done]
+        by_id = {run.started.task_id: run for run in done}
         try:
             discarded = ledger.record_finished(self.member.cluster_id, self.member.pk, finished,
                                                logs)
@@ -394,15 +434,19 @@ class Node:
             log.error("recording %d finished task(s) failed (%s); recording them one by one",
                       len(finished), _reason(exc))
             discarded = self._record_one_by_one(finished, logs)
-        for run in done:
-            self.running.pop(run.started.task_id, None)
-        self.stats.finished += len(finished)
-        if len(self.running) + len(finished) >= self.opts.workers:
-            self._claim_at = 0.0  # the pool was full: what is due can start now
         if discarded:
             self.stats.discarded += len(discarded)
             log.warning("results of task(s) %s discarded: they are no longer this member's "
                         "(declared lost while it was unreachable, or deleted)", discarded)
+        unowned = [by_id[t] for t in discarded if t in by_id]
+        for run in done:
+            self.running.pop(run.started.task_id, None)
+        # After the runs are gone: a failure here must not make a recorded task look
+        # discarded at the next pass; what is not written yet is tried again then.
+        self._record_ran_unowned(unowned)
+        self.stats.finished += len(finished)
+        if len(self.running) + len(finished) >= self.opts.workers:
+            self._claim_at = 0.0  # the pool was full: what is due can start now
         return True
 
     def _record_one_by_one(self, finished: list[ledger.Finished],
@@ -460,10 +504,12 @@ class Node:
                 error = f"the data map the run left is not JSON data: {exc}"
                 data = None
         error = text.storable_text(error)
+        entered = run.entry.at
         return ledger.Finished(
             task_id=s.task_id, job=s.job, schedule_id=s.schedule_id,
             scheduled_for=s.scheduled_for, attempt=s.attempt, parameters=s.parameters,
             state=state, exit_code=code, error=error, data=data,
+            started_at=self.clock.at(entered) if entered is not None else None,
         )
 
     def step_flush_logs(self) -> bool:
@@ -475,19 +521,29 @@ class Node:
             run.unsaved_log += text.storable_text(run.log.drain())
         logs = [(task_id, run.unsaved_log) for task_id, run in self.running.items()
                 if run.unsaved_log]
-        if not logs:
+        # Jobs entered since the last flush that are still running: their real start (those
+        # that ended already get it with their end).
+        entered = [run for run in self.running.values()
+                   if run.entry.at is not None and not run.start_saved]
+        starts = [(run.started.task_id, self.clock.at(run.entry.at)) for run in entered]
+        if not logs and not starts:
             return False
         try:
             with transaction.atomic():
                 ledger.write_logs(logs)
+                ledger.write_starts(self.member.pk, starts)
         except DB_ERRORS:
-            raise  # kept in unsaved_log for the next pass
+            raise  # kept in unsaved_log (and start_saved False) for the next pass
         except Exception as exc:
             log.error("storing the log chunks of %d task(s) failed (%s); storing them one by "
                       "one", len(logs), _reason(exc))
             self._write_logs_one_by_one(logs)
+            with transaction.atomic():
+                ledger.write_starts(self.member.pk, starts)
         for task_id, _ in logs:
             self.running[task_id].unsaved_log = ""
+        for run in entered:
+            run.start_saved = True
         return False
 
     def _write_logs_one_by_one(self, logs: list[tuple[int, str]]) -> None:
@@ -533,8 +589,13 @@ class Node:
 
     def _start(self, started: ledger.Started) -> None:
         job = started.job
+        # A fire claimed a little ahead is entered at its due instant, on the member's
+        # estimate of the database clock (a freeze during the wait is the start fence's).
+        early = min(self.clock.seconds_until(started.scheduled_for), self.conf.start_ahead)
+        entry = executors.Entry(self._unowned,
+                                not_before=time.monotonic() + early if early > 0 else None)
         run = Running(started=started, log=executors.LogBuffer(self.conf.log_limit_bytes),
-                      cancel=executors.Cancel())
+                      cancel=executors.Cancel(), entry=entry)
         self.running[started.task_id] = run
         task_run = executors.TaskRun(
             task_id=started.task_id, job_name=job.name, kind=job.kind, command=job.command,
@@ -547,9 +608,22 @@ class Node:
         self.stats.started += 1
         self.pool.submit(self._execute, run, task_run)
 
+    def _prestart_pool(self) -> None:
+        """Make the pool's threads now. ThreadPoolExecutor makes one when a task is handed to
+        it and none is idle: a first burst of 100 fires would wait for 100 thread starts."""
+        n = min(self.opts.workers, PRESTART_MAX)
+        barrier = threading.Barrier(n + 1)
+        for _ in range(n):
+            # Each task holds its thread until all are there, so every submit makes a thread.
+            self.pool.submit(barrier.wait)
+        try:
+            barrier.wait(10.0)
+        except threading.BrokenBarrierError:
+            log.warning("the worker pool's threads were slow to start")
+
     def _execute(self, run: Running, task_run: executors.TaskRun) -> None:
         try:
-            run.outcome = executors.execute(task_run, run.log, run.cancel)
+            run.outcome = executors.execute(task_run, run.log, run.cancel, entry=run.entry)
         except BaseException as exc:  # execute never raises; this is the last line of defence
             run.outcome = executors.Outcome("failed", None, f"executor error: {exc!r}")
         finally:
@@ -558,6 +632,71 @@ class Node:
             # long as the member, so a pool of 100 would keep 100 sessions open for ever.
             connections.close_all()
         self.wake.set()
+
+    # ------------------------------------------------------------ ownership (the start fence)
+
+    def _ownership_window(self) -> float:
+        """How long after a heartbeat statement is sent no other member can declare this one
+        dead: dead_after without a newer heartbeat; on PostgreSQL also the idle-in-transaction
+        timeout, since a member frozen inside a transaction loses its session then, and the
+        others declare a member whose session (advisory lock) is gone dead at once."""
+        window = self.conf.dead_after
+        if connection.vendor == "postgresql":
+            idle = self.conf.idle_in_transaction_timeout
+            if idle is None:
+                idle = max(self.conf.dead_after / 2, 0.5)
+            if idle > 0:
+                window = min(window, idle)
+        return window
+
+    def _owned_since(self, before: float) -> None:
+        """A heartbeat (or the join) sent after the monotonic reading `before` succeeded: the
+        others cannot declare this member dead before `before` + the window, on any clock that
+        runs at the rate of ours. Neither a claim's fence nor a lease renewal extends this: the
+        tasks of a member are lost only when the member is declared dead."""
+        self._last_beat = before
+        self.owned_until = before + self._ownership_window() * (1 - OWNERSHIP_MARGIN)
+
+    def _unowned(self) -> str:
+        """The start fence, asked in a pool thread right before a job is entered: "" while
+        this member surely still owns its tasks, else why the job is not started. The
+        monotonic clock runs on while the process is frozen (SIGSTOP), so a member woken
+        after the others declared it dead sees its deadline passed."""
+        now = time.monotonic()
+        if now < self.owned_until:
+            return ""
+        return (f"not started: member {self.opts.name} was unresponsive for "
+                f"{now - self._last_beat:.1f} s (no heartbeat) and may no longer own the task")
+
+    def _record_ran_unowned(self, runs: list[Running]) -> None:
+        """Tasks that are no longer ours but whose job was entered here: the fire may have
+        run twice (here and in the recovery). Say so on the ledger, for the audit; kept until
+        written (a lost connection is weather: the next pass tries again)."""
+        entered = [run for run in runs if run.entry.at is not None]
+        if entered:
+            log.error("task(s) %s ran on this member although they were declared lost with "
+                      "it; written down for the audit", [r.started.task_id for r in entered])
+        self._ran_unowned += [
+            (self.member.cluster_id, self.member.pk, self.member.name, run.started.task_id,
+             run.started.job.id, self.clock.at(run.entry.at)) for run in entered]
+        while self._ran_unowned:
+            cluster_id, member_id, name = self._ran_unowned[0][:3]
+            mine = [e for e in self._ran_unowned if e[1] == member_id]
+            ledger.record_ran_unowned(cluster_id, member_id, name, [e[3:] for e in mine])
+            self._ran_unowned = [e for e in self._ran_unowned if e[1] != member_id]
+
+    def _drop_unowned(self) -> None:
+        """This member was declared dead: its running tasks are the others' to recover. Stop
+        them, write down those whose job had been entered, and forget them."""
+        self._cancel_all("its member was declared dead", interrupted=False)
+        deadline = time.monotonic() + executors.KILL_GRACE + 1.0
+        while any(r.outcome is None for r in self.running.values()) \
+                and time.monotonic() < deadline:
+            self.wake.wait(0.1)
+            self.wake.clear()
+        runs = list(self.running.values())
+        self.running.clear()
+        self._record_ran_unowned(runs)
 
     def _check_cancel_requests(self) -> None:
         if not self.running:
@@ -608,18 +747,15 @@ class Node:
 
     def _declared_dead(self) -> None:
         """Others declared us dead while we were away: our running tasks are theirs to recover.
-        Stop them, drop their results without a word to the database, and join again."""
+        Stop them, drop their results (writing down the jobs that were entered all the same),
+        and join again."""
         log.error("this member was declared dead by the cluster; stopping its tasks and "
                   "joining again")
         self.epoch = None
-        self._cancel_all("its member was declared dead", interrupted=False)
-        deadline = time.monotonic() + executors.KILL_GRACE + 1.0
-        while any(r.outcome is None for r in self.running.values()) \
-                and time.monotonic() < deadline:
-            self.wake.wait(0.1)
-            self.wake.clear()
-        self.running.clear()
+        self._drop_unowned()
+        before = time.monotonic()
         self.member = membership.register(self.opts, self.conf.dead_after)
+        self._owned_since(before)
         self._connected_since = time.monotonic()
 
     def _database_weather(self, exc: Exception) -> None:

@@ -404,8 +404,11 @@ def test_an_interval_edited_mid_run_is_audited_against_each_side(cluster):
         since = db_now()
         drive(node, finished(job, 4))
         n = Task.objects.filter(job=job).count()
-        # Right after a fire was taken, so no fire of the old definition is due while saving.
+        # Right after a fire was taken and became due (a member takes a fire up to 50 ms
+        # before its instant), so no fire of the old definition is due while saving.
         drive(node, lambda: Task.objects.filter(job=job).count() > n)
+        taken = Task.objects.filter(job=job).latest("scheduled_for").scheduled_for
+        drive(node, lambda: db_now() >= taken)
         schedule.interval_seconds = 2
         schedule.save()
         edited = schedule.anchor_at

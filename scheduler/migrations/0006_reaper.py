@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('scheduler', '0004_bounds'),
+        ('scheduler', '0005_secure'),
     ]
 
     operations = [
