@@ -124,8 +124,8 @@ class BenchDB:
         env = {k: v for k, v in os.environ.items() if not k.startswith("OPSCENTER_")}
         env.update(DATABASE_URL=self.url, PYTHONUNBUFFERED="1",
                    DJANGO_SETTINGS_MODULE="opscenter.settings")
-        # Production settings (the README: "DEBUG: set false in production"); DEBUG=true in
-        # the bench's own environment measures the development default instead.
+        # The default and production settings (DEBUG off); DEBUG=true in the bench's own
+        # environment measures a development machine instead.
         env.setdefault("DEBUG", "false")
         return env
 
