@@ -393,6 +393,10 @@ def claim(
                 last = plan.run[-1] if plan.run else None
                 advances.append((row["id"], plan.next_fire, last))
 
+            if result.deferred:
+                # The batch holds fires left for their instant: claiming again at once would
+                # fetch them again; the node plans its next claim for that instant instead.
+                result.more = False
             inserted = _insert_fires(cluster_id, member_id, now, new_rows)
             _start_queued(member_id, now, [r["id"] for r in to_start])
             _advance_schedules(advances)
@@ -717,18 +721,25 @@ def write_starts(member_id: int, starts: list[tuple[int, datetime]]) -> None:
 
 
 def record_ran_unowned(cluster_id: int, member_id: int, member_name: str,
-                       entries: list[tuple[int, int, datetime]]) -> None:
+                       entries: list[tuple[int, int, datetime]]) -> list[int]:
     """Write down jobs this member entered although their task was declared lost with it
     (task id, job id, entry time): the fire may have run again elsewhere, and the audit must
-    say so. The rare path of a member that was unreachable: a statement per task is fine."""
+    say so. Only rows still there get it (a task, job or member deleted meanwhile has nothing
+    left to audit); returns their ids. The rare path of a member that was unreachable: a
+    statement per task is fine."""
     from scheduler.models import Event
 
     if not entries:
-        return
+        return []
+    written: list[tuple[int, int, datetime]] = []
     with transaction.atomic():
         for task_id, _job_id, at in entries:
-            Task.objects.filter(pk=task_id, member_id=member_id, ran_unowned_at__isnull=True) \
-                .update(ran_unowned_at=at)
+            row = (Task.objects.filter(pk=task_id, member_id=member_id)
+                   .exclude(state=Task.State.RUNNING).values("job_id", "member_id").first())
+            if row is None:
+                continue
+            Task.objects.filter(pk=task_id, ran_unowned_at__isnull=True).update(ran_unowned_at=at)
+            written.append((task_id, row["job_id"], at))
         Event.objects.bulk_create([
             Event(cluster_id=cluster_id, kind=Event.Kind.TASK_RAN_UNOWNED, member_id=member_id,
                   job_id=job_id, task_id=task_id, actor=member_name,
@@ -736,8 +747,9 @@ def record_ran_unowned(cluster_id: int, member_id: int, member_name: str,
                           f"{at.astimezone(UTC):%Y-%m-%d %H:%M:%S.%f}"[:-3] + " UTC, but the "
                           "task was declared lost with that member: the fire may have run twice",
                   data={"task": task_id, "member": member_name, "entered_at": at.isoformat()})
-            for task_id, job_id, at in entries
+            for task_id, job_id, at in written
         ])
+    return [w[0] for w in written]
 
 
 def write_logs(logs: list[tuple[int, str]]) -> None:

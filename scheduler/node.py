@@ -33,6 +33,9 @@ log = logging.getLogger("opscenter.node")
 # failure of one step, handled like any other exception, with the connection kept.
 DB_ERRORS = (OperationalError, InterfaceError)
 STOP_REASON = "node stopped"
+# The others declare a member whose database session is gone dead once its heartbeat is this
+# many heartbeat intervals old (membership.declare_dead's lock_grace).
+LOCK_GRACE = 1.5
 INT32 = 2**31 - 1
 # Pool threads made at the start (see Node._prestart_pool); a larger pool makes the rest when
 # a burst needs them.
@@ -343,7 +346,7 @@ class Node:
             return False
         dead = membership.declare_dead(
             self.member.cluster_id, self.member, self.member.name, self.conf.dead_after,
-            check_locks=True, lock_grace=1.5 * self.conf.heartbeat_interval,
+            check_locks=True, lock_grace=LOCK_GRACE * self.conf.heartbeat_interval,
         )
         if dead:
             self._next_recover = 0.0
@@ -434,6 +437,7 @@ class Node:
             log.error("recording %d finished task(s) failed (%s); recording them one by one",
                       len(finished), _reason(exc))
             discarded = self._record_one_by_one(finished, logs)
+            by_id = {}  # its discarded runs are noted as they go
         if discarded:
             self.stats.discarded += len(discarded)
             log.warning("results of task(s) %s discarded: they are no longer this member's "
@@ -460,7 +464,12 @@ class Node:
         cluster_id, member_id = self.member.cluster_id, self.member.pk
         for f, entry in zip(finished, logs, strict=True):
             try:
-                discarded += ledger.record_finished(cluster_id, member_id, [f], [entry])
+                gone = ledger.record_finished(cluster_id, member_id, [f], [entry])
+                if gone and f.task_id in self.running:
+                    # Noted now: the run leaves the table below, and a lost connection later
+                    # in this loop must not make us forget that it ran unowned.
+                    self._note_ran_unowned([self.running[f.task_id]])
+                discarded += gone
             except DB_ERRORS:
                 raise
             except Exception as exc:
@@ -647,6 +656,10 @@ class Node:
                 idle = max(self.conf.dead_after / 2, 0.5)
             if idle > 0:
                 window = min(window, idle)
+            # A member whose session ended (its advisory lock gone) is declared dead once its
+            # heartbeat is LOCK_GRACE heartbeats old, and a session can end without this member
+            # knowing yet (terminated by the server, a network cut).
+            window = min(window, LOCK_GRACE * self.conf.heartbeat_interval)
         return window
 
     def _owned_since(self, before: float) -> None:
@@ -672,6 +685,10 @@ class Node:
         """Tasks that are no longer ours but whose job was entered here: the fire may have
         run twice (here and in the recovery). Say so on the ledger, for the audit; kept until
         written (a lost connection is weather: the next pass tries again)."""
+        self._note_ran_unowned(runs)
+        self._write_ran_unowned()
+
+    def _note_ran_unowned(self, runs: list[Running]) -> None:
         entered = [run for run in runs if run.entry.at is not None]
         if entered:
             log.error("task(s) %s ran on this member although they were declared lost with "
@@ -679,10 +696,20 @@ class Node:
         self._ran_unowned += [
             (self.member.cluster_id, self.member.pk, self.member.name, run.started.task_id,
              run.started.job.id, self.clock.at(run.entry.at)) for run in entered]
+
+    def _write_ran_unowned(self) -> None:
         while self._ran_unowned:
             cluster_id, member_id, name = self._ran_unowned[0][:3]
             mine = [e for e in self._ran_unowned if e[1] == member_id]
-            ledger.record_ran_unowned(cluster_id, member_id, name, [e[3:] for e in mine])
+            try:
+                ledger.record_ran_unowned(cluster_id, member_id, name, [e[3:] for e in mine])
+            except DB_ERRORS:
+                raise  # weather: kept, tried again at the next pass
+            except Exception as exc:
+                # Refused for good (its member row deleted, say): retrying it at every pass
+                # would stop this node from claiming anything ever again.
+                log.error("could not write down task(s) %s that ran unowned (%s); dropped",
+                          [e[3] for e in mine], _reason(exc))
             self._ran_unowned = [e for e in self._ran_unowned if e[1] != member_id]
 
     def _drop_unowned(self) -> None:
@@ -761,6 +788,9 @@ class Node:
     def _database_weather(self, exc: Exception) -> None:
         """A lost database is weather: log, back off, reconnect, carry on."""
         self.stats.db_errors += 1
+        # Our session (and with it our advisory lock) is about to go: from now on the others
+        # may declare this member dead well before its last heartbeat's window ends.
+        self.owned_until = 0.0
         if self._db_down_since is None:
             self._db_down_since = time.monotonic()
             log.error("database error (%s); retrying", str(exc).strip().splitlines()[0][:200])

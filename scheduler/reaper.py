@@ -18,12 +18,15 @@ A process that starts a program with a scrubbed environment (`env -i`, a daemon 
 environment) escapes the reaper. Linux only (it reads /proc); elsewhere it does nothing.
 
 Run as `python -I scheduler/reaper.py` (stdlib only, no Django): the first line on stdin is the
-token, then nothing until EOF.
+token, then nothing until the node ends (EOF, or its pid is gone: a process the node forked
+without exec holds a copy of the pipe) or stops cleanly (a second line). Such a forked process
+carries no token in /proc/PID/environ (the node set it after its own start) and escapes.
 """
 
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -82,6 +85,28 @@ def reap(token: str) -> int:
         pause = min(pause * 2, 0.05)
 
 
+def _wait_for_the_node_to_end(stdin_fd: int, node_pid: int) -> None:
+    """Until the node is gone. EOF on stdin alone is not enough: a process the node forked
+    without exec (a python job's multiprocessing child) holds a copy of the pipe's write end.
+    So also watch the node itself: a pidfd that polls readable when it exits (Linux 5.3+), or
+    failing that our parent pid changing (we are re-parented when the node dies)."""
+    poller = select.poll()
+    poller.register(stdin_fd, select.POLLIN | select.POLLHUP)
+    pidfd = None
+    try:
+        pidfd = os.pidfd_open(node_pid)
+        poller.register(pidfd, select.POLLIN)
+    except (AttributeError, OSError):
+        pass
+    while os.getppid() == node_pid:
+        for fd, _ in poller.poll(None if pidfd is not None else 200):
+            if fd == pidfd:
+                return
+            if fd == stdin_fd:
+                os.read(stdin_fd, 65536)
+                return  # EOF, or the line a clean stop sends: the node is done
+
+
 def main() -> int:
     # The node may be stopped by a signal to its whole process group (Ctrl-C in a terminal):
     # the reaper has its own session, but ignore those signals anyway; only EOF ends it.
@@ -90,8 +115,7 @@ def main() -> int:
     stdin = sys.stdin.buffer
     token = stdin.readline().decode("ascii", "replace").strip()
     node_pid = os.getppid()
-    while stdin.read(65536):
-        pass  # nothing is sent after the token; wait for EOF
+    _wait_for_the_node_to_end(sys.stdin.fileno(), node_pid)
     if not token:
         return 0
     killed = reap(token)
@@ -144,6 +168,8 @@ class Reaper:
             return
         try:
             if self.proc.stdin is not None:
+                # A line, not only EOF: a process the node forked may hold the pipe open.
+                self.proc.stdin.write(b"stop\n")
                 self.proc.stdin.close()
         except OSError:
             pass
