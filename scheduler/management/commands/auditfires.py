@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import json
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
 from scheduler import audit as audits
 from scheduler.clock import db_now
 from scheduler.management.commands._common import (
+    OperatorCommand,
     add_cluster_argument,
     get_cluster,
     get_jobs,
@@ -38,7 +39,7 @@ def seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-class Command(BaseCommand):
+class Command(OperatorCommand):
     help = ("Audit the fires a cluster's schedules owed in a window against the task ledger "
             "and the event log; exit status 1 when a fire was MISSED or DOUBLE.")
 

@@ -8,11 +8,12 @@ import os
 import sys
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
+from scheduler.management.commands._common import MAX_COUNT, OperatorCommand, whole_number
 from scheduler.membership import MemberOptions, MemberRefused
 from scheduler.node import Node, NodeSettings, default_node_name
-from scheduler.validators import NAME_HELP, NAME_RE
+from scheduler.validators import NAME_HELP, is_name, text_for_message
 
 
 def _env(name: str, default=None):
@@ -23,16 +24,19 @@ def _env(name: str, default=None):
 def _env_int(name: str) -> int:
     value = _env(name, "0")
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
         raise CommandError(f"{name}={value!r} is not a whole number.") from None
+    if abs(number) > MAX_COUNT:
+        raise CommandError(f"{name}={value!r} is not between {-MAX_COUNT} and {MAX_COUNT}.")
+    return number
 
 
 def _env_bool(name: str) -> bool:
     return str(_env(name, "")).lower() in ("1", "true", "yes", "on")
 
 
-class Command(BaseCommand):
+class Command(OperatorCommand):
     help = (
         "Run a scheduler node. Without cluster options it is a single node; --exclusive makes "
         "it a passive cluster's primary (with --backup a backup); --distributed-orders makes "
@@ -46,7 +50,7 @@ class Command(BaseCommand):
         parser.add_argument("--node", default=_env("OPSCENTER_NODE"),
                             help="Node name, unique in the cluster (env OPSCENTER_NODE; "
                                  "default: the host name).")
-        parser.add_argument("--workers", type=int, default=None,
+        parser.add_argument("--workers", type=whole_number(10_000), default=None,
                             help="Worker pool size: tasks run at once (env OPSCENTER_WORKERS).")
         parser.add_argument("--exclusive", action="store_true",
                             default=_env_bool("OPSCENTER_EXCLUSIVE"),
@@ -54,7 +58,7 @@ class Command(BaseCommand):
         parser.add_argument("--backup", action="store_true", default=_env_bool("OPSCENTER_BACKUP"),
                             help="With --exclusive: a backup that takes over when the active "
                                  "member dies.")
-        parser.add_argument("--backup-precedence", type=int,
+        parser.add_argument("--backup-precedence", type=whole_number(MAX_COUNT),
                             default=_env_int("OPSCENTER_BACKUP_PRECEDENCE"),
                             help="Backups take over lowest precedence first (ties by name).")
         parser.add_argument("--reclaim", action="store_true",
@@ -86,11 +90,13 @@ class Command(BaseCommand):
             raise CommandError("--cluster NAME is required (or set OPSCENTER_CLUSTER).")
         node = opts["node"] or default_node_name()
         for what, value in (("cluster", cluster), ("node", node)):
-            if not NAME_RE.match(value):
-                raise CommandError(f"--{what} '{value}' is not a valid name: {NAME_HELP}")
+            if not is_name(value):
+                raise CommandError(f"--{what} {text_for_message(value)!r} is not a valid name: "
+                                   f"{NAME_HELP}")
         for label in opts["label"]:
-            if not NAME_RE.match(label):
-                raise CommandError(f"--label '{label}' is not a valid label: {NAME_HELP}")
+            if not is_name(label):
+                raise CommandError(f"--label {text_for_message(label)!r} is not a valid label: "
+                                   f"{NAME_HELP}")
         if opts["backup"] and not opts["exclusive"]:
             raise CommandError("--backup needs --exclusive (a backup of a passive cluster).")
         if opts["distributed_orders"] and opts["backup"]:
