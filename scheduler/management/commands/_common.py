@@ -83,8 +83,9 @@ def database_name() -> str:
 
 def one_line(exc: BaseException) -> str:
     """A driver's error, which may span lines (psycopg's does), as one line."""
-    text = " ".join(str(exc).split())
-    return text.replace("FATAL: ", "") or type(exc).__name__
+    text = " ".join(str(exc).split()).replace("FATAL: ", "")
+    # psycopg: 'connection failed: connection to server at "h", port p failed: <why>'
+    return text.rsplit(" failed: ", 1)[-1] or type(exc).__name__
 
 
 POSITIONAL = {"name": "NAME", "job": "JOB", "jobs": "JOB", "ids": "ID", "task_id": "TASK_ID"}
