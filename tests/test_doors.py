@@ -44,9 +44,14 @@ def test_a_database_that_is_not_there_is_said_in_one_line(url, reason, command):
                           "(the settings slice owns it)")
 @pytest.mark.parametrize("url", ["", "nonsense"])
 def test_an_empty_or_garbage_database_url_is_said_in_one_line(url):
+    # Empty is an error, not the default SQLite: an emptied variable is a failed deployment
+    # template far more often than a wish, and a node on a private SQLite would fire every
+    # job of the cluster a second time.
     result = start_with(url, "jobs", "--cluster", "c")
+    assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "DATABASE_URL" in result.stderr
 
 
 @pytest.mark.processes
