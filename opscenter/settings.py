@@ -163,11 +163,20 @@ TEMPLATES = [
 WSGI_APPLICATION = "opscenter.wsgi.application"
 
 SQLITE_PATH = env_str("OPSCENTER_SQLITE_PATH", str(BASE_DIR / "var" / "opscenter.sqlite3"))
-DATABASES = {
-    "default": dj_database_url.parse(
-        env_str("DATABASE_URL", f"sqlite:///{SQLITE_PATH}"), conn_max_age=None
-    )
-}
+DATABASE_URL = os.environ.get("DATABASE_URL")
+if DATABASE_URL is not None and not DATABASE_URL.strip():
+    # An error, not the embedded default: an emptied variable is a broken deployment far more
+    # often than a wish, and a node on a private SQLite would fire the cluster's jobs again.
+    raise ImproperlyConfigured("DATABASE_URL is empty: unset it for the embedded SQLite, or give "
+                               "a URL such as postgres://user@host:5432/name")
+try:
+    DATABASES = {
+        "default": dj_database_url.parse(DATABASE_URL or f"sqlite:///{SQLITE_PATH}",
+                                         conn_max_age=None)
+    }
+except ValueError as exc:  # never echo the URL: it may hold a password
+    raise ImproperlyConfigured(f"DATABASE_URL is not a database URL ({exc}): use e.g. "
+                               "postgres://user@host:5432/name") from None
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Several node processes share one file: WAL lets readers run beside the writer,
     # IMMEDIATE takes the write lock at BEGIN so a claim never fails half-way on upgrade,

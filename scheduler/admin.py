@@ -11,6 +11,7 @@ from __future__ import annotations
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import ActionLocation
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import models
 from django.db.models import (
@@ -151,6 +152,13 @@ class DataMapField(forms.JSONField):
 
     widget = forms.Textarea(attrs={"rows": 4, "cols": 80, "style": "font-family: monospace"})
 
+    def bound_data(self, data, initial):
+        # A refused form shows exactly what was typed, not a re-encoding of it (which could
+        # hold text no page can be written in, such as a lone surrogate from "\ud800").
+        if self.disabled:
+            return initial
+        return None if data is None else forms.fields.InvalidJSONInput(data)
+
     def to_python(self, value):
         if self.disabled:
             return value
@@ -231,6 +239,18 @@ class OperatorActions:
             messages.error(request, f"Refused: “{action.short_description}” needs the "
                                     f"permission {needs}; nothing was changed.")
         return HttpResponseRedirect(request.get_full_path()) if refused else None
+
+
+class ActionsAdmin(admin.ModelAdmin):
+    """Operator actions on rows picked by id: ids that are not ids of this table (a crafted
+    post) are refused with a message, where Django's own lookup would end in a 500."""
+
+    def response_action(self, request, queryset, **kwargs):
+        picked = request.POST.getlist(ACTION_CHECKBOX_NAME)
+        if not all(value.isdigit() and 0 < int(value) < 2**63 for value in picked):
+            messages.error(request, "Those are not ids of rows of this list: nothing was done.")
+            return None  # the list again, unchanged
+        return super().response_action(request, queryset, **kwargs)
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -380,7 +400,7 @@ class MemberInline(admin.TabularInline):
 
 
 @admin.register(Cluster)
-class ClusterAdmin(OperatorActions, admin.ModelAdmin):
+class ClusterAdmin(OperatorActions, ActionsAdmin):
     list_display = ("name", "mode", "active_member", "lease_epoch", "lease_expires_at",
                     "live_members")
     list_filter = ("mode",)
@@ -484,7 +504,7 @@ class ScheduleInline(admin.StackedInline):
 
 
 @admin.register(Job)
-class JobAdmin(OperatorActions, admin.ModelAdmin):
+class JobAdmin(OperatorActions, ActionsAdmin):
     list_display = ("name", "cluster", "kind", "paused", "schedules_summary", "last_task_state",
                     "next_fire")
     list_filter = ("cluster", "kind", "isolation", "paused", "stateful")
@@ -634,7 +654,7 @@ class JobAdmin(OperatorActions, admin.ModelAdmin):
 
 
 @admin.register(Schedule)
-class ScheduleAdmin(OperatorActions, admin.ModelAdmin):
+class ScheduleAdmin(OperatorActions, ActionsAdmin):
     list_display = ("id", "job", "cluster", "definition", "paused", "next_fire_at",
                     "last_fire_at", "misfire_policy")
     list_display_links = ("id", "job")
@@ -708,7 +728,7 @@ class ScheduleAdmin(OperatorActions, admin.ModelAdmin):
 
 
 @admin.register(Task)
-class TaskAdmin(OperatorActions, admin.ModelAdmin):
+class TaskAdmin(OperatorActions, ActionsAdmin):
     list_display = ("id", "job", "trigger", "scheduled_for", "state_badge", "attempt",
                     "member_name", "started_at", "finished_at", "duration", "late", "exit_code")
     list_filter = ("state", "trigger", "cluster", ("member", MemberFilter), ("job", JobFilter))

@@ -199,21 +199,30 @@ def parse_when(text: str, now: datetime, what: str = "time") -> datetime:
         return now
     match = _RELATIVE.match(value)
     if match:
-        return now - timedelta(seconds=float(match[1]) * _UNITS[match[2].lower()])
+        try:
+            return now - timedelta(seconds=float(match[1]) * _UNITS[match[2].lower()])
+        except OverflowError:
+            raise AuditInputError(f"{what}: {value!r} reaches back before the year 1; give a "
+                                  "shorter time ago or a date") from None
     try:
         parsed = parse_datetime(value)
         if parsed is None:
             day = parse_date(value)
             parsed = datetime.combine(day, time()) if day else None
-    except ValueError:
+    except (ValueError, OverflowError):
         parsed = None
     if parsed is None:
         raise AuditInputError(
             f"{what}: cannot read {text!r}; give an ISO 8601 time such as "
             "2025-03-30T01:00:00Z (no offset: the server's time zone), a date, 'now', or a "
             "time ago such as 90m, 1h, 24h, 7d")
-    if parsed.tzinfo is None:
-        parsed = djtz.make_aware(parsed, djtz.get_default_timezone())
+    try:
+        if parsed.tzinfo is None:
+            parsed = djtz.make_aware(parsed, djtz.get_default_timezone())
+        parsed.astimezone(UTC)  # the window is compared and stored in UTC
+    except OverflowError:
+        raise AuditInputError(f"{what}: {value!r} is at the very edge of the calendar; give a "
+                              "time between the years 1 and 9999") from None
     return parsed
 
 

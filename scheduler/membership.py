@@ -14,6 +14,7 @@ import os
 import socket
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 from django.db import IntegrityError, OperationalError, connection, transaction
 from django.db.models import F, Q
@@ -97,6 +98,10 @@ def register(opts: MemberOptions, dead_after: float) -> Member:
         # Members that stopped heartbeating (or whose lock is gone) are dead, not rivals.
         declare_dead(cluster.pk, None, f"starting member {opts.name}", dead_after)
         live = list(cluster.live_members())
+        for m in live:
+            if m.name == opts.name and _gone_from_this_host(m):
+                _declare_gone(m, opts.name)
+        live = list(cluster.live_members())
         same_name = [m for m in live if m.name == opts.name]
         if same_name:
             m = same_name[0]
@@ -153,6 +158,59 @@ def register(opts: MemberOptions, dead_after: float) -> Member:
         )
     member.refresh_from_db()
     return member
+
+
+def _process_started(pid: int) -> float | None:
+    """When the process started (epoch seconds, from /proc), or None if unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        # Field 22 (after the command name, which may hold spaces, in parentheses).
+        ticks = int(stat.rsplit(")", 1)[1].split()[19])
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def _gone_from_this_host(member: Member) -> bool:
+    """Is this live member, recorded on this host, a process that is no longer there? Its
+    heartbeat would take dead_after to go stale (and SQLite has no session lock to tell), but
+    a successor on the same host can look at the process table: no process with that PID, or
+    one that is not a scheduler node or that started after the member joined (a reused PID).
+    Anything uncertain (no /proc, another host) keeps the member live."""
+    if member.host != socket.gethostname() or not Path("/proc/self").exists():
+        return False
+    if member.pid == os.getpid():
+        return True  # this process holds its PID now: the member's process has ended
+    try:
+        cmdline = Path(f"/proc/{member.pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    if b"runscheduler" not in cmdline:
+        return True
+    started = _process_started(member.pid)
+    # The member row is written after its process started; a process that started later
+    # (on this host's clock, the member's recorded skew taken into account) is another one.
+    joined = member.started_at.timestamp() + member.clock_skew_ms / 1000
+    return started is not None and started > joined + 1.0
+
+
+def _declare_gone(member: Member, successor: str) -> None:
+    reason = f"process {member.pid} on {member.host} is gone"
+    changed = Member.objects.filter(pk=member.pk, state__in=Member.LIVE_STATES).update(
+        state=Member.State.DEAD, stopped_at=Now(), stop_reason=reason[:200],
+        declared_dead_by=f"starting member {successor}"[:100],
+    )
+    if changed:
+        Event.record(member.cluster_id, Event.Kind.MEMBER_DEAD, member=member,
+                     actor=successor,
+                     message=f"member {member.name} (pid {member.pid}) on this host is gone: "
+                             "declared dead by its successor")
+        log.warning("member %s (pid %d) on this host is gone: declared dead", member.name,
+                    member.pid)
 
 
 def _mode_hint(mode: str) -> str:

@@ -17,6 +17,7 @@ from django.db.models.functions import Now
 from scheduler import timing
 from scheduler.clock import db_now
 from scheduler.validators import (
+    door_errors,
     validate_cron,
     validate_data_map,
     validate_name,
@@ -65,6 +66,11 @@ class Cluster(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self) -> None:
+        errors = door_errors(self)
+        if errors:
+            raise ValidationError(errors)
 
     def live_members(self):
         return self.members.filter(state__in=Member.LIVE_STATES)
@@ -228,7 +234,7 @@ class Job(models.Model):
         return self.name
 
     def clean(self) -> None:
-        errors = _data_map_errors(self, ("parameters", "data_map"))
+        errors = {**_data_map_errors(self, ("parameters", "data_map")), **door_errors(self)}
         if self.kind == self.Kind.PYTHON:
             path = (self.command or "").strip()
             if not path or " " in path or ("." not in path and ":" not in path):
@@ -244,7 +250,7 @@ class Job(models.Model):
             )
         if self.stateful and self.max_parallel != 1:
             errors["max_parallel"] = "A stateful job never overlaps: max parallel must be 1."
-        if self.affinity:
+        if self.affinity and "affinity" not in errors:
             try:
                 validate_name(self.affinity)
             except ValidationError as exc:
@@ -401,7 +407,7 @@ class Schedule(models.Model):
         return out
 
     def clean(self) -> None:
-        errors: dict[str, str] = {}
+        errors: dict = door_errors(self)
         if self.kind == self.Kind.CRON and not self.cron:
             errors["cron"] = "A cron schedule needs a cron expression."
         if self.kind == self.Kind.INTERVAL and not self.interval_seconds:
@@ -716,6 +722,11 @@ class JobChain(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def clean(self) -> None:
+        errors = door_errors(self)
+        if errors:
+            raise ValidationError(errors)
+
 
 def check_chain_graph(nodes: list[dict]) -> list[str]:
     """Problems of a chain's graph, each naming the node; [] when it is sound.
@@ -794,8 +805,11 @@ class ChainNode(models.Model):
         return self.job_id is None
 
     def clean(self) -> None:
+        errors = door_errors(self)
         if self.job_id and self.chain_id and self.job.cluster_id != self.chain.cluster_id:
-            raise ValidationError({"job": "The job belongs to another cluster."})
+            errors["job"] = "The job belongs to another cluster."
+        if errors:
+            raise ValidationError(errors)
 
 
 class Order(models.Model):
@@ -835,7 +849,10 @@ class Order(models.Model):
         return f"{self.chain.name}/{self.order_id}" if self.chain_id else self.order_id
 
     def clean(self) -> None:
-        if not self.chain_id:
+        errors = door_errors(self)
+        if errors or not self.chain_id:
+            if errors:
+                raise ValidationError(errors)
             return
         states = set(self.chain.nodes.values_list("state", flat=True))
         errors = _data_map_errors(self, ("parameters",))

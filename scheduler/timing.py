@@ -10,6 +10,9 @@ Kinds:
 - ``interval``: fires at ``anchor + k * interval_seconds`` for integer ``k`` (no drift).
 - ``once``: fires at ``run_at``.
 ``start_at`` / ``end_at`` bound every kind inclusively; they filter, they never re-anchor.
+
+Python's datetimes end in the years 1 and 9999: a fire that would fall outside them does not
+exist, so every query here stops there (no OverflowError reaches a caller, whatever `now`).
 """
 
 from __future__ import annotations
@@ -188,8 +191,29 @@ def _interval_at(t: Timing, k: int) -> datetime | None:
         return None
 
 
+def _minus_us(x: datetime) -> datetime:
+    try:
+        return x - _ONE_US
+    except OverflowError:  # the first instant there is: nothing is before it anyway
+        return x
+
+
+def _plus_us(x: datetime) -> datetime:
+    try:
+        return x + _ONE_US
+    except OverflowError:
+        return x
+
+
 def _cron_after(t: Timing, after: datetime) -> Iterator[datetime]:
     """Cron fires strictly after `after`, in UTC, strictly increasing (unbounded)."""
+    try:
+        yield from _cron_after_unguarded(t, after)
+    except OverflowError:
+        return  # the next fire would be past the year 9999 (or the zone's edge of it)
+
+
+def _cron_after_unguarded(t: Timing, after: datetime) -> Iterator[datetime]:
     zone = _zone(t)
     # cronsim skips its DST handling for datetime's own UTC, which is also faster.
     start = after.astimezone(UTC if t.timezone in _UTC_KEYS else zone)
@@ -208,7 +232,7 @@ def _next_unbounded(t: Timing, after: datetime) -> datetime | None:
     """First fire strictly after `after`, ignoring start_at/end_at."""
     if t.kind == "interval":
         # Datetimes have microsecond resolution, so "> after" is ">= after + 1 µs".
-        return _interval_at(t, _interval_k_ceil(t, after + _ONE_US))
+        return _interval_at(t, _interval_k_ceil(t, _plus_us(after)))
     if t.kind == "once":
         assert t.run_at is not None
         run_at = t.run_at.astimezone(UTC)
@@ -218,8 +242,8 @@ def _next_unbounded(t: Timing, after: datetime) -> datetime | None:
 
 def _lower(t: Timing, after: datetime) -> datetime:
     """Combine a strict `after` with the inclusive start_at into one strict bound."""
-    if t.start_at is not None and t.start_at - _ONE_US > after:
-        return t.start_at - _ONE_US
+    if t.start_at is not None and _minus_us(t.start_at) > after:
+        return _minus_us(t.start_at)
     return after
 
 
@@ -239,7 +263,7 @@ def _iter_fires(t: Timing, after: datetime, until: datetime | None = None) -> It
             yield fire
         return
     # interval: k-th fire computed from the anchor each time, so no drift accumulates.
-    k = _interval_k_ceil(t, lo + _ONE_US)
+    k = _interval_k_ceil(t, _plus_us(lo))
     while True:
         fire = _interval_at(t, k)
         if fire is None or (hi is not None and fire > hi):
@@ -259,7 +283,10 @@ def next_fire(t: Timing, after: datetime) -> datetime | None:
 
 
 def _next_fire(t: Timing, after: datetime) -> datetime | None:
-    fire = _next_unbounded(t, _lower(t, after))
+    try:
+        fire = _next_unbounded(t, _lower(t, after))
+    except OverflowError:
+        return None
     if fire is None or (t.end_at is not None and fire > t.end_at):
         return None
     return fire
@@ -268,7 +295,7 @@ def _next_fire(t: Timing, after: datetime) -> datetime | None:
 def first_fire(t: Timing, at_or_after: datetime) -> datetime | None:
     """First fire at or after `at_or_after`, respecting start/end."""
     _aware(at_or_after, "at_or_after")
-    return next_fire(t, at_or_after - _ONE_US)
+    return next_fire(t, _minus_us(at_or_after))
 
 
 def fires_between(t: Timing, after: datetime, until: datetime, limit: int) -> list[datetime]:
@@ -357,7 +384,7 @@ def _owed(t: Timing, due: datetime, now: datetime) -> Sequence[datetime]:
         return _Owed(head, list(_iter_fires(t, due, now)))
     hi = now if t.end_at is None or now < t.end_at else t.end_at
     lo = _lower(t, due)
-    k0 = _interval_k_ceil(t, lo + _ONE_US)
+    k0 = _interval_k_ceil(t, _plus_us(lo))
     n = max(0, _interval_k_floor(t, hi) - k0 + 1) if hi > lo else 0
     return _Owed(head, _Grid(t, k0, n))
 
@@ -400,7 +427,11 @@ def plan_fires(
     items = _owed(t, due, now)
     n = len(items)
     # bisect works on any sequence, so for intervals this is O(log n) arithmetic lookups.
-    n_late = bisect.bisect_left(items, now - grace)
+    try:
+        cutoff = now - grace
+    except OverflowError:
+        cutoff = datetime.min.replace(tzinfo=UTC)  # nothing owed is older than that
+    n_late = bisect.bisect_left(items, cutoff)
     on_time = items[n_late:n]
     misfire: Misfire | None
     if policy == "skip":
@@ -471,9 +502,15 @@ def preview(t: Timing, now: datetime, count: int = 10) -> list[PreviewFire]:
     if count == 0:
         return out
     expr = validate_cron(t.cron) if t.kind == "cron" else ""
-    for at in _iter_fires(t, now - _ONE_US):
-        local = at.astimezone(zone)
-        note = _dst_note(expr, local, zone) if expr else ""
+    for at in _iter_fires(t, _minus_us(now)):
+        try:
+            local = at.astimezone(zone)
+        except OverflowError:
+            break  # its wall time would be past the year 9999
+        try:
+            note = _dst_note(expr, local, zone) if expr else ""
+        except OverflowError:
+            note = ""  # a fire in the last hours of the year 9999
         out.append(PreviewFire(at=at, local=local, note=note))
         if len(out) >= count:
             break

@@ -623,3 +623,31 @@ def test_preview_now_parameter_is_optional(admin_client, db):
                                                    "run_at": (datetime.now(UTC) + timedelta(
                                                        days=1)).isoformat()})
     assert text(response).count('<tr class="fire">') == 1
+
+
+# ---------------------------------------------------------------------------- the calendar's end
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Pacific/Kiritimati", "America/Adak"])
+def test_a_once_schedule_at_the_end_of_the_calendar_keeps_its_pages(admin_client, shell_job,
+                                                                   zone):
+    # Saved before the doors refused such a date: its own pages must still open.
+    schedule = add_schedule(shell_job, kind="once", cron="", timezone=zone,
+                            run_at=timezone.now() + timedelta(days=1))
+    Schedule.objects.filter(pk=schedule.pk).update(
+        run_at=datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC))
+    for page in (url(Schedule, "change", schedule.pk), url(Job, "change", shell_job.pk),
+                 url(Schedule, "changelist")):
+        assert admin_client.get(page).status_code == 200, page
+    preview = admin_client.get(reverse("admin:scheduler_schedule_preview"), {
+        "kind": "once", "run_at": "9999-12-31 23:59:59", "timezone": zone,
+        "now": "9999-12-31 23:59:59"})
+    assert preview.status_code == 200
+
+
+def test_a_schedule_at_the_end_of_the_calendar_is_refused(admin_client, shell_job):
+    response = admin_client.post(url(Schedule, "add"), schedule_form(
+        shell_job, kind="once", cron="", run_at_0="9999-12-31", run_at_1="23:59:59"))
+    assert response.status_code == 200
+    assert "Give a date between the years 2 and 9998." in text(response)
+    assert not Schedule.objects.exists()

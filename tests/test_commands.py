@@ -394,3 +394,51 @@ def test_switchover_refusals_change_nothing(cluster):
             message="'nobody' is not a live standby member of 'test' (standby members: "
                     "primary)")
     refused("switchover", "--cluster", "ghost", message="there is no cluster named 'ghost'")
+
+
+# ---------------------------------------------------------------------------- hostile input
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["addjob", "--cluster", "test", "bad\n", "--shell", "x"], "'bad\\n' is not a valid name"),
+    (["addjob", "--cluster", "c\n", "ok", "--shell", "x"], "--cluster: 'c\\n' is not a valid"),
+    (["addjob", "--cluster", "test", "ok", "--shell", "x", "--affinity", "a\n"],
+     "--affinity: 'a\\n' is not a valid name"),
+    (["addjob", "--cluster", "test", "ok", "--shell", "x\x00y"],
+     "--shell: the value contains a NUL character"),
+    (["addjob", "--cluster", "test", "ok", "--shell", "x\ud800y"],
+     "--shell: the value contains invalid Unicode (a lone surrogate)"),
+    (["addjob", "--cluster", "test", "ok", "--shell", "x", "--params", "[" * 5000],
+     "JSON nested more than 32 levels deep"),
+    (["addjob", "--cluster", "test", "ok", "--shell", "x", "--params", "[" * 100_000],
+     "A data map is at most 64 KiB of JSON"),
+    (["addjob", "--cluster", "test", "ok", "--shell", "x", "--params",
+      '{"a": ' + "[" * 40 + "]" * 40 + "}"], "nested more than 32 levels deep"),
+    (["addjob", "--cluster", "test", "ok", "--shell", "x", "--params",
+      '{"a": "' + "x" * 70_000 + '"}'], "A data map is at most 64 KiB of JSON"),
+    (["addjob", "--cluster", "test", "ok", "--shell", "x", "--params", '{"a": "\\u0000"}'],
+     "--params: a: the text contains a NUL character"),
+    (["addjob", "--cluster", "test", "ok", "--shell", "x", "--params", '{"\\ud800": 1}'],
+     "lone surrogate"),
+    (["addjob", "--cluster", "test", "ok", "--shell", "x", "--params", '{"a": ' + "9" * 5000 + "}"],
+     "Invalid JSON: a number with too many digits."),
+    (["addjob", "--cluster", "test", "ok", "--shell", "x", "--timeout", "99999999999"],
+     "--timeout: '99999999999' is too large"),
+    (["tasks", "--cluster", "test", "--limit", "1e23"], "invalid int value: '1e23'"),
+    (["tasks", "--cluster", "test", "--limit", "9" * 30], "is too large"),
+    (["tasks", "--cluster", "test", "--job", "\ud800"], "JOB: the value contains invalid Unicode"),
+    (["pausejob", "--cluster", "test", "\ud800"], "JOB: the value contains invalid Unicode"),
+    (["cluster", "--cluster", "\ud800"], "--cluster: the value contains invalid Unicode"),
+    (["runjob", "--cluster", "test", "echo", "--wait", "nan"], "give a finite number of seconds"),
+    (["runjob", "--cluster", "test", "echo", "--wait", "inf"], "give a finite number of seconds"),
+    (["auditfires", "--cluster", "test", "--since", "99999999999d"],
+     "--since: '99999999999d' reaches back before the year 1"),
+    (["addschedule", "--cluster", "test", "echo", "--cron", "* * * * *", "--start",
+      "9999-12-31T23:59:00"], "--start: Give a date between the years 2 and 9998."),
+    (["addschedule", "--cluster", "test", "echo", "--once", "0001-01-01T00:00:00",
+      "--timezone", "Europe/Berlin"], "--once: Give a date between the years 2 and 9998."),
+    (["addschedule", "--cluster", "test", "echo", "--interval", "99999999999"], "is too large"),
+    (["tasklog", "9" * 20], "is too large"),
+])
+def test_hostile_input_is_refused_in_one_line_and_changes_nothing(shell_job, args, message):
+    error = refused(*args, message=message)
+    assert "\n" not in error

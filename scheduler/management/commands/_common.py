@@ -1,24 +1,124 @@
-"""What the operator's commands share: finding a cluster or job by name, the acting user,
-turning a model's ValidationError into a CommandError, tables, and following a task's log.
+"""What the operator's commands share: the base class that answers bad input and an
+unreachable database in one line, argument types with bounds, finding a cluster or job by
+name, the acting user, turning a model's ValidationError into a CommandError, tables, and
+following a task's log.
 
 Every lookup happens before anything changes, so a bad name changes nothing.
 """
 
 from __future__ import annotations
 
+import argparse
 import getpass
+import math
 import os
 import time
 from datetime import datetime
 
-from django.core.exceptions import ValidationError
-from django.core.management.base import CommandError
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured, ValidationError
+from django.core.management.base import BaseCommand, CommandError
+from django.db import DatabaseError, connection
 from django.utils import timezone
 
 from scheduler.models import Cluster, Job, Task, TaskLog
+from scheduler.validators import text_problem
 
 POLL_SECONDS = 0.5
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S %Z"
+
+
+# The largest count or id any of our tables holds (PostgreSQL integer / bigint).
+MAX_COUNT = 2**31 - 1
+MAX_ID = 2**63 - 1
+
+
+def whole_number(high: int):
+    """An argparse type: a whole number no larger (either way) than `high`, so it fits the
+    column or the query it goes to; the command or the model says what else is wrong."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+        if abs(value) > high:
+            raise argparse.ArgumentTypeError(f"{text!r} is too large (at most {high})")
+        return value
+
+    return parse
+
+
+def seconds_type(high: float):
+    """An argparse type: a finite number of seconds no larger than `high` (NaN and infinity
+    never pass: they make a deadline that never comes)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
+        if not math.isfinite(value) or abs(value) > high:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: give a finite number of seconds, at most {high:g}")
+        return value
+
+    return parse
+
+
+def database_name() -> str:
+    """The database in settings, as a URL with its password masked, for messages."""
+    db = settings.DATABASES.get("default", {})
+    engine = str(db.get("ENGINE", ""))
+    if not engine:
+        return "(no database configured)"
+    if engine.endswith("sqlite3"):
+        return f"sqlite:///{db.get('NAME', '')}"
+    scheme = engine.rsplit(".", 1)[-1]
+    password = ":***" if db.get("PASSWORD") else ""
+    port = f":{db['PORT']}" if db.get("PORT") else ""
+    return f"{scheme}://{db.get('USER') or ''}{password}@{db.get('HOST') or ''}{port}/" \
+           f"{db.get('NAME') or ''}"
+
+
+def one_line(exc: BaseException) -> str:
+    """A driver's error, which may span lines (psycopg's does), as one line."""
+    text = " ".join(str(exc).split()).replace("FATAL: ", "")
+    # psycopg: 'connection failed: connection to server at "h", port p failed: <why>'
+    return text.rsplit(" failed: ", 1)[-1] or type(exc).__name__
+
+
+POSITIONAL = {"name": "NAME", "job": "JOB", "jobs": "JOB", "ids": "ID", "task_id": "TASK_ID"}
+
+
+class OperatorCommand(BaseCommand):
+    """An operator's command: text options that no database can hold (NUL, lone surrogates)
+    are refused before anything runs, and a database that cannot be reached at the start is
+    said in one line instead of a traceback. Once a command runs, its own errors are its own
+    (a node treats a lost database as weather)."""
+
+    def execute(self, *args, **options):
+        for name, value in options.items():
+            for item in value if isinstance(value, (list, tuple)) else [value]:
+                problem = text_problem(item) if isinstance(item, str) else None
+                if problem:
+                    option = POSITIONAL.get(name, f"--{name.replace('_', '-')}")
+                    raise CommandError(f"{option}: the value {problem}.")
+        for item in args:
+            problem = text_problem(item) if isinstance(item, str) else None
+            if problem:
+                raise CommandError(f"an argument {problem}.")
+        check_database(self.__module__.rsplit(".", 1)[-1])
+        return super().execute(*args, **options)
+
+
+def check_database(command: str) -> None:
+    """Connect once; refuse in one line (password masked) when the database is not there."""
+    try:
+        connection.ensure_connection()
+    except (DatabaseError, ImproperlyConfigured) as exc:
+        raise CommandError(f"{command}: cannot reach the database {database_name()}: "
+                           f"{one_line(exc)}") from None
 
 
 def default_actor() -> str:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from django.core.exceptions import ValidationError
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 from django.db import transaction
 
 from scheduler.management.commands._common import (
+    MAX_COUNT,
+    OperatorCommand,
     add_cluster_argument,
     validation_error,
+    whole_number,
 )
 from scheduler.models import Cluster, Job
 from scheduler.validators import parse_parameters
@@ -20,7 +23,7 @@ OPTIONS = {"name": "NAME", "command": "--shell/--python", "parameters": "--param
            "cluster": "--cluster", "isolation": "--isolation"}
 
 
-class Command(BaseCommand):
+class Command(OperatorCommand):
     help = ("Add a job to a cluster (the cluster is created if it does not exist yet). Give it "
             "schedules with addschedule, or run it with runjob.")
 
@@ -34,10 +37,11 @@ class Command(BaseCommand):
         parser.add_argument("--title", default="")
         parser.add_argument("--params", metavar="JSON",
                             help='Parameters: a JSON object such as \'{"region": "eu"}\'.')
-        parser.add_argument("--timeout", type=int, metavar="SECONDS",
+        parser.add_argument("--timeout", type=whole_number(MAX_COUNT), metavar="SECONDS",
                             help="Stop a run after this long (default: no limit).")
-        parser.add_argument("--retries", type=int, default=0, help="Retries after a failure.")
-        parser.add_argument("--max-parallel", type=int, default=1,
+        parser.add_argument("--retries", type=whole_number(MAX_COUNT), default=0,
+                            help="Retries after a failure.")
+        parser.add_argument("--max-parallel", type=whole_number(MAX_COUNT), default=1,
                             help="Runs at once (default 1).")
         parser.add_argument("--overlap", choices=Job.Overlap.values, default=Job.Overlap.QUEUE,
                             help="When a run is due while another runs (default queue).")

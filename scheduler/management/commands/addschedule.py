@@ -5,18 +5,21 @@ from __future__ import annotations
 from datetime import datetime
 
 from django.core.exceptions import ValidationError
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 from django.db import transaction
 
 from scheduler import timing
 from scheduler.clock import db_now
 from scheduler.management.commands._common import (
+    MAX_COUNT,
+    OperatorCommand,
     actor,
     add_actor_argument,
     add_cluster_argument,
     get_cluster,
     get_jobs,
     validation_error,
+    whole_number,
 )
 from scheduler.models import Schedule
 
@@ -40,7 +43,7 @@ def parse_time(text: str | None, option: str, zone: str) -> datetime | None:
     return value
 
 
-class Command(BaseCommand):
+class Command(OperatorCommand):
     help = ("Add a schedule to a job: a cron expression in a time zone, a fixed interval, or "
             "once. Times without an offset are wall times in --timezone (default UTC). "
             "Prints the next fire times.")
@@ -51,7 +54,7 @@ class Command(BaseCommand):
         when = parser.add_mutually_exclusive_group(required=True)
         when.add_argument("--cron", metavar="EXPR",
                           help="Five fields: minute hour day-of-month month day-of-week.")
-        when.add_argument("--interval", type=int, metavar="SECONDS",
+        when.add_argument("--interval", type=whole_number(MAX_COUNT), metavar="SECONDS",
                           help="Fire every SECONDS, counted from --start (default: now).")
         when.add_argument("--once", metavar="TIME", help="Fire once at this ISO 8601 time.")
         parser.add_argument("--timezone", default="UTC",

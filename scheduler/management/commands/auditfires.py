@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import json
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
 from scheduler import audit as audits
 from scheduler.clock import db_now
 from scheduler.management.commands._common import (
+    OperatorCommand,
     add_cluster_argument,
     get_cluster,
     get_jobs,
@@ -41,7 +42,7 @@ def seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-class Command(BaseCommand):
+class Command(OperatorCommand):
     help = ("Audit the fires a cluster's schedules owed in a window against the task ledger "
             "and the event log. Verdicts: ran, re-run, misfire, paused, not yet, behind (not "
             "reached yet by the cluster), down (owed while no member runs), MISSED, DOUBLE; "

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from django.core.management.base import BaseCommand
-
 from scheduler.clock import db_now
 from scheduler.management.commands._common import (
+    OperatorCommand,
     add_cluster_argument,
     fmt_time,
     get_cluster,
@@ -16,7 +15,7 @@ from scheduler.models import Member
 RECENT_STOPPED = 5
 
 
-class Command(BaseCommand):
+class Command(OperatorCommand):
     help = ("Show a cluster: its mode, the lease holder and epoch (passive clusters), its live "
             "members with state, role and heartbeat age, and the members that stopped lately.")
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from django.core.management.base import BaseCommand
 from django.db.models import OuterRef, Subquery
 
 from scheduler.management.commands._common import (
+    OperatorCommand,
     add_cluster_argument,
     fmt_time,
     get_cluster,
@@ -14,7 +14,7 @@ from scheduler.management.commands._common import (
 from scheduler.models import Job, Schedule, Task
 
 
-class Command(BaseCommand):
+class Command(OperatorCommand):
     help = ("List the jobs of a cluster: kind, paused, schedules (with the ids that "
             "pauseschedule takes), next fire and the state of the last task.")
 

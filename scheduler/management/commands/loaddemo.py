@@ -7,9 +7,10 @@ order that has moved on stays where it is). Everything goes through model valida
 
 from __future__ import annotations
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 from django.db import transaction
 
+from scheduler.management.commands._common import OperatorCommand
 from scheduler.models import (
     ChainNode,
     Cluster,
@@ -80,7 +81,7 @@ CHAIN_NODES = [
 ORDERS = [("order-1", "extract", {"date": "today", "order": "order-1"})]
 
 
-class Command(BaseCommand):
+class Command(OperatorCommand):
     help = ("Load the demo cluster: jobs with cron and interval schedules, the job chain "
             "nightly-etl and one order. Safe to run again: it updates by name.")
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
 from scheduler.management.commands._common import (
+    OperatorCommand,
     actor,
     add_actor_argument,
     add_cluster_argument,
@@ -14,7 +15,7 @@ from scheduler.management.commands._common import (
 from scheduler.models import Job
 
 
-class JobSwitchCommand(BaseCommand):
+class JobSwitchCommand(OperatorCommand):
     """Pause or resume jobs by name; every name is checked before any job changes."""
 
     verb = "pause"

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
-from scheduler.management.commands._common import actor, add_actor_argument
+from scheduler.management.commands._common import (
+    MAX_ID,
+    OperatorCommand,
+    actor,
+    add_actor_argument,
+    whole_number,
+)
 from scheduler.models import Schedule
 
 
-class ScheduleSwitchCommand(BaseCommand):
+class ScheduleSwitchCommand(OperatorCommand):
     """Pause or resume schedules by id; every id is checked before any schedule changes."""
 
     verb = "pause"
@@ -16,7 +22,7 @@ class ScheduleSwitchCommand(BaseCommand):
     skipped_as = "was already paused"
 
     def add_arguments(self, parser):
-        parser.add_argument("ids", nargs="+", type=int, metavar="ID",
+        parser.add_argument("ids", nargs="+", type=whole_number(MAX_ID), metavar="ID",
                             help="Schedule ids (`manage.py jobs --cluster C` shows them).")
         add_actor_argument(parser)
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import time
 
 from django.core.exceptions import ValidationError
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
 from scheduler.management.commands._common import (
     LogPrinter,
+    OperatorCommand,
     actor,
     add_actor_argument,
     add_cluster_argument,
@@ -16,14 +17,16 @@ from scheduler.management.commands._common import (
     follow_task,
     get_cluster,
     get_jobs,
+    seconds_type,
 )
 from scheduler.models import Task
 from scheduler.validators import parse_parameters
 
 DEFAULT_WAIT = 600.0
+MAX_WAIT = 366 * 86400.0  # a year: longer is a mistake, and NaN or infinity never ends
 
 
-class Command(BaseCommand):
+class Command(OperatorCommand):
     help = ("Queue a run of a job now and print the task id; the first member with capacity "
             "starts it. With --wait, follow its log until it finishes and exit non-zero unless "
             "it succeeded.")
@@ -34,7 +37,8 @@ class Command(BaseCommand):
         parser.add_argument("--params", metavar="JSON",
                             help='Parameters for this run, merged over the job\'s: a JSON '
                                  'object such as \'{"day": "2026-01-31"}\'.')
-        parser.add_argument("--wait", nargs="?", type=float, const=DEFAULT_WAIT, default=None,
+        parser.add_argument("--wait", nargs="?", type=seconds_type(MAX_WAIT),
+                            const=DEFAULT_WAIT, default=None,
                             metavar="SECONDS",
                             help=f"Wait for the task to finish (at most SECONDS, default "
                                  f"{DEFAULT_WAIT:g}).")

@@ -8,12 +8,13 @@ import os
 import sys
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
 from scheduler.limits import BOUNDS, env_name, parse_bool
+from scheduler.management.commands._common import OperatorCommand
 from scheduler.membership import MemberOptions, MemberRefused
 from scheduler.node import Node, NodeSettings, default_node_name
-from scheduler.validators import NAME_HELP, NAME_RE
+from scheduler.validators import NAME_HELP, is_name, text_for_message
 
 
 def _env(name: str, default=None):
@@ -58,7 +59,7 @@ def _switch(opts, option: str, name: str) -> bool:
         raise CommandError(f"{name}={value!r} {exc}.") from None
 
 
-class Command(BaseCommand):
+class Command(OperatorCommand):
     help = (
         "Run a scheduler node. Without cluster options it is a single node; --exclusive makes "
         "it a passive cluster's primary (with --backup a backup); --distributed-orders makes "
@@ -112,11 +113,13 @@ class Command(BaseCommand):
             raise CommandError("--cluster NAME is required (or set OPSCENTER_CLUSTER).")
         node = opts["node"] or default_node_name()
         for what, value in (("cluster", cluster), ("node", node)):
-            if not NAME_RE.match(value):
-                raise CommandError(f"--{what} '{value}' is not a valid name: {NAME_HELP}")
+            if not is_name(value):
+                raise CommandError(f"--{what} {text_for_message(value)!r} is not a valid name: "
+                                   f"{NAME_HELP}")
         for label in opts["label"]:
-            if not NAME_RE.match(label):
-                raise CommandError(f"--label '{label}' is not a valid label: {NAME_HELP}")
+            if not is_name(label):
+                raise CommandError(f"--label {text_for_message(label)!r} is not a valid label: "
+                                   f"{NAME_HELP}")
         if opts["backup"] and not opts["exclusive"]:
             raise CommandError("--backup needs --exclusive (a backup of a passive cluster).")
         if opts["distributed_orders"] and opts["backup"]:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
-from scheduler.management.commands._common import actor, add_actor_argument, add_cluster_argument
+from scheduler.management.commands._common import (
+    OperatorCommand,
+    actor,
+    add_actor_argument,
+    add_cluster_argument,
+)
 from scheduler.membership import MemberRefused, request_switchover
 
 
-class Command(BaseCommand):
+class Command(OperatorCommand):
     help = ("Ask the active member of a passive cluster to hand the lease to a standby member "
             "(default: the primary).")
 

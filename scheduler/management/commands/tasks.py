@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
 from scheduler.management.commands._common import (
+    MAX_COUNT,
+    OperatorCommand,
     add_cluster_argument,
     fmt_time,
     get_cluster,
     get_jobs,
     print_table,
+    whole_number,
 )
 from scheduler.models import Task
 
@@ -18,14 +21,15 @@ def seconds(delta) -> str:
     return "-" if delta is None else f"{delta.total_seconds():.1f}"
 
 
-class Command(BaseCommand):
+class Command(OperatorCommand):
     help = "List the recent tasks of a cluster, newest first (`tasklog ID` shows one's output)."
 
     def add_arguments(self, parser):
         add_cluster_argument(parser)
         parser.add_argument("--job", metavar="JOB", help="Only this job's tasks.")
         parser.add_argument("--state", choices=Task.State.values, help="Only tasks in this state.")
-        parser.add_argument("--limit", type=int, default=20, help="At most this many (20).")
+        parser.add_argument("--limit", type=whole_number(MAX_COUNT), default=20,
+                            help="At most this many (20).")
 
     def handle(self, *args, **options):
         cluster = get_cluster(options["cluster"])
