@@ -656,10 +656,11 @@ class Node:
                 idle = max(self.conf.dead_after / 2, 0.5)
             if idle > 0:
                 window = min(window, idle)
-            # A member whose session ended (its advisory lock gone) is declared dead once its
-            # heartbeat is LOCK_GRACE heartbeats old, and a session can end without this member
-            # knowing yet (terminated by the server, a network cut).
-            window = min(window, LOCK_GRACE * self.conf.heartbeat_interval)
+            # Not capped at LOCK_GRACE heartbeats, after which the others judge a member whose
+            # session is gone: that would refuse jobs whenever a busy loop's heartbeat is a
+            # little late. A session we drop ourselves ends the window at once
+            # (_database_weather); one ended behind our back (terminated by the server, a
+            # network cut) can still let a job in, and that run is written down (ran_unowned).
         return window
 
     def _owned_since(self, before: float) -> None:

@@ -199,17 +199,6 @@ def test_a_declared_dead_member_whose_old_row_is_gone_does_not_wedge(node, clust
           message="the node fires again")
 
 
-@pytest.mark.skipif(not is_postgres(), reason="advisory locks are PostgreSQL's")
-def test_the_start_fence_closes_before_the_others_may_judge_a_lost_session(node, cluster):
-    """On PostgreSQL a member whose session is gone (its advisory lock released) is declared
-    dead once its heartbeat is 1.5 heartbeats old: the window must not outlast that."""
-    from scheduler.node import LOCK_GRACE
-
-    assert node._ownership_window() <= LOCK_GRACE * node.conf.heartbeat_interval
-    fresh_heartbeat(node)
-    assert node.owned_until - time.monotonic() < LOCK_GRACE * node.conf.heartbeat_interval
-
-
 def test_started_at_is_when_the_job_was_entered_and_claimed_at_when_it_was_claimed(node,
                                                                                    cluster):
     job = add_job(cluster, "late-entry", command="tests.test_fence:record_entry")
