@@ -115,9 +115,10 @@ def build(conn: psycopg.Connection, n: int) -> dict:
     total = n + CRONS
     q("INSERT INTO scheduler_job (cluster_id, name, title, kind, command, working_directory, "
       "parameters, stateful, data_map, timeout_seconds, max_retries, retry_backoff_seconds, "
-      "max_parallel, overlap_policy, recover_lost, affinity, executor, paused, created_at, "
-      "updated_at) SELECT %s, 'job-' || lpad(i::text, 5, '0'), '', 'python', 'bench.jobs:noop', "
-      "'', '{}', false, '{}', NULL, 0, 10.0, 1, 'queue', true, '', 'node', false, %s, %s "
+      "max_parallel, overlap_policy, recover_lost, affinity, executor, isolation, paused, "
+      "created_at, updated_at) SELECT %s, 'job-' || lpad(i::text, 5, '0'), '', 'python', "
+      "'bench.jobs:noop', '', '{}', false, '{}', NULL, 0, 10.0, 1, 'queue', true, '', 'node', "
+      "'thread', false, %s, %s "
       "FROM generate_series(1, %s) i", [cluster, created, created, total])
     # Schedules 1..n: every second from t0; n+1..n+CRONS: minutely cron.
     q("INSERT INTO scheduler_schedule (cluster_id, job_id, title, kind, cron, timezone, "

@@ -157,9 +157,9 @@ class BenchDB:
             "INSERT INTO scheduler_job (cluster_id, name, title, kind, command, "
             "working_directory, parameters, stateful, data_map, timeout_seconds, max_retries, "
             "retry_backoff_seconds, max_parallel, overlap_policy, recover_lost, affinity, "
-            "executor, paused, created_at, updated_at) "
+            "executor, isolation, paused, created_at, updated_at) "
             "SELECT %s, 'noop-' || i, '', 'python', 'bench.jobs:noop', '', '{}', false, '{}', "
-            "NULL, 0, 10.0, 1, 'queue', true, '', 'node', false, now(), now() "
+            "NULL, 0, 10.0, 1, 'queue', true, '', 'node', 'thread', false, now(), now() "
             "FROM generate_series(1, %s) i", [cluster_id, n])
         self.q(
             "INSERT INTO scheduler_schedule (cluster_id, job_id, title, kind, cron, timezone, "
