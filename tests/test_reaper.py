@@ -163,7 +163,8 @@ def test_a_node_starts_a_new_reaper_when_its_reaper_dies(cluster, start_node):
     again = wait_for(lambda: [p for p in reapers_of(node.pid) if p.pid != first[0].pid],
                      timeout=10, message="a new reaper")
     assert len(again) == 1
-    wait_for(lambda: "starting a new one" in node.output(), timeout=5)
+    wait_for(lambda: "starting a new one" in node.output(), timeout=20,
+             message="the node to say it starts a new reaper")
     # The new one knows the node's token: a job started now still dies with the node.
     job = add_job(cluster, "sleeper", "echo started; exec sleep 60", kind="shell")
     task = job.run_now()
