@@ -232,9 +232,10 @@ class Entry:
         """Wait for `not_before`, then None to enter the job, or the Outcome of not entering
         it: cancelled meanwhile (`cancel`), or refused by the gate ("lost")."""
         if self.not_before is not None:
+            # A wait may return a hair early: never enter before the instant.
             early = self.not_before - time.monotonic()
-            if early > 0:
-                cancel._event.wait(early)
+            while early > 0 and not cancel._event.wait(early):
+                early = self.not_before - time.monotonic()
         if cancel.requested:
             return Outcome("cancelled", None, _cancel_error(cancel))
         reason = self.gate() if self.gate is not None else ""

@@ -115,12 +115,14 @@ class Clock:
     """The member's estimate of the database clock: monotonic time plus a measured offset."""
 
     offset: float = 0.0  # db epoch seconds minus time.monotonic()
+    error: float = 0.0  # how far off the offset may be: half the round trip that measured it
 
     def measure(self) -> float:
         before = time.monotonic()
         now = db_now()
         after = time.monotonic()
         self.offset = now.timestamp() - (before + after) / 2
+        self.error = (after - before) / 2
         return (time.time() - now.timestamp()) * 1000  # this machine's skew, for the record
 
     def now(self) -> float:
@@ -601,8 +603,11 @@ class Node:
         # A fire claimed a little ahead is entered at its due instant, on the member's
         # estimate of the database clock (a freeze during the wait is the start fence's).
         early = min(self.clock.seconds_until(started.scheduled_for), self.conf.start_ahead)
-        entry = executors.Entry(self._unowned,
-                                not_before=time.monotonic() + early if early > 0 else None)
+        # Plus the estimate's own error: a job is never entered before its due instant on the
+        # database's clock.
+        entry = executors.Entry(
+            self._unowned,
+            not_before=time.monotonic() + early + self.clock.error if early > 0 else None)
         run = Running(started=started, log=executors.LogBuffer(self.conf.log_limit_bytes),
                       cancel=executors.Cancel(), entry=entry)
         self.running[started.task_id] = run
