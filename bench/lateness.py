@@ -7,7 +7,7 @@ Lateness is started_at - scheduled_for of every fire owed in the window: the tim
 due instant to the moment the member really entered the job's code (a python job: just before
 its callable is called), read on the member's monotonic clock and converted to the database's
 with the offset the member measures at each heartbeat; scheduled_for is the database's. The
-claim's own time is `claimed_at` (a member takes fires due within 50 ms a little ahead and
+claim's own time is `claimed_at` (a member takes fires due within 100 ms a little ahead and
 enters them at their instant). 100 is the default worker pool; 8 shows what a pool smaller
 than the burst costs (it claims 8, records their ends, claims 8 more...). Target (issue 12):
 p99 under 20 ms with the default pool.

@@ -55,9 +55,9 @@ class NodeSettings:
     log_flush_interval: float = 1.0
     batch_limit: int = 1000
     # Fires due this soon are claimed now and their jobs entered at the due instant (the pool
-    # thread waits for it): the claim's own time (some 15-30 ms for a burst of 100 on a busy
-    # machine) is spent before the instant rather than after it.
-    start_ahead: float = 0.05
+    # thread waits for it): the claim's own time (some 15-30 ms for a burst of 100, and now and
+    # then over 50 ms) is spent before the instant rather than after it.
+    start_ahead: float = 0.1
     task_retention_days: int = 30
     event_retention_days: int = 30
     # PostgreSQL ends a session idle inside a transaction for this long (None: half of
