@@ -742,9 +742,10 @@ class TaskAdmin(OperatorActions, ActionsAdmin):
     fieldsets = (
         (None, {"fields": (("job", "schedule", "cluster"), ("trigger", "state", "attempt"),
                            ("scheduled_for", "not_before"), "member",
-                           ("started_at", "finished_at", "duration", "late"),
+                           ("claimed_at", "started_at", "finished_at", "duration", "late"),
                            ("exit_code", "error"), ("requested_by", "cancel_reason"),
-                           ("retry_of", "lost_at", "member_deaths"), "parameters", "created_at")}),
+                           ("retry_of", "lost_at", "member_deaths", "ran_unowned_at"),
+                           "parameters", "created_at")}),
         ("Log", {"fields": ("log",)}),
     )
 

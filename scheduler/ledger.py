@@ -608,8 +608,9 @@ def record_finished(cluster_id: int, member_id: int, finished: list[Finished],
         retries = []
         from scheduler.models import Event
 
+        cancelled = _cancel_lost_if_asked(finished, kept)
         for f in finished:
-            if f.task_id not in kept:
+            if f.task_id not in kept or f.task_id in cancelled:
                 continue
             if f.state == Task.State.SUCCEEDED and f.job.stateful and f.data is not None:
                 Job.objects.filter(pk=f.job.id).update(data_map=f.data)
@@ -645,6 +646,21 @@ def record_finished(cluster_id: int, member_id: int, finished: list[Finished],
 
 
 UNRECORDABLE = "its result could not be recorded: "
+
+
+def _cancel_lost_if_asked(finished: list[Finished], kept: set[int]) -> set[int]:
+    """Tasks that ended `lost` here (interrupted by a stop, or refused by the start fence)
+    although an operator had asked to cancel them: they end `cancelled`, and are not run
+    again, as lose_member_tasks does for a dead member's. A query only when one ended lost."""
+    lost = [f.task_id for f in finished if f.task_id in kept and f.state == Task.State.LOST]
+    if not lost:
+        return set()
+    asked = dict(Task.objects.filter(pk__in=lost).exclude(cancel_reason="")
+                 .values_list("pk", "cancel_reason"))
+    for task_id, reason in asked.items():
+        Task.objects.filter(pk=task_id).update(state=Task.State.CANCELLED,
+                                               error=f"cancelled: {reason}")
+    return set(asked)
 
 
 def record_unrecordable(member_id: int, f: Finished, reason: str) -> bool:

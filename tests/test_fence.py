@@ -124,6 +124,21 @@ def test_the_start_fence_does_not_enter_a_job_its_member_may_no_longer_own(node,
     assert [t for t, _ in ENTRIES] == [recovery.pk]
 
 
+def test_a_task_the_fence_refused_stays_cancelled_when_an_operator_asked(node, cluster):
+    job = add_job(cluster, "fenced-cancel", command="tests.test_fence:record_entry")
+    due_now(job)
+    node.owned_until = time.monotonic() - 1
+    claimed = claim_now(node)
+    outcomes(node)
+    task = Task.objects.get(pk=claimed[0].task_id)
+    task.request_cancel("not wanted today", actor="alice")  # before the member recorded it
+    node.step_record_finished()
+    task.refresh_from_db()
+    assert task.state == "cancelled" and task.error == "cancelled: not wanted today"
+    assert not Task.objects.filter(retry_of=task).exists()
+    assert ENTRIES == []
+
+
 def test_a_heartbeat_gives_the_member_its_tasks_for_the_ownership_window(node, cluster):
     node.owned_until = 0.0
     node._next_beat = 0.0
