@@ -122,12 +122,15 @@ if env_bool("OPSCENTER_BEHIND_PROXY", False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 INSTALLED_APPS = [
+    "daphne",  # first: its runserver serves ASGI (the console's websockets) in development
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "channels",
+    "django_htmx",
     "scheduler",
 ]
 
@@ -141,6 +144,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
 ]
 
 ROOT_URLCONF = "opscenter.urls"
@@ -155,12 +159,25 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "scheduler.console.access.console_context",
             ],
         },
     },
 ]
 
 WSGI_APPLICATION = "opscenter.wsgi.application"
+# The console: HTTP and its websockets (scheduler/console/routing.py) in one ASGI process.
+ASGI_APPLICATION = "opscenter.asgi.application"
+# Pushes go from the relay in each console process to that process's own browsers, so the
+# in-memory layer is enough for one process; several console processes behind a balancer
+# share Redis (OPSCENTER_REDIS_URL) so an action's reply reaches whichever process holds
+# the socket.
+REDIS_URL = env_str("OPSCENTER_REDIS_URL", "")
+if REDIS_URL:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
+                                  "CONFIG": {"hosts": [REDIS_URL]}}}
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 SQLITE_PATH = env_str("OPSCENTER_SQLITE_PATH", str(BASE_DIR / "var" / "opscenter.sqlite3"))
 DATABASE_URL = os.environ.get("DATABASE_URL")
@@ -218,7 +235,9 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 WHITENOISE_USE_FINDERS = True
 STATIC_ROOT = env_str("STATIC_ROOT", "") or None
 
-LOGIN_URL = "admin:login"
+LOGIN_URL = "console:login"
+LOGIN_REDIRECT_URL = "console:dashboard"
+LOGOUT_REDIRECT_URL = "console:login"
 
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
 if LOG_LEVEL.strip().upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models, transaction
@@ -941,3 +942,22 @@ class Event(models.Model):
             schedule=schedule, task=task, data=data or {},
         )
 
+
+
+class ConsolePreference(models.Model):
+    """One console user's display zone and theme (the console shows times in the viewer's
+    zone; the database and the nodes keep UTC)."""
+
+    class Theme(models.TextChoices):
+        AUTO = "auto", "as the system"
+        LIGHT = "light"
+        DARK = "dark"
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE,
+                                related_name="console_preference")
+    time_zone = models.CharField(max_length=64, blank=True, validators=[validate_timezone],
+                                 help_text="Empty: the install's TIME_ZONE.")
+    theme = models.CharField(max_length=5, choices=Theme.choices, default=Theme.AUTO)
+
+    def __str__(self) -> str:
+        return f"{self.user}: {self.time_zone or 'default zone'}, {self.theme}"

@@ -138,3 +138,45 @@ def shell_job(cluster):
 
     return Job.objects.create(cluster=cluster, name="echo", kind="shell",
                               command="echo hello from $OPSCENTER_JOB")
+
+
+# ------------------------------------------------------------------ console users by role
+
+
+def console_user(username: str, group: str | None):
+    """A user in one of the groups made on migrate (viewer, operator, administrator), or in
+    none. Console users need not be staff: the console is not the admin."""
+    from django.contrib.auth.models import Group, User
+
+    user = User.objects.create_user(username, password="pw-" + username)
+    if group:
+        user.groups.add(Group.objects.get(name=group))
+    return user
+
+
+def client_for(user):
+    from django.test import Client
+
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def viewer_client(db):
+    return client_for(console_user("vera", "viewer"))
+
+
+@pytest.fixture
+def operator_client(db):
+    return client_for(console_user("otto", "operator"))
+
+
+@pytest.fixture
+def admin_role_client(db):
+    return client_for(console_user("ada", "administrator"))
+
+
+@pytest.fixture
+def nobody_client(db):
+    return client_for(console_user("nemo", None))

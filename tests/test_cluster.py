@@ -43,6 +43,12 @@ def live(name: str) -> Member | None:
                                  state__in=Member.LIVE_STATES).first()
 
 
+def in_state(name: str, state: str) -> bool:
+    """One read: `live(x) and live(x).state` reads twice and the row may change between."""
+    member = live(name)
+    return member is not None and member.state == state
+
+
 def assert_no_double_fires() -> None:
     doubles = list(Task.objects.filter(attempt=1, schedule__isnull=False)
                    .values("schedule_id", "scheduled_for").annotate(n=Count("id"))
@@ -113,7 +119,7 @@ def test_passive_cluster_hung_primary_is_fenced(cluster, start_node):
     assert takeover - stopped_at < timedelta(seconds=1.5 + 1.0)
     primary.signal(signal.SIGCONT)
     # The woken primary learns it was declared dead and joins again as a standby.
-    wait_for(lambda: live("p") and live("p").state == "standby", timeout=15,
+    wait_for(lambda: in_state("p", "standby"), timeout=15,
              message="old primary back as standby")
     time.sleep(1.0)
     fenced = Task.objects.filter(member__name="p", created_at__gt=takeover)

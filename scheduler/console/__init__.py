@@ -1,0 +1,1 @@
+"""The operations console: pages (views/), live pushes (relay, consumers, routing)."""
