@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from scheduler.console.views import account, dashboard
+from scheduler.console.views import account, audit, chains, cluster, dashboard, jobs, tasks
 
 app_name = "console"
 
@@ -11,4 +11,24 @@ urlpatterns = [
     path("login/", account.LoginView.as_view(), name="login"),
     path("logout/", account.LogoutView.as_view(), name="logout"),
     path("preferences/", account.preferences, name="preferences"),
+    # The cluster tab.
+    path("clusters/", cluster.clusters, name="clusters"),
+    path("clusters/<int:cluster_id>/", cluster.cluster, name="cluster"),
+    path("clusters/<int:cluster_id>/switchover/", cluster.switchover, name="switchover"),
+    # Jobs.
+    path("jobs/", jobs.jobs, name="jobs"),
+    path("jobs/actions/", jobs.job_actions, name="job_actions"),
+    path("jobs/<int:job_id>/", jobs.job, name="job"),
+    # Tasks and their logs.
+    path("tasks/", tasks.tasks, name="tasks"),
+    path("tasks/<int:task_id>/", tasks.task, name="task"),
+    path("tasks/<int:task_id>/log/", tasks.task_log, name="task_log"),
+    path("tasks/<int:task_id>/log/download/", tasks.task_log_download, name="task_log_download"),
+    path("tasks/<int:task_id>/cancel/", tasks.task_cancel, name="task_cancel"),
+    # Job chains and orders.
+    path("chains/", chains.chains, name="chains"),
+    path("chains/<int:chain_id>/", chains.chain, name="chain"),
+    path("orders/<int:order_id>/", chains.order, name="order"),
+    # The audit log of operator actions.
+    path("audit/", audit.audit, name="audit"),
 ]
