@@ -17,6 +17,7 @@ from django.db.models.functions import Now
 
 from scheduler import timing
 from scheduler.clock import db_now
+from scheduler.eventlog import Actor
 from scheduler.validators import (
     door_errors,
     validate_cron,
@@ -906,10 +907,20 @@ class Event(models.Model):
         TASK_QUARANTINED = "task.quarantined"
         TASK_RAN_UNOWNED = "task.ran_unowned"
 
+    class Source(models.TextChoices):
+        ADMIN = "admin"
+        CONSOLE = "console"
+        CLI = "cli", "command line"
+        API = "api", "API"
+        NODE = "node"
+
     cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="events")
     created_at = models.DateTimeField(db_default=Now())
     kind = models.CharField(max_length=30, choices=Kind.choices)
     actor = models.CharField(max_length=150, blank=True, help_text="Who: a user or a member.")
+    source = models.CharField(max_length=10, choices=Source.choices, blank=True,
+                              help_text="The door an operator action came through.")
+    reason = models.TextField(blank=True, help_text="The operator's reason, if given.")
     member = models.ForeignKey(Member, null=True, blank=True, on_delete=models.SET_NULL,
                                related_name="+")
     job = models.ForeignKey(Job, null=True, blank=True, on_delete=models.SET_NULL,
@@ -933,11 +944,13 @@ class Event(models.Model):
         return f"{self.kind}: {self.message}"
 
     @classmethod
-    def record(cls, cluster_id: int, kind: str, *, message: str, actor: str = "",
+    def record(cls, cluster_id: int, kind: str, *, message: str, actor: str | Actor = "",
                member=None, job=None, job_id=None, schedule=None, task=None,
                data: dict | None = None) -> Event:
+        # An Actor (scheduler/eventlog.py) brings its door and reason; a plain name neither.
         return cls.objects.create(
-            cluster_id=cluster_id, kind=kind, message=message, actor=actor or "",
+            cluster_id=cluster_id, kind=kind, message=message, actor=str(actor or ""),
+            source=getattr(actor, "source", ""), reason=getattr(actor, "reason", ""),
             member=member, job_id=job_id if job_id is not None else getattr(job, "pk", None),
             schedule=schedule, task=task, data=data or {},
         )
