@@ -1,0 +1,120 @@
+// Jobs pages: one confirmation dialog (with a reason) for every pause / resume / run now,
+// per row or in bulk; select-all; live rows of the jobs list swapped in where shown.
+// Without this script the forms post straight away (no reason asked).
+(function () {
+  "use strict";
+  var LABELS = {pause: "Pause", resume: "Resume", run_now: "Run now"};
+  var formatter = null;
+  try {
+    formatter = new Intl.DateTimeFormat("sv-SE", {timeZone: document.body.dataset.zone || "UTC",
+      year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit",
+      second: "2-digit", hour12: false});
+  } catch (e) { formatter = null; }
+
+  function formatTimes(root) {  // as console.js does, for rows moved in by hand
+    if (!formatter) return;
+    root.querySelectorAll("time[datetime]:not([data-fixed])").forEach(function (el) {
+      var when = new Date(el.getAttribute("datetime"));
+      if (!isNaN(when)) el.textContent = formatter.format(when);
+    });
+  }
+
+  function dialog() { return document.getElementById("confirm-dialog"); }
+
+  function selectedJobs(form) {
+    if (form.id === "bulk-form") {
+      return Array.prototype.map.call(
+        document.querySelectorAll('input[name="job"][form="bulk-form"]:checked'),
+        function (box) {
+          var row = box.closest("tr");
+          var link = row && row.querySelector("td a");
+          return {id: box.value, name: link ? link.textContent : box.value};
+        });
+    }
+    var hidden = form.querySelector('input[name="job"]');
+    return hidden ? [{id: hidden.value, name: form.dataset.jobName || hidden.value}] : [];
+  }
+
+  function open(form, action) {
+    var box = dialog();
+    var jobs = selectedJobs(form);
+    if (!jobs.length) {
+      var status = document.getElementById("bulk-status");
+      if (status) status.textContent = "Select at least one job first.";
+      return;
+    }
+    document.getElementById("confirm-action").value = action;
+    var holder = document.getElementById("confirm-jobs");
+    holder.textContent = "";
+    jobs.forEach(function (job) {
+      var input = document.createElement("input");
+      input.type = "hidden";
+      input.name = "job";
+      input.value = job.id;
+      holder.appendChild(input);
+    });
+    var names = jobs.slice(0, 10).map(function (job) { return job.name; }).join(", ");
+    if (jobs.length > 10) names += " and " + (jobs.length - 10) + " more";
+    document.getElementById("confirm-title").textContent =
+      LABELS[action] + (jobs.length === 1 ? " 1 job?" : " " + jobs.length + " jobs?");
+    document.getElementById("confirm-summary").textContent =
+      LABELS[action] + ": " + names + ".";
+    document.getElementById("confirm-go").textContent = LABELS[action];
+    box.showModal();
+    document.getElementById("confirm-reason").focus();
+  }
+
+  document.addEventListener("submit", function (evt) {
+    var form = evt.target;
+    if (!form.classList || !form.classList.contains("job-action")) return;
+    var box = dialog();
+    if (!box || typeof box.showModal !== "function") return;  // post as is
+    var submitter = evt.submitter;
+    var action = submitter && submitter.name === "action" ? submitter.value : "";
+    if (!LABELS[action]) return;
+    evt.preventDefault();
+    open(form, action);
+  });
+
+  document.addEventListener("click", function (evt) {
+    if (evt.target && evt.target.id === "confirm-cancel") dialog().close();
+  });
+
+  document.addEventListener("change", function (evt) {
+    var target = evt.target;
+    if (target.id === "select-all") {
+      document.querySelectorAll('input[name="job"][form="bulk-form"]').forEach(function (box) {
+        box.checked = target.checked;
+      });
+    }
+    if (target.name === "job" || target.id === "select-all") {
+      var status = document.getElementById("bulk-status");
+      var count = document.querySelectorAll('input[name="job"][form="bulk-form"]:checked').length;
+      if (status) status.textContent = count ? count + " selected" : "";
+    }
+  });
+
+  // A push of the jobs topic brings, in #jobs-push, the rows of the jobs that moved lately:
+  // each replaces the row of the same id where the list shows it (keeping its checkbox).
+  document.addEventListener("htmx:wsAfterMessage", function () {
+    var push = document.getElementById("jobs-push");
+    var list = document.getElementById("jobs-rows");
+    if (!push || !list) return;
+    push.querySelectorAll("tr[id]").forEach(function (fresh) {
+      var old = list.querySelector("#" + CSS.escape(fresh.id));
+      if (!old) return;
+      var oldBox = old.querySelector('input[name="job"]');
+      var newBox = fresh.querySelector('input[name="job"]');
+      if (oldBox && newBox) newBox.checked = oldBox.checked;
+      // Pushed rows carry no CSRF token: keep the page's own forms, swap the rest.
+      var oldForm = old.querySelector("form.row-actions");
+      var newForm = fresh.querySelector("form.row-actions");
+      if (oldForm && newForm) newForm.replaceWith(oldForm);
+      old.replaceWith(fresh);
+      formatTimes(fresh);
+      if (window.htmx) window.htmx.process(fresh);
+    });
+    push.textContent = "";
+    document.dispatchEvent(new CustomEvent("jobs:rowsUpdated"));
+  });
+})();
