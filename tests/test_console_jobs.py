@@ -79,8 +79,13 @@ def test_the_list_shows_every_job_with_its_row_contract(viewer_client, jobs):
                          r"</button>", alpha)
     assert 'id="bulk-actions"' in html and '<dialog id="confirm-dialog"' in html
     assert 'id="confirm-reason" name="reason"' in html and 'id="confirm-go"' in html
-    assert f'name="job" value="{jobs["alpha"].pk}"' in alpha
+    # The checkbox is the row's only input named job (the row's form names it in its URL).
+    assert alpha.count('name="job"') == 1
+    assert re.search(rf'<input type="checkbox" name="job" value="{jobs["alpha"].pk}" '
+                     r'form="bulk-form"', alpha)
     assert 'ws-connect="/ws/live/?topics=jobs"' in html
+    filtered = viewer_client.get(LIST, {"cluster": jobs["alpha"].cluster_id}).content.decode()
+    assert f'ws-connect="/ws/live/?topics=jobs:{jobs["alpha"].cluster_id}"' in filtered
 
 
 def test_a_viewer_sees_the_buttons_disabled_with_the_reason(viewer_client, jobs):
@@ -239,6 +244,20 @@ def test_an_operator_pauses_jobs_in_bulk_with_a_reason(operator_client, jobs):
     assert [e.job_id for e in events] == [jobs["alpha"].pk, jobs["beta"].pk]
     assert all(e.source == "console" and e.reason == "disk full on the target"
                and e.actor == "otto" for e in events)
+
+
+def test_a_row_form_posts_without_javascript(operator_client, jobs):
+    html = operator_client.get(LIST).content.decode()
+    action = re.search(r'<form class="job-action row-actions" method="post" action="([^"]+)"',
+                       row(html, jobs["beta"])).group(1)
+    assert action == f"{ACTIONS}?job={jobs['beta'].pk}"
+    response = operator_client.post(action, {"action": "pause", "next": LIST + "?kind=shell"})
+    assert response["Location"] == LIST + "?kind=shell"
+    assert Job.objects.get(pk=jobs["beta"].pk).paused
+    assert not Job.objects.get(pk=jobs["alpha"].pk).paused
+    # Ids in the body win over the URL's (the dialog sends them there).
+    operator_client.post(action, {"action": "pause", "job": [jobs["alpha"].pk]})
+    assert Job.objects.get(pk=jobs["alpha"].pk).paused
 
 
 def test_resume_and_run_now(operator_client, jobs):

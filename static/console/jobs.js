@@ -19,6 +19,8 @@
     });
   }
 
+  var pending = [];  // the ids the open dialog is about; sent as job=… when confirmed
+
   function dialog() { return document.getElementById("confirm-dialog"); }
 
   function selectedJobs(form) {
@@ -31,8 +33,8 @@
           return {id: box.value, name: link ? link.textContent : box.value};
         });
     }
-    var hidden = form.querySelector('input[name="job"]');
-    return hidden ? [{id: hidden.value, name: form.dataset.jobName || hidden.value}] : [];
+    var id = form.dataset.jobId;
+    return id ? [{id: id, name: form.dataset.jobName || id}] : [];
   }
 
   function open(form, action) {
@@ -44,15 +46,7 @@
       return;
     }
     document.getElementById("confirm-action").value = action;
-    var holder = document.getElementById("confirm-jobs");
-    holder.textContent = "";
-    jobs.forEach(function (job) {
-      var input = document.createElement("input");
-      input.type = "hidden";
-      input.name = "job";
-      input.value = job.id;
-      holder.appendChild(input);
-    });
+    pending = jobs.map(function (job) { return job.id; });
     var names = jobs.slice(0, 10).map(function (job) { return job.name; }).join(", ");
     if (jobs.length > 10) names += " and " + (jobs.length - 10) + " more";
     document.getElementById("confirm-title").textContent =
@@ -74,6 +68,21 @@
     if (!LABELS[action]) return;
     evt.preventDefault();
     open(form, action);
+  });
+
+  // The ids go into the form only as it is sent, so no other input[name=job] sits in the
+  // page while the dialog is open (the list's checkboxes are the only ones).
+  document.addEventListener("submit", function (evt) {
+    if (evt.target.id !== "confirm-form") return;
+    var holder = document.getElementById("confirm-jobs");
+    holder.textContent = "";
+    pending.forEach(function (id) {
+      var input = document.createElement("input");
+      input.type = "hidden";
+      input.name = "job";
+      input.value = id;
+      holder.appendChild(input);
+    });
   });
 
   document.addEventListener("click", function (evt) {

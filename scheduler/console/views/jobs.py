@@ -198,7 +198,13 @@ def job_actions(request):
     if not can_operate(request.user):
         raise PermissionDenied(NOT_OPERATOR)
     back = HttpResponseRedirect(_safe_next(request, request.POST.get("next")))
-    form = JobActionForm(request.POST)
+    data = request.POST
+    if not data.getlist("job") and request.GET.getlist("job"):
+        # A row's own form names its job in its URL (no JS: no dialog to carry it), so the
+        # list's checkboxes stay the only inputs named job in the page.
+        data = data.copy()
+        data.setlist("job", request.GET.getlist("job"))
+    form = JobActionForm(data)
     if not form.is_valid():
         messages.error(request, "Nothing was changed. " + " ".join(form.problems()))
         return back
