@@ -13,6 +13,8 @@ from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from scheduler.console import live
 from scheduler.console.views import jobs as jobs_views
@@ -223,6 +225,33 @@ def test_pages_need_login_and_the_view_permission(nobody_client, jobs):
     for url in (LIST, detail(jobs["alpha"])):
         assert Client().get(url).status_code == 302
         assert nobody_client.get(url).status_code == 403
+
+
+FUZZ = settings(max_examples=40, derandomize=True, deadline=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FIELDS = ["q", "cluster", "paused", "kind", "state", "sort", "page", "size"]
+ANY_TEXT = st.text(st.characters(codec="utf-8"), max_size=30) | st.sampled_from(
+    ["", "0", "-1", "1e999", "99999999999999999999", "name", "-next_fire", "none", "%00"])
+
+
+@FUZZ
+@given(query=st.dictionaries(st.sampled_from(FIELDS), ANY_TEXT, max_size=5))
+def test_fuzzed_query_strings_never_fail(viewer_client, jobs, query):
+    response = viewer_client.get(LIST, query)
+    assert response.status_code == 200
+
+
+@FUZZ
+@given(fields=st.dictionaries(st.sampled_from(["action", "job", "reason", "cluster", "next"]),
+                              st.lists(ANY_TEXT, max_size=3), max_size=5))
+def test_fuzzed_actions_never_fail_and_change_nothing_when_refused(operator_client, jobs,
+                                                                   fields):
+    before = Event.objects.count()
+    response = operator_client.post(ACTIONS, fields)
+    assert response.status_code == 302
+    said = messages_of(response)[-1]  # this post's (earlier ones were never shown)
+    if said.startswith("Nothing was changed."):
+        assert Event.objects.count() == before
 
 
 # ------------------------------------------------------------------------------ actions
