@@ -74,8 +74,24 @@
   // page while the dialog is open (the list's checkboxes are the only ones).
   document.addEventListener("submit", function (evt) {
     if (evt.target.id !== "confirm-form") return;
+    var form = evt.target;
     var holder = document.getElementById("confirm-jobs");
     holder.textContent = "";
+    // The list may have been filtered in place (htmx) since the page loaded: come back to
+    // what is shown now, and refuse jobs of another cluster than the one shown now.
+    var next = form.querySelector('input[name="next"]');
+    if (next) next.value = location.pathname + location.search;
+    var select = document.getElementById("id_cluster");
+    var cluster = form.querySelector('input[name="cluster"]');
+    if (select) {
+      if (!cluster) {
+        cluster = document.createElement("input");
+        cluster.type = "hidden";
+        cluster.name = "cluster";
+        form.appendChild(cluster);
+      }
+      cluster.value = select.value;
+    }
     pending.forEach(function (id) {
       var input = document.createElement("input");
       input.type = "hidden";
