@@ -188,4 +188,4 @@ def test_the_query_count_does_not_grow(install):
             add_task(job, "failed", minutes_ago=i * 7)
             Event.record(cluster.pk, Event.Kind.MEMBER_JOINED, member=member, message="joined")
     assert _count(client) == few
-    assert few <= 12
+    assert few <= 13  # PostgreSQL reads its clock once more than SQLite

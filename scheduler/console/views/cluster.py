@@ -8,7 +8,8 @@ events).
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, timedelta
+from zoneinfo import ZoneInfo
 
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
@@ -17,11 +18,13 @@ from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
+from django.utils.html import format_html
+from django.utils.safestring import SafeString, mark_safe
 from django.views.decorators.http import require_GET, require_POST
 
 from scheduler.clock import db_now
 from scheduler.console import live
-from scheduler.console.access import can_switchover, console_actor, console_view
+from scheduler.console.access import can_switchover, console_actor, console_view, display_zone
 from scheduler.console.paging import keyset_page, page_size
 from scheduler.membership import MemberRefused, request_switchover
 from scheduler.models import Cluster, Event, Member
@@ -34,14 +37,29 @@ REASON_MAX = 500
 STATE_ORDER = {"active": 0, "standby": 1, "stopping": 2, "stopped": 3, "dead": 4}
 
 
-def member_rows(members: list[Member], now) -> list[dict]:
+NONE = mark_safe('<span class="none">–</span>')  # noqa: S308 (a constant)
+
+
+def time_html(value, zone: ZoneInfo) -> SafeString:
+    """What partials/time.html renders, made in Python: a hundred rows of times are a good
+    part of the tab's render time when each is a template include."""
+    if value is None:
+        return NONE
+    utc = value.astimezone(UTC)
+    return format_html('<time datetime="{}" title="{} UTC">{}</time>', utc.isoformat(),
+                       utc.strftime("%Y-%m-%d %H:%M:%S.%f"),
+                       value.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S"))
+
+
+def member_rows(members: list[Member], now, zone: ZoneInfo = UTC) -> list[dict]:
     """What the table shows of each member, with its heartbeat's age judged by its own
-    timings: late past half of its dead_after, dead past it (live members only)."""
+    timings: late past half of its dead_after, dead past it (live and dead members; a
+    stopped member's last heartbeat is just a time)."""
     rows = []
     for m in sorted(members, key=lambda m: (STATE_ORDER.get(m.state, 9), m.name, -m.pk)):
         age = max((now - m.heartbeat_at).total_seconds(), 0.0)
         late, dead = m.dead_after / 2, m.dead_after
-        if not m.is_live:
+        if m.state == Member.State.STOPPED:
             age_class = ""
         elif age >= dead:
             age_class = "age-dead"
@@ -49,21 +67,29 @@ def member_rows(members: list[Member], now) -> list[dict]:
             age_class = "age-late"
         else:
             age_class = "age-ok"
-        rows.append({"m": m, "age": age, "age_class": age_class, "late": late, "dead": dead,
+        rows.append({"m": m, "age": f"{age:.1f}", "age_class": age_class,
+                     "late": f"{late:g}", "dead": f"{dead:g}",
+                     "interval": f"{m.heartbeat_interval:g}",
+                     "heartbeat_iso": m.heartbeat_at.astimezone(UTC).isoformat(),
+                     "heartbeat": time_html(m.heartbeat_at, zone),
+                     "started": time_html(m.started_at, zone),
+                     "stopped": time_html(m.stopped_at, zone) if m.stopped_at else None,
                      "labels": ", ".join(str(label) for label in (m.labels or []))})
     return rows
 
 
 def cluster_context(cluster: Cluster, *, after: str | None = None, before: str | None = None,
-                    size: int = TIMELINE_SIZE) -> dict:
+                    size: int = TIMELINE_SIZE, zone: ZoneInfo = UTC) -> dict:
     now = db_now()
     members = list(
         Member.objects.filter(cluster=cluster)
         .filter(Q(state__in=Member.LIVE_STATES) | Q(heartbeat_at__gte=now - RECENT))
     )
-    rows = member_rows(members, now)
+    rows = member_rows(members, now, zone)
     events = keyset_page(Event.objects.filter(cluster=cluster), key="id", descending=True,
                          after=after, before=before, size=size)
+    for event in events.rows:
+        event.when = time_html(event.created_at, zone)
     standbys = [r["m"] for r in rows if r["m"].state == Member.State.STANDBY]
     return {
         "cluster": cluster,
@@ -71,6 +97,7 @@ def cluster_context(cluster: Cluster, *, after: str | None = None, before: str |
         "live_count": sum(1 for r in rows if r["m"].is_live),
         "ended_count": sum(1 for r in rows if not r["m"].is_live),
         "db_now": now,
+        "db_now_iso": now.astimezone(UTC).isoformat(),
         "events": events,
         "first_page": after is None and before is None,
         "standbys": standbys,
@@ -103,7 +130,8 @@ def _page(request, cluster: Cluster, *, status: int = 200, form: dict | None = N
     context = cluster_context(cluster, after=request.GET.get("after"),
                               before=request.GET.get("before"),
                               size=page_size(request.GET.get("size") or str(TIMELINE_SIZE))
-                              if request.GET.get("size") else TIMELINE_SIZE)
+                              if request.GET.get("size") else TIMELINE_SIZE,
+                              zone=display_zone(request.user))
     only_live = request.GET.get("members") == "live"
     context.update({"nav": "cluster", "only_live": only_live,
                     "form": form or {"target": "", "reason": "", "error": ""}})

@@ -19,7 +19,8 @@ from django.views.decorators.http import require_GET
 
 from scheduler.clock import db_now
 from scheduler.console import live
-from scheduler.console.access import console_view
+from scheduler.console.access import console_view, display_zone
+from scheduler.console.views.cluster import time_html
 from scheduler.models import Cluster, Event, Member, Task
 
 FAILED_STATES = ("failed", "timed_out", "lost")
@@ -32,7 +33,7 @@ RECENT = timedelta(hours=24)
 BAR_W, CHART_H = 5, 50
 
 
-def _chart(counts: dict, start, now) -> dict:
+def _chart(counts: dict, start, zone) -> dict:
     """An inline SVG bar chart of fires per minute: bars, the largest value, the table rows."""
     minutes = [start + timedelta(minutes=i) for i in range(CHART_MINUTES)]
     values = [counts.get(m, 0) for m in minutes]
@@ -40,14 +41,14 @@ def _chart(counts: dict, start, now) -> dict:
     bars = []
     for i, (minute, value) in enumerate(zip(minutes, values, strict=True)):
         height = round(CHART_H * value / peak, 1) if value else 0
-        bars.append({"x": i * BAR_W, "y": CHART_H - height, "h": height, "minute": minute,
-                     "value": value})
+        bars.append({"x": i * BAR_W, "y": f"{CHART_H - height:g}", "h": f"{height:g}",
+                     "minute": time_html(minute, zone), "value": value})
     return {"bars": bars, "peak": max(values), "total": sum(values),
             "width": CHART_MINUTES * BAR_W, "height": CHART_H,
             "last": values[-1] if values else 0}
 
 
-def dashboard_context() -> dict:
+def dashboard_context(zone=UTC) -> dict:
     now = db_now()
     hour_ago, day_ago = now - timedelta(hours=1), now - timedelta(days=1)
     clusters = list(Cluster.objects.select_related("lease_holder").order_by("name"))
@@ -120,11 +121,13 @@ def dashboard_context() -> dict:
             "late": late, "overdue": overdue, "dead": dead,
             "running": running.get(c.pk, 0), "failures": fail_rows,
             "failed_hour": sum(r["hour"] for r in fail_rows),
-            "chart": _chart(fires.get(c.pk, {}), start, now),
+            "chart": _chart(fires.get(c.pk, {}), start, zone),
             "health": health, "level": level,
         })
 
     events = list(Event.objects.select_related("cluster").order_by("-id")[:EVENTS_SHOWN])
+    for event in events:
+        event.when = time_html(event.created_at, zone)
     return {"cards": cards, "longest": longest, "running_total": sum(running.values()),
             "events": events, "db_now": now, "chart_minutes": CHART_MINUTES}
 
@@ -132,7 +135,7 @@ def dashboard_context() -> dict:
 @console_view
 @require_GET
 def dashboard(request):
-    context = {**dashboard_context(), "nav": "dashboard"}
+    context = {**dashboard_context(display_zone(request.user)), "nav": "dashboard"}
     template = "console/dashboard.html"
     if getattr(request, "htmx", False) and not request.htmx.boosted:
         part = request.GET.get("part")
