@@ -71,7 +71,8 @@ def member_rows(members: list[Member], now, zone: ZoneInfo = UTC) -> list[dict]:
                      "late": f"{late:g}", "dead": f"{dead:g}",
                      "interval": f"{m.heartbeat_interval:g}",
                      "heartbeat_iso": m.heartbeat_at.astimezone(UTC).isoformat(),
-                     "heartbeat": time_html(m.heartbeat_at, zone),
+                     "heartbeat": (time_html(m.heartbeat_at, zone)
+                                   if m.state == Member.State.STOPPED else None),
                      "started": time_html(m.started_at, zone),
                      "stopped": time_html(m.stopped_at, zone) if m.stopped_at else None,
                      "labels": ", ".join(str(label) for label in (m.labels or []))})
