@@ -366,3 +366,10 @@ def test_the_query_count_does_not_grow_with_the_members(passive):
         Event.record(cluster.pk, Event.Kind.MEMBER_JOINED, member=member, message=f"joined {i}")
     assert _count_queries(client, cluster) == few
     assert few <= 10
+
+
+def test_a_member_writes_its_own_timings_when_it_joins(db):
+    from scheduler.membership import MemberOptions, register
+
+    member = register(MemberOptions(cluster="timed", name="n1", mode="single"), 7.5, 1.5)
+    assert (member.heartbeat_interval, member.dead_after) == (1.5, 7.5)
