@@ -84,7 +84,8 @@ def _members_without_lock(cluster_id: int, exclude_id: int | None) -> set[int]:
         return {row[0] for row in cursor.fetchall()}
 
 
-def register(opts: MemberOptions, dead_after: float) -> Member:
+def register(opts: MemberOptions, dead_after: float,
+             heartbeat_interval: float | None = None) -> Member:
     """Create this process's member row, or refuse with a message that says why."""
     for _ in range(3):
         try:
@@ -138,6 +139,8 @@ def register(opts: MemberOptions, dead_after: float) -> Member:
             reclaim=opts.reclaim,
             labels=list(opts.labels),
             workers=opts.workers,
+            dead_after=dead_after,
+            **({"heartbeat_interval": heartbeat_interval} if heartbeat_interval else {}),
             host=socket.gethostname(),
             ip=host_ip(),
             pid=os.getpid(),

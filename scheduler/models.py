@@ -37,6 +37,14 @@ def empty_list() -> list:
     return []
 
 
+def default_heartbeat_interval() -> float:
+    return float(settings.OPSCENTER["HEARTBEAT_INTERVAL"])
+
+
+def default_dead_after() -> float:
+    return float(settings.OPSCENTER["DEAD_AFTER"])
+
+
 class Cluster(models.Model):
     """One logical scheduler; every job, chain and member belongs to exactly one."""
 
@@ -116,6 +124,10 @@ class Member(models.Model):
     stopped_at = models.DateTimeField(null=True, blank=True)
     stop_reason = models.CharField(max_length=200, blank=True)
     declared_dead_by = models.CharField(max_length=100, blank=True)
+    # The member's own timings (seconds), written when it joins: the console colours a
+    # heartbeat's age by them (late past half of dead_after, dead past it).
+    heartbeat_interval = models.FloatField(default=default_heartbeat_interval)
+    dead_after = models.FloatField(default=default_dead_after)
 
     class Meta:
         ordering = ["cluster", "name", "-started_at"]
@@ -631,6 +643,9 @@ class Task(models.Model):
             models.Index(fields=["job", "-scheduled_for"], name="task_job_recent"),
             # prune_history: old finished tasks.
             models.Index(fields=["created_at"], name="task_created"),
+            # The console's dashboard: failures of the last hour and day (few rows; partial).
+            models.Index(fields=["finished_at"], name="task_failures",
+                         condition=Q(state__in=("failed", "timed_out", "lost"))),
         ]
 
     def __str__(self) -> str:

@@ -258,7 +258,8 @@ class Node:
         self._configure_session()
         self.clock.measure()
         before = time.monotonic()
-        self.member = membership.register(self.opts, self.conf.dead_after)
+        self.member = membership.register(self.opts, self.conf.dead_after,
+                                          self.conf.heartbeat_interval)
         self._owned_since(before)
         self._prestart_pool()
         log.info("member %s joined cluster %s as %s (pid %d, %d workers)", self.member.name,
@@ -787,7 +788,8 @@ class Node:
         self.epoch = None
         self._drop_unowned()
         before = time.monotonic()
-        self.member = membership.register(self.opts, self.conf.dead_after)
+        self.member = membership.register(self.opts, self.conf.dead_after,
+                                          self.conf.heartbeat_interval)
         self._owned_since(before)
         self._connected_since = time.monotonic()
 

@@ -1,14 +1,152 @@
-"""The dashboard: the health of every cluster at a glance."""
+"""The dashboard: the health of every cluster at a glance.
+
+Per cluster a card (mode, members by state, lease holder, members late or dead, running
+tasks, failures of the last hour and day, fires per minute over the last hour), then the
+longest-running tasks and the latest events of the whole install. A fixed number of grouped
+queries whatever the number of clusters, members and tasks; the page and the pushes of topic
+`dashboard` render from `dashboard_context()`.
+"""
 
 from __future__ import annotations
 
-from django.shortcuts import render
+from datetime import UTC, timedelta
 
-from scheduler.console.access import console_view
-from scheduler.models import Cluster
+from django.db.models import Count, Q
+from django.db.models.functions import TruncMinute
+from django.shortcuts import render
+from django.template.loader import render_to_string
+from django.views.decorators.http import require_GET
+
+from scheduler.clock import db_now
+from scheduler.console import live
+from scheduler.console.access import console_view, display_zone
+from scheduler.console.views.cluster import time_html
+from scheduler.models import Cluster, Event, Member, Task
+
+FAILED_STATES = ("failed", "timed_out", "lost")
+CHART_MINUTES = 60
+RUNNING_SHOWN = 5
+EVENTS_SHOWN = 10
+# Stopped and dead members count on a card for this long after their last heartbeat.
+RECENT = timedelta(hours=24)
+# The chart's geometry (SVG user units).
+BAR_W, CHART_H = 5, 50
+
+
+def _chart(counts: dict, start, zone) -> dict:
+    """An inline SVG bar chart of fires per minute: bars, the largest value, the table rows."""
+    minutes = [start + timedelta(minutes=i) for i in range(CHART_MINUTES)]
+    values = [counts.get(m, 0) for m in minutes]
+    peak = max(values) or 1
+    bars = []
+    for i, (minute, value) in enumerate(zip(minutes, values, strict=True)):
+        height = round(CHART_H * value / peak, 1) if value else 0
+        bars.append({"x": i * BAR_W, "y": f"{CHART_H - height:g}", "h": f"{height:g}",
+                     "minute": time_html(minute, zone), "value": value})
+    return {"bars": bars, "peak": max(values), "total": sum(values),
+            "width": CHART_MINUTES * BAR_W, "height": CHART_H,
+            "last": values[-1] if values else 0}
+
+
+def dashboard_context(zone=UTC) -> dict:
+    now = db_now()
+    hour_ago, day_ago = now - timedelta(hours=1), now - timedelta(days=1)
+    clusters = list(Cluster.objects.select_related("lease_holder").order_by("name"))
+
+    # Members: live ones and those ended recently (one query), judged by their own timings.
+    members_by_cluster: dict[int, list] = {c.pk: [] for c in clusters}
+    for m in Member.objects.filter(Q(state__in=Member.LIVE_STATES)
+                                   | Q(heartbeat_at__gte=now - RECENT)).order_by("name"):
+        age = max((now - m.heartbeat_at).total_seconds(), 0.0)
+        m.age = age
+        m.late = m.is_live and age >= m.dead_after / 2
+        m.overdue = m.is_live and age >= m.dead_after
+        members_by_cluster.setdefault(m.cluster_id, []).append(m)
+
+    # Running tasks per cluster (the partial index task_member_running is on member; the
+    # running rows are few, so a scan of them is cheap).
+    running = dict(Task.objects.filter(state=Task.State.RUNNING).values("cluster_id")
+                   .annotate(n=Count("id")).values_list("cluster_id", "n"))
+    longest = list(Task.objects.filter(state=Task.State.RUNNING, started_at__isnull=False)
+                   .select_related("job", "member").order_by("started_at")[:RUNNING_SHOWN])
+    for task in longest:
+        task.running_for = max((now - task.started_at).total_seconds(), 0.0)
+
+    # Failures of the last day and hour, per cluster and state (index task_failures).
+    failures: dict[int, dict] = {}
+    for row in (Task.objects.filter(state__in=FAILED_STATES, finished_at__gte=day_ago)
+                .values("cluster_id", "state")
+                .annotate(day=Count("id"), hour=Count("id", filter=Q(finished_at__gte=hour_ago)))):
+        failures.setdefault(row["cluster_id"], {})[row["state"]] = (row["hour"], row["day"])
+
+    # Fires per minute over the last hour, per cluster: one grouped query on scheduled_for,
+    # bounded by created_at (index task_created) so it reads only the last hour's tasks.
+    start = (now - timedelta(minutes=CHART_MINUTES - 1)).astimezone(UTC).replace(
+        second=0, microsecond=0)
+    fires: dict[int, dict] = {}
+    for row in (Task.objects.filter(created_at__gte=start - timedelta(minutes=5),
+                                    scheduled_for__gte=start, attempt=1)
+                .annotate(minute=TruncMinute("scheduled_for", tzinfo=UTC))
+                .values("cluster_id", "minute").annotate(n=Count("id"))):
+        minute = row["minute"].astimezone(UTC).replace(second=0, microsecond=0)
+        fires.setdefault(row["cluster_id"], {})[minute] = row["n"]
+
+    cards = []
+    for c in clusters:
+        members = members_by_cluster.get(c.pk, [])
+        by_state: dict[str, int] = {}
+        for m in members:
+            by_state[m.state] = by_state.get(m.state, 0) + 1
+        live_members = [m for m in members if m.is_live]
+        late = [m for m in live_members if m.late and not m.overdue]
+        overdue = [m for m in live_members if m.overdue]
+        dead = [m for m in members if m.state == Member.State.DEAD]
+        fail = failures.get(c.pk, {})
+        fail_rows = [{"state": s, "label": Task.State(s).label, "hour": fail.get(s, (0, 0))[0],
+                      "day": fail.get(s, (0, 0))[1]} for s in FAILED_STATES]
+        if not live_members:
+            health, level = "no live member", "bad"
+        elif overdue or (c.mode == Cluster.Mode.PASSIVE
+                         and not any(m.state == Member.State.ACTIVE for m in live_members)):
+            health, level = ("no active member" if not overdue else
+                             f"{len(overdue)} member(s) without heartbeat past dead-after"), "bad"
+        elif late or dead:
+            health, level = ("heartbeat late" if late else "a member died recently"), "warn"
+        else:
+            health, level = "healthy", "ok"
+        cards.append({
+            "c": c, "members": members, "live": len(live_members), "total": len(members),
+            "states": sorted(by_state.items(), key=lambda kv: Member.State.values.index(kv[0])
+                             if kv[0] in Member.State.values else 9),
+            "late": late, "overdue": overdue, "dead": dead,
+            "running": running.get(c.pk, 0), "failures": fail_rows,
+            "failed_hour": sum(r["hour"] for r in fail_rows),
+            "chart": _chart(fires.get(c.pk, {}), start, zone),
+            "health": health, "level": level,
+        })
+
+    events = list(Event.objects.select_related("cluster").order_by("-id")[:EVENTS_SHOWN])
+    for event in events:
+        event.when = time_html(event.created_at, zone)
+    return {"cards": cards, "longest": longest, "running_total": sum(running.values()),
+            "events": events, "db_now": now, "chart_minutes": CHART_MINUTES}
 
 
 @console_view
+@require_GET
 def dashboard(request):
-    clusters = Cluster.objects.order_by("name")
-    return render(request, "console/dashboard.html", {"clusters": clusters})
+    context = {**dashboard_context(display_zone(request.user)), "nav": "dashboard"}
+    template = "console/dashboard.html"
+    if getattr(request, "htmx", False) and not request.htmx.boosted:
+        part = request.GET.get("part")
+        if part in ("cards", "running", "events"):
+            template = f"console/dashboard.html#{part}"
+    return render(request, template, context)
+
+
+@live.renderer("dashboard")
+def render_dashboard(topic_id: int | None, viewer: live.Viewer) -> str:
+    """The pushed fragments of topic `dashboard`: the cards, running tasks, recent events."""
+    context = {**viewer.context(), **dashboard_context(), "oob": True}
+    return "".join(render_to_string(f"console/dashboard.html#{part}", context)
+                   for part in ("cards", "running", "events"))
