@@ -34,8 +34,8 @@ def assert_not_reloaded(page) -> None:
 
 def open_ok(page, path: str):
     response = page.goto(path)
-    assert response is not None and response.ok, \
-        f"GET {path}: {response.status if response else 'no response'}"
+    if response is None or not response.ok:
+        raise AssertionError(f"GET {path}: {response.status if response else 'no response'}")
     return response
 
 
