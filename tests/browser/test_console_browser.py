@@ -139,14 +139,15 @@ def test_every_page_passes_axe(login, check_page, cluster, start_node):
     ]
     failures = []
     for name, path in pages:
+        page.errors.clear()
         try:
             open_ok(page, path)
             check_page(page, name)
         except AssertionError as exc:
             failures.append(f"{name} ({path}): {exc}")
-        page.errors.clear()
     page.set_viewport_size({"width": 390, "height": 844})
     for name, path in pages[1:4]:
+        page.errors.clear()
         try:
             open_ok(page, path)
             check_page(page, f"{name}-390px")
