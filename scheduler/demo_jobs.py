@@ -64,3 +64,11 @@ def transform(ctx: JobContext) -> None:
 def load(ctx: JobContext) -> None:
     """nightly-etl, step load."""
     _step(ctx, "load rows into " + str(ctx.parameters.get("target", "warehouse")))
+
+
+def where_am_i(ctx: JobContext) -> dict:
+    """where-am-i (active cluster): which member ran this fire; the fires spread over both."""
+    ctx.logger.info("fire due %s run by member %s of cluster %s (task %s)",
+                    ctx.scheduled_for.strftime("%H:%M:%S") if ctx.scheduled_for else "now",
+                    ctx.member, ctx.cluster, ctx.task_id)
+    return {"member": ctx.member}

@@ -1,4 +1,9 @@
-"""`manage.py loaddemo [--cluster demo]`: load the demo jobs, schedules and job chain.
+"""`manage.py loaddemo [--cluster NAME]`: load the demo clusters, their jobs and the job chain.
+
+Two clusters, as `./run demo` starts them: demo-passive (fail-over: a primary and a backup
+member; the job chain nightly-etl and its order) and demo-active (load balancing: two
+members, each fire run once by one of them). `--cluster NAME` loads only that one; a name
+that is neither loads demo-passive's jobs into a cluster of that name.
 
 Idempotent: everything is found by name and brought back to the demo's definition; running it
 again changes nothing that is already as defined (a stateful job keeps its data map, and an
@@ -20,6 +25,14 @@ from scheduler.models import (
     Schedule,
     check_chain_graph,
 )
+
+# A shell job that prints a line a second for 20 s: open its running task and watch the log.
+FOLLOW_ME = ("follow-me",
+             dict(title="Shell: a line a second for 20 s (open a running task: the log tails)",
+                  kind="shell", timeout_seconds=60, overlap_policy="skip",
+                  command='for i in $(seq 1 20); do echo "step $i of 20 at $(date +%T)"; '
+                          'sleep 1; done; echo "all 20 steps done"'),
+             dict(kind="interval", interval_seconds=30))
 
 # name -> job fields, and the schedule (or None: a chain step runs only for orders).
 JOBS: list[tuple[str, dict, dict | None]] = [
@@ -57,7 +70,35 @@ JOBS: list[tuple[str, dict, dict | None]] = [
      dict(title="nightly-etl: load", kind="python", command="scheduler.demo_jobs:load",
           parameters={"target": "warehouse"}),
      None),
+    FOLLOW_ME,
 ]
+
+# The active cluster: fires spread over both members (each job's tasks show who ran them).
+ACTIVE_JOBS: list[tuple[str, dict, dict | None]] = [
+    ("where-am-i",
+     dict(title="Every 3 s: logs which member ran it (load balancing)", kind="python",
+          command="scheduler.demo_jobs:where_am_i"),
+     dict(kind="interval", interval_seconds=3)),
+    ("sync-inventory",
+     dict(title="Stateful: counts its runs in its data map, whichever member runs it",
+          kind="python", command="scheduler.demo_jobs:sync_inventory", stateful=True,
+          parameters={"items": 120}),
+     dict(kind="interval", interval_seconds=15)),
+    ("flaky-import",
+     dict(title="Fails about 3 times in 10; one retry after 5 s", kind="python",
+          command="scheduler.demo_jobs:flaky_import", parameters={"failure_rate": 0.3},
+          max_retries=1, retry_backoff_seconds=5.0),
+     dict(kind="interval", interval_seconds=20)),
+    FOLLOW_ME,
+]
+
+# The demo clusters: name -> (description, jobs, with the job chain).
+DEMOS: dict[str, tuple[str, list, bool]] = {
+    "demo-passive": ("Passive (fail-over) demo cluster: the primary runs everything, the backup "
+                     "stands by; kill -9 the primary and the backup takes over.", JOBS, True),
+    "demo-active": ("Active (load-balancing) demo cluster: both members fire, each fire runs "
+                    "once on one of them.", ACTIVE_JOBS, False),
+}
 
 # Every field a demo job sets; the others are reset to their defaults on reload.
 JOB_DEFAULTS = dict(title="", working_directory="", parameters={}, stateful=False,
@@ -82,30 +123,43 @@ ORDERS = [("order-1", "extract", {"date": "today", "order": "order-1"})]
 
 
 class Command(OperatorCommand):
-    help = ("Load the demo cluster: jobs with cron and interval schedules, the job chain "
-            "nightly-etl and one order. Safe to run again: it updates by name.")
+    help = ("Load the demo clusters demo-passive (jobs, the job chain nightly-etl and one "
+            "order) and demo-active (load-balanced jobs). Safe to run again: it updates by "
+            "name.")
 
     def add_arguments(self, parser):
-        parser.add_argument("--cluster", default="demo", help="Cluster name (default: demo).")
+        parser.add_argument("--cluster", default="",
+                            help="Load only this cluster (demo-passive or demo-active; another "
+                                 "name gets demo-passive's jobs). Default: both.")
 
     def handle(self, *args, **opts):
-        name = opts["cluster"]
+        only = opts["cluster"]
+        if not only:
+            demos = list(DEMOS.items())
+        else:
+            demos = [(only, DEMOS.get(only) or (f"The opscenter demo ({only}).", JOBS, True))]
         self.lines: list[str] = []
         with transaction.atomic():
-            cluster = Cluster.objects.filter(name=name).first()
-            if cluster is None:
-                cluster = Cluster(name=name, description="The opscenter demo cluster.")
-                self._validate(cluster, f"cluster {name}")
-                cluster.save()
-                self._say("created", "cluster", name)
-            else:
-                self._say("unchanged", "cluster", name)
-            jobs = {job_name: self._job(cluster, job_name, fields, schedule)
-                    for job_name, fields, schedule in JOBS}
-            self._chain(cluster, jobs)
+            for name, (description, jobs, with_chain) in demos:
+                self._cluster(name, description, jobs, with_chain)
         self.stdout.write("\n".join(self.lines))
-        self.stdout.write(f"Demo loaded in cluster '{name}'. Start a node with: "
-                          f"manage.py runscheduler --cluster {name}")
+        names = ", ".join(name for name, _ in demos)
+        self.stdout.write(f"Demo loaded ({names}). Start a node with: "
+                          f"manage.py runscheduler --cluster {demos[0][0]}")
+
+    def _cluster(self, name: str, description: str, jobs: list, with_chain: bool) -> None:
+        cluster = Cluster.objects.filter(name=name).first()
+        if cluster is None:
+            cluster = Cluster(name=name, description=description)
+            self._validate(cluster, f"cluster {name}")
+            cluster.save()
+            self._say("created", "cluster", name)
+        else:
+            self._say("unchanged", "cluster", name)
+        by_name = {job_name: self._job(cluster, job_name, fields, schedule)
+                   for job_name, fields, schedule in jobs}
+        if with_chain:
+            self._chain(cluster, by_name)
 
     # ------------------------------------------------------------------ pieces
 

@@ -1,0 +1,46 @@
+"""`manage.py loaddemo`: the two demo clusters `./run demo` starts, loaded idempotently."""
+
+from __future__ import annotations
+
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+
+from scheduler.models import Cluster, Job, Order, Schedule
+
+pytestmark = pytest.mark.django_db
+
+
+def load(*args: str) -> str:
+    out = StringIO()
+    call_command("loaddemo", *args, stdout=out)
+    return out.getvalue()
+
+
+def test_loaddemo_makes_a_passive_and_an_active_cluster():
+    load()
+    assert set(Cluster.objects.values_list("name", flat=True)) == {"demo-passive",
+                                                                    "demo-active"}
+    for name in ("demo-passive", "demo-active"):
+        jobs = Job.objects.filter(cluster__name=name)
+        follow = jobs.get(name="follow-me")
+        assert follow.kind == "shell" and "sleep 1" in follow.command
+        assert jobs.filter(name="flaky-import").exists()  # a job that fails now and then
+        assert Schedule.objects.filter(job__in=jobs, kind="interval").count() >= 3
+    assert Order.objects.filter(chain__cluster__name="demo-passive",
+                                chain__name="nightly-etl").count() == 1
+
+
+def test_loaddemo_again_changes_nothing():
+    load()
+    before = list(Schedule.objects.order_by("id").values_list("id", "next_fire_at"))
+    out = load()
+    assert " created " not in out and " updated " not in out, out
+    assert list(Schedule.objects.order_by("id").values_list("id", "next_fire_at")) == before
+
+
+def test_loaddemo_one_named_cluster():
+    load("--cluster", "demo")
+    assert list(Cluster.objects.values_list("name", flat=True)) == ["demo"]
+    assert Job.objects.filter(cluster__name="demo", name="heartbeat-report").exists()
