@@ -34,6 +34,7 @@ from django.utils.html import format_html, format_html_join
 
 from scheduler import timing
 from scheduler.clock import db_now
+from scheduler.eventlog import Actor
 from scheduler.membership import MemberRefused, request_switchover
 from scheduler.models import (
     ChainNode,
@@ -81,8 +82,9 @@ STATE_COLOURS = {
 # ---------------------------------------------------------------------------- small helpers
 
 
-def actor_of(request) -> str:
-    return request.user.get_username()
+def actor_of(request) -> Actor:
+    """The user, for the events their actions record (the door: the admin)."""
+    return Actor(name=request.user.get_username(), source="admin")
 
 
 def plural(n: int, noun: str) -> str:
@@ -132,17 +134,16 @@ def save_changed(obj, form, change: bool) -> None:
         obj.save()
 
 
-def save_schedule(schedule: Schedule, changed: list[str] | None, actor: str) -> None:
+def save_schedule(schedule: Schedule, changed: list[str] | None, actor: Actor) -> None:
     # The event that Schedule.save() writes says who changed the definition.
-    schedule._actor = actor
     if schedule.pk is None or changed is None:
-        schedule.save()
+        schedule.save(actor=actor)
         return
     fields = {*changed, "updated_at"}
     if fields & set(Schedule.DEFINITION_FIELDS):
         # save() recomputes these when the definition changed; they must be written too.
         fields |= {"anchor_at", "version", "next_fire_at"}
-    schedule.save(update_fields=sorted(fields))
+    schedule.save(update_fields=sorted(fields), actor=actor)
 
 
 class DataMapField(forms.JSONField):

@@ -359,6 +359,24 @@ def test_schedule_actions_pause_and_resume(admin_client, world):
     assert {"schedule.paused", "schedule.resumed"} <= set(kinds)
 
 
+def test_the_events_of_admin_actions_name_the_admin_as_their_door(admin_client, world):
+    admin_client.post(url(Schedule, "change", world.schedule.pk),
+                      schedule_form(world.job, cron="15 4 * * *"))
+    admin_client.post(url(Schedule, "changelist"), {"action": "pause_schedules",
+                                                    "_selected_action": [world.schedule.pk]})
+    admin_client.post(url(Job, "changelist"), {"action": "pause_jobs",
+                                               "_selected_action": [world.job.pk]})
+    admin_client.post(url(Job, "changelist"), {"action": "run_jobs_now",
+                                               "_selected_action": [world.job.pk]})
+    queued = Task.objects.get(job=world.job, trigger="manual")
+    admin_client.post(url(Task, "changelist"), {"action": "cancel_tasks",
+                                                "_selected_action": [queued.pk]})
+    events = Event.objects.filter(actor="admin")
+    assert set(events.values_list("kind", flat=True)) == {
+        "schedule.changed", "schedule.paused", "job.paused", "job.run_now", "task.cancel"}
+    assert set(events.values_list("source", "reason")) == {("admin", "")}
+
+
 def test_the_schedule_page_previews_the_saved_definition(admin_client, shell_job):
     schedule = add_schedule(shell_job, cron="0 12 * * *", timezone="Europe/Berlin")
     response = admin_client.get(url(Schedule, "change", schedule.pk))
