@@ -50,8 +50,10 @@ def _kind():
     return _model().Kind
 
 
-def _new(cluster_id: int, kind: str, message: str, actor: Actor | str = "", **fields) -> Event:
-    """An unsaved event; an Actor brings its door and reason, a plain name neither."""
+def build(cluster_id: int, kind: str, message: str, actor: Actor | str = "",
+          **fields) -> Event:
+    """An unsaved event of any kind (a kind's writer below is the way to write one); an Actor
+    brings its door and reason, a plain name neither."""
     return _model()(
         cluster_id=cluster_id, kind=kind, message=message, actor=str(actor or ""),
         source=getattr(actor, "source", ""), reason=getattr(actor, "reason", ""), **fields,
@@ -60,7 +62,7 @@ def _new(cluster_id: int, kind: str, message: str, actor: Actor | str = "", **fi
 
 def _write(cluster_id: int, kind: str, message: str, actor: Actor | str = "",
            **fields) -> Event:
-    event = _new(cluster_id, kind, message, actor, **fields)
+    event = build(cluster_id, kind, message, actor, **fields)
     event.save(force_insert=True)
     return event
 
@@ -205,7 +207,7 @@ def lease_handover(member: Member, target: Member, epoch: int) -> Event:
 def schedule_parked(cluster_id: int, member_id: int, job_id: int, schedule_id: int,
                     why: str) -> Event:
     """Unsaved: a schedule whose next fire cannot be computed no longer fires."""
-    return _new(cluster_id, _kind().SCHEDULE_CHANGED,
+    return build(cluster_id, _kind().SCHEDULE_CHANGED,
                 f"schedule {schedule_id} cannot be computed ({why}); it no longer fires "
                 "until it is edited", NODE, member_id=member_id, job_id=job_id,
                 schedule_id=schedule_id, data={"parked": True, "error": why})
@@ -214,7 +216,7 @@ def schedule_parked(cluster_id: int, member_id: int, job_id: int, schedule_id: i
 def misfire(cluster_id: int, member_id: int, schedule_id: int, first: datetime,
             last: datetime, count: int, policy: str, reason: str) -> Event:
     """Unsaved: fires of a schedule missed and not run."""
-    return _new(cluster_id, _kind().MISFIRE,
+    return build(cluster_id, _kind().MISFIRE,
                 f"schedule {schedule_id}: {count} missed fire(s) from {first:%Y-%m-%d %H:%M:%S} "
                 f"to {last:%Y-%m-%d %H:%M:%S} UTC not run ({reason})", NODE,
                 member_id=member_id, schedule_id=schedule_id,
@@ -233,7 +235,7 @@ def task_failed(cluster_id: int, member_id: int, job: Job, task_id: int, state: 
 def task_ran_unowned(cluster_id: int, member_id: int, member_name: str, job_id: int,
                      task_id: int, at: datetime) -> Event:
     """Unsaved: a task entered on a member after the task was declared lost with it."""
-    return _new(cluster_id, _kind().TASK_RAN_UNOWNED,
+    return build(cluster_id, _kind().TASK_RAN_UNOWNED,
                 f"task {task_id}: its job was entered on member {member_name} at "
                 f"{at.astimezone(UTC):%Y-%m-%d %H:%M:%S.%f}"[:-3] + " UTC, but the "
                 "task was declared lost with that member: the fire may have run twice",
@@ -244,7 +246,7 @@ def task_ran_unowned(cluster_id: int, member_id: int, member_name: str, job_id: 
 def task_lost(cluster_id: int, member_id: int, by: str, task: dict, why: str) -> Event:
     """Unsaved: `task` is a row with id, job_id, job__name, job__recover_lost, deaths."""
     recovered = task["job__recover_lost"]
-    return _new(cluster_id, _kind().TASK_LOST,
+    return build(cluster_id, _kind().TASK_LOST,
                 f"task {task['id']} of job {task['job__name']} lost: {why}"
                 + ("; recovery run queued" if recovered else ""), node(by),
                 member_id=member_id, job_id=task["job_id"], task_id=task["id"],
@@ -253,7 +255,7 @@ def task_lost(cluster_id: int, member_id: int, by: str, task: dict, why: str) ->
 
 def task_quarantined(cluster_id: int, member_id: int, by: str, task: dict) -> Event:
     """Unsaved: as task_lost, the row's error saying why it is not run again."""
-    return _new(cluster_id, _kind().TASK_QUARANTINED,
+    return build(cluster_id, _kind().TASK_QUARANTINED,
                 f"task {task['id']} of job {task['job__name']} {task['error']}", node(by),
                 member_id=member_id, job_id=task["job_id"], task_id=task["id"],
                 data={"recovered": False, "member_deaths": task["deaths"]})

@@ -935,13 +935,14 @@ class Event(models.Model):
     def record(cls, cluster_id: int, kind: str, *, message: str, actor: str | Actor = "",
                member=None, job=None, job_id=None, schedule=None, task=None,
                data: dict | None = None) -> Event:
-        # An Actor (scheduler/eventlog.py) brings its door and reason; a plain name neither.
-        return cls.objects.create(
-            cluster_id=cluster_id, kind=kind, message=message, actor=str(actor or ""),
-            source=getattr(actor, "source", ""), reason=getattr(actor, "reason", ""),
-            member=member, job_id=job_id if job_id is not None else getattr(job, "pk", None),
+        """An event of any kind; scheduler/eventlog.py has a writer for each kind."""
+        event = eventlog.build(
+            cluster_id, kind, message, actor, member=member,
+            job_id=job_id if job_id is not None else getattr(job, "pk", None),
             schedule=schedule, task=task, data=data or {},
         )
+        event.save(force_insert=True)
+        return event
 
 
 
