@@ -29,11 +29,13 @@ from django.db.models import (
 from django.db.models.functions import Now
 from django.forms.models import BaseInlineFormSet
 from django.http import HttpResponse, HttpResponseRedirect
+from django.template.loader import render_to_string
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
 from scheduler import timing
-from scheduler.clock import db_now
+from scheduler.eventlog import Actor
+from scheduler.forms import PREVIEW_COUNT, DataMapField, preview_for_query, saved_preview
 from scheduler.membership import MemberRefused, request_switchover
 from scheduler.models import (
     ChainNode,
@@ -48,7 +50,6 @@ from scheduler.models import (
     Task,
     check_chain_graph,
 )
-from scheduler.validators import parse_data_map, validate_data_map
 
 admin.site.site_header = "opscenter operations"
 admin.site.site_title = "opscenter"
@@ -58,31 +59,17 @@ admin.site.index_title = "Operations"
 # own page (Django 6.1's change-form actions), so no template override is needed.
 LIST_AND_PAGE = [ActionLocation.CHANGE_LIST, ActionLocation.CHANGE_FORM]
 
-PREVIEW_COUNT = 10
-TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
-
-STATE_COLOURS = {
-    "queued": "#6c757d",
-    "running": "#0b6bcb",
-    "succeeded": "#1e7e34",
-    "failed": "#c82333",
-    "timed_out": "#c82333",
-    "cancelled": "#856404",
-    "lost": "#6f42c1",
-    "skipped": "#6c757d",
-    "active": "#1e7e34",
-    "standby": "#0b6bcb",
-    "stopping": "#856404",
-    "stopped": "#6c757d",
-    "dead": "#c82333",
-}
+# The look of the partials shared with the console (templates/partials/): state badges, fire
+# previews, audit counts, logs.
+STYLE = forms.Media(css={"all": ["scheduler/admin.css"]})
 
 
 # ---------------------------------------------------------------------------- small helpers
 
 
-def actor_of(request) -> str:
-    return request.user.get_username()
+def actor_of(request) -> Actor:
+    """The user, for the events their actions record (the door: the admin)."""
+    return Actor(name=request.user.get_username(), source="admin")
 
 
 def plural(n: int, noun: str) -> str:
@@ -98,11 +85,7 @@ def report(request, done: int, skipped: int, noun: str, verb: str, skipped_as: s
 
 
 def badge(state: str, label: str = ""):
-    colour = STATE_COLOURS.get(state, "#6c757d")
-    return format_html(
-        '<span style="background:{};color:#fff;padding:1px 6px;border-radius:8px;'
-        'white-space:nowrap">{}</span>', colour, label or state,
-    )
+    return render_to_string("partials/state_badge.html", {"state": state, "label": label})
 
 
 def seconds(delta) -> str:
@@ -110,7 +93,7 @@ def seconds(delta) -> str:
 
 
 def short_time(value) -> str:
-    return value.strftime(TIME_FORMAT) if value else "-"
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
 
 
 def admin_link(obj, text=None):
@@ -132,42 +115,16 @@ def save_changed(obj, form, change: bool) -> None:
         obj.save()
 
 
-def save_schedule(schedule: Schedule, changed: list[str] | None, actor: str) -> None:
+def save_schedule(schedule: Schedule, changed: list[str] | None, actor: Actor) -> None:
     # The event that Schedule.save() writes says who changed the definition.
-    schedule._actor = actor
     if schedule.pk is None or changed is None:
-        schedule.save()
+        schedule.save(actor=actor)
         return
     fields = {*changed, "updated_at"}
     if fields & set(Schedule.DEFINITION_FIELDS):
         # save() recomputes these when the definition changed; they must be written too.
         fields |= {"anchor_at", "version", "next_fire_at"}
-    schedule.save(update_fields=sorted(fields))
-
-
-class DataMapField(forms.JSONField):
-    """A job data map typed as JSON. Empty means {}; anything but a JSON object of plain
-    values is refused with the validator's message. The model field's validators are not
-    enough here: Django skips them for "empty" values such as [] and null."""
-
-    widget = forms.Textarea(attrs={"rows": 4, "cols": 80, "style": "font-family: monospace"})
-
-    def bound_data(self, data, initial):
-        # A refused form shows exactly what was typed, not a re-encoding of it (which could
-        # hold text no page can be written in, such as a lone surrogate from "\ud800").
-        if self.disabled:
-            return initial
-        return None if data is None else forms.fields.InvalidJSONInput(data)
-
-    def to_python(self, value):
-        if self.disabled:
-            return value
-        if value in self.empty_values:
-            return {}
-        if isinstance(value, str):
-            return parse_data_map(value)
-        validate_data_map(value)
-        return value
+    schedule.save(update_fields=sorted(fields), actor=actor)
 
 
 DATA_MAP_OVERRIDES = {models.JSONField: {"form_class": DataMapField}}
@@ -269,100 +226,23 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 # ---------------------------------------------------------------------------- schedule preview
 
 
-class PreviewForm(forms.Form):
-    """The query of the preview view: a schedule's definition as typed, not yet saved."""
-
-    kind = forms.ChoiceField(choices=Schedule.Kind.choices)
-    cron = forms.CharField(required=False)
-    timezone = forms.CharField(required=False)
-    interval_seconds = forms.IntegerField(required=False)
-    run_at = forms.DateTimeField(required=False)
-    start_at = forms.DateTimeField(required=False)
-    end_at = forms.DateTimeField(required=False)
-    now = forms.DateTimeField(required=False, help_text="Preview from this time, not now.")
-
-
-def preview_table(fires: list[timing.PreviewFire], zone: str):
-    if not fires:
-        return format_html('<p class="help">{}</p>', "No fire after now.")
-    rows = format_html_join(
-        "",
-        '<tr class="fire"><td>{}</td><td>{}</td><td>{}</td><td style="color:#c82333">{}</td></tr>',
-        ((i, fire.local.strftime(f"%a {TIME_FORMAT} %Z"), fire.at.strftime(f"{TIME_FORMAT}Z"),
-          fire.note) for i, fire in enumerate(fires, 1)),
-    )
-    return format_html(
-        '<table class="schedule-preview-table"><thead><tr><th>#</th><th>{}</th><th>UTC</th>'
-        "<th>DST note</th></tr></thead><tbody>{}</tbody></table>", zone, rows,
-    )
-
-
-def error_list(errors: list[str]):
-    return format_html('<ul class="errorlist">{}</ul>',
-                       format_html_join("", "<li>{}</li>", ((e,) for e in errors)))
-
-
-def validation_messages(exc: ValidationError, model=Schedule) -> list[str]:
-    if not hasattr(exc, "error_dict"):
-        return list(exc.messages)
-    out = []
-    for name, errors in exc.message_dict.items():
-        label = "" if name == "__all__" else f"{model._meta.get_field(name).verbose_name}: "
-        out.extend(f"{label}{message}" for message in errors)
-    return out
-
-
-def preview_for_query(query) -> tuple[list[timing.PreviewFire], str, list[str]]:
-    """(fires, zone, errors) for a definition given as query parameters."""
-    form = PreviewForm(query)
-    if not form.is_valid():
-        return [], "", [f"{name}: {message}" if name != "__all__" else message
-                        for name, errors in form.errors.items() for message in errors]
-    data = form.cleaned_data
-    schedule = Schedule(
-        kind=data["kind"], cron=data["cron"],
-        # A bare URL without a zone means UTC; an emptied field is refused as the form would.
-        timezone=data["timezone"] if "timezone" in query else "UTC",
-        interval_seconds=data["interval_seconds"], run_at=data["run_at"],
-        start_at=data["start_at"], end_at=data["end_at"],
-    )
-    try:
-        schedule.full_clean(exclude={"job", "cluster"}, validate_unique=False,
-                            validate_constraints=False)
-    except ValidationError as exc:
-        return [], "", validation_messages(exc)
-    now = data["now"] or db_now()
-    if schedule.kind == Schedule.Kind.INTERVAL:
-        # What Schedule.save() will do: an interval counts from its start, else from now.
-        schedule.anchor_at = schedule.start_at or now
-    try:
-        return timing.preview(schedule.timing(), now, PREVIEW_COUNT), schedule.timezone, []
-    except timing.TimingError as exc:
-        return [], "", [str(exc)]
+def fire_preview(fires: list[timing.PreviewFire], zone: str, errors: list[str] = ()):
+    return render_to_string("partials/fire_preview.html",
+                            {"fires": fires, "zone": zone, "errors": list(errors)})
 
 
 def preview_box(schedule: Schedule | None):
     """The saved definition's next fire times, and a place for the live preview of edits."""
-    if schedule is None or schedule.pk is None:
-        saved = format_html('<p class="help">{}</p>',
-                            "Not saved yet: the preview follows your edits.")
-    else:
-        try:
-            fires = timing.preview(schedule.timing(), db_now(), PREVIEW_COUNT)
-            saved = preview_table(fires, schedule.timezone)
-        except timing.TimingError as exc:
-            saved = error_list([str(exc)])
-        if schedule.paused:
-            saved = format_html('<p class="help">Paused: it fires at these times once resumed.'
-                                "</p>{}", saved)
-    return format_html(
-        '<div class="schedule-preview" data-url="{}"><div class="schedule-preview-saved">{}</div>'
-        '<div class="schedule-preview-live" aria-live="polite"></div></div>',
-        reverse("admin:scheduler_schedule_preview"), saved,
-    )
+    saved = schedule is not None and schedule.pk is not None
+    fires, errors = saved_preview(schedule) if saved else ([], [])
+    return render_to_string("partials/schedule_preview.html", {
+        "saved": saved, "paused": saved and schedule.paused, "fires": fires,
+        "zone": schedule.timezone if saved else "", "errors": errors,
+        "preview_url": reverse("admin:scheduler_schedule_preview"),
+    })
 
 
-SCHEDULE_MEDIA = forms.Media(js=["scheduler/schedule_preview.js"])
+SCHEDULE_MEDIA = STYLE + forms.Media(js=["scheduler/schedule_preview.js"])
 
 
 # ---------------------------------------------------------------------------- clusters, members
@@ -401,6 +281,9 @@ class MemberInline(admin.TabularInline):
 
 @admin.register(Cluster)
 class ClusterAdmin(OperatorActions, ActionsAdmin):
+    class Media:
+        css = {"all": ["scheduler/admin.css"]}  # state badges (STYLE)
+
     list_display = ("name", "mode", "active_member", "lease_epoch", "lease_expires_at",
                     "live_members")
     list_filter = ("mode",)
@@ -449,6 +332,9 @@ class ClusterAdmin(OperatorActions, ActionsAdmin):
 
 @admin.register(Member)
 class MemberAdmin(ReadOnlyAdmin):
+    class Media:
+        css = {"all": ["scheduler/admin.css"]}  # state badges (STYLE)
+
     list_display = ("name", "cluster", "state_badge", "role", "backup_precedence", "host", "pid",
                     "version", "started_at", "heartbeat", "running_tasks", "skew",
                     "stop_reason")
@@ -543,16 +429,12 @@ class JobAdmin(OperatorActions, ActionsAdmin):
 
         counts = audit.job_counts(obj, {"last hour": timedelta(hours=1),
                                         "last day": timedelta(days=1)})
-        labels = list(counts)
-        head = format_html_join("", "<th>{}</th>", ((label,) for label in labels))
-        rows = format_html_join("", "<tr><th>{}</th>{}</tr>", (
-            (verdict, format_html_join("", '<td class="{}">{}</td>', (
-                ("audit-missed" if verdict in audit.FAILING and counts[label][verdict]
-                 else "audit", counts[label][verdict]) for label in labels)))
-            for verdict in audit.ALL_VERDICTS))
-        return format_html('<table><thead><tr><th>verdict</th>{}</tr></thead><tbody>{}'
-                           "</tbody></table><style>td.audit-missed{{color:#c82333;"
-                           "font-weight:bold}}</style>", head, rows)
+        rows = [(verdict, [(counts[label][verdict],
+                            verdict in audit.FAILING and bool(counts[label][verdict]))
+                           for label in counts])
+                for verdict in audit.ALL_VERDICTS]
+        return render_to_string("partials/audit_summary.html",
+                                {"windows": list(counts), "rows": rows})
 
     def get_readonly_fields(self, request, obj=None):
         # Schedules carry their job's cluster for the daemon's due query; moving a job would
@@ -610,20 +492,10 @@ class JobAdmin(OperatorActions, ActionsAdmin):
         if obj is None or obj.pk is None:
             return "-"
         tasks = obj.tasks.select_related("member").order_by("-scheduled_for", "-id")[:20]
-        if not tasks:
-            return "No task yet."
-        rows = format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>"
-                                    "<td>{}</td><td>{}</td><td>{}</td></tr>", (
-            (admin_link(t, t.pk), t.trigger, short_time(t.scheduled_for), badge(t.state),
-             t.member.name if t.member else "-", short_time(t.started_at),
-             short_time(t.finished_at), "-" if t.exit_code is None else t.exit_code)
-            for t in tasks))
         all_url = reverse("admin:scheduler_task_changelist") + f"?job__id__exact={obj.pk}"
-        return format_html(
-            "<table><thead><tr><th>task</th><th>trigger</th><th>scheduled for</th>"
-            "<th>state</th><th>member</th><th>started</th><th>finished</th><th>exit</th></tr>"
-            '</thead><tbody>{}</tbody></table><p><a href="{}">All tasks of this job</a></p>',
-            rows, all_url)
+        return render_to_string("partials/recent_tasks.html", {
+            "tasks": tasks, "task_url_name": "admin:scheduler_task_change",
+            "all_url": all_url if tasks else "", "display_zone": "UTC"})
 
     @admin.action(description="Pause the job", description_plural="Pause selected jobs",
                   permissions=["operate"], location=LIST_AND_PAGE)
@@ -687,7 +559,7 @@ class ScheduleAdmin(OperatorActions, ActionsAdmin):
         if not self.has_view_permission(request):
             raise PermissionDenied
         fires, zone, errors = preview_for_query(request.GET)
-        return HttpResponse(error_list(errors) if errors else preview_table(fires, zone))
+        return HttpResponse(fire_preview(fires, zone, errors))
 
     def get_readonly_fields(self, request, obj=None):
         return self.readonly_fields + (("job",) if obj else ())
@@ -729,6 +601,9 @@ class ScheduleAdmin(OperatorActions, ActionsAdmin):
 
 @admin.register(Task)
 class TaskAdmin(OperatorActions, ActionsAdmin):
+    class Media:
+        css = {"all": ["scheduler/admin.css"]}  # state badges (STYLE)
+
     list_display = ("id", "job", "trigger", "scheduled_for", "state_badge", "attempt",
                     "member_name", "started_at", "finished_at", "duration", "late", "exit_code")
     list_filter = ("state", "trigger", "cluster", ("member", MemberFilter), ("job", JobFilter))
@@ -786,9 +661,7 @@ class TaskAdmin(OperatorActions, ActionsAdmin):
         note = ""
         if obj.state in Task.UNFINISHED_STATES:
             note = f"The task is {obj.state}: reload the page for newer output."
-        return format_html(
-            '<p class="help">{}</p><pre style="max-height:40em;overflow:auto;'
-            'white-space:pre-wrap;margin:0">{}</pre>', note, text or "(no output)")
+        return render_to_string("partials/task_log.html", {"text": text, "note": note})
 
     @admin.action(description="Cancel the task", description_plural="Cancel selected tasks",
                   permissions=["operate"], location=LIST_AND_PAGE)

@@ -20,7 +20,7 @@ from django.db import connection, transaction
 from django.db.models import F
 from django.utils.dateparse import parse_datetime
 
-from scheduler import timing
+from scheduler import eventlog, timing
 from scheduler.models import Job, Member, Task
 
 log = logging.getLogger("opscenter.ledger")
@@ -403,14 +403,10 @@ def claim(
             if misfires:
                 _record_misfires(cluster_id, member_id, misfires)
             if parked:
-                from scheduler.models import Event
-
-                Event.objects.bulk_create([Event(
-                    cluster_id=cluster_id, kind=Event.Kind.SCHEDULE_CHANGED,
-                    member_id=member_id, job_id=job_id, schedule_id=sid,
-                    message=f"schedule {sid} cannot be computed ({why}); it no longer fires "
-                            "until it is edited", data={"parked": True, "error": why},
-                ) for sid, job_id, why in parked])
+                eventlog.write_all([
+                    eventlog.schedule_parked(cluster_id, member_id, job_id, sid, why)
+                    for sid, job_id, why in parked
+                ])
             if replace_jobs:
                 Task.objects.filter(job_id__in=replace_jobs, state=Task.State.RUNNING,
                                     cancel_reason="").update(
@@ -551,7 +547,7 @@ def _advance_schedules(advances: list[tuple]) -> None:
 
 
 def _record_misfires(cluster_id: int, member_id: int, misfires: list[tuple]) -> None:
-    from scheduler.models import Event, MisfireRecord
+    from scheduler.models import MisfireRecord
 
     MisfireRecord.objects.bulk_create([
         MisfireRecord(cluster_id=cluster_id, schedule_id=sid, first_fire_at=first,
@@ -559,15 +555,8 @@ def _record_misfires(cluster_id: int, member_id: int, misfires: list[tuple]) -> 
                       member_id=member_id)
         for sid, first, last, count, policy, reason in misfires
     ])
-    Event.objects.bulk_create([
-        Event(
-            cluster_id=cluster_id, kind=Event.Kind.MISFIRE, member_id=member_id,
-            schedule_id=sid,
-            message=f"schedule {sid}: {count} missed fire(s) from {first:%Y-%m-%d %H:%M:%S} "
-                    f"to {last:%Y-%m-%d %H:%M:%S} UTC not run ({reason})",
-            data={"first": first.isoformat(), "last": last.isoformat(), "count": count,
-                  "policy": policy, "reason": reason},
-        )
+    eventlog.write_all([
+        eventlog.misfire(cluster_id, member_id, sid, first, last, count, policy, reason)
         for sid, first, last, count, policy, reason in misfires
     ])
 
@@ -606,8 +595,6 @@ def record_finished(cluster_id: int, member_id: int, finished: list[Finished],
         kept = _finish_rows(member_id, now, finished)
         discarded = [f.task_id for f in finished if f.task_id not in kept]
         retries = []
-        from scheduler.models import Event
-
         cancelled = _cancel_lost_if_asked(finished, kept)
         for f in finished:
             if f.task_id not in kept or f.task_id in cancelled:
@@ -633,13 +620,8 @@ def record_finished(cluster_id: int, member_id: int, finished: list[Finished],
                         not_before=now + timedelta(seconds=delay), parameters=f.parameters,
                         retry_of_id=f.task_id,
                     ))
-                Event.objects.create(
-                    cluster_id=cluster_id, kind=Event.Kind.TASK_FAILED, member_id=member_id,
-                    job_id=f.job.id, task_id=f.task_id,
-                    message=f"task {f.task_id} of job {f.job.name} {f.state.replace('_', ' ')}:"
-                            f" {f.error}" + (" (retry queued)" if f.attempt <= f.job.max_retries
-                                             else ""),
-                )
+                eventlog.task_failed(cluster_id, member_id, f.job, f.task_id, f.state, f.error,
+                                     retried=f.attempt <= f.job.max_retries)
         if retries:
             Task.objects.bulk_create(retries, ignore_conflicts=True)
     return discarded
@@ -743,8 +725,6 @@ def record_ran_unowned(cluster_id: int, member_id: int, member_name: str,
     say so. Only rows still there get it (a task, job or member deleted meanwhile has nothing
     left to audit); returns their ids. The rare path of a member that was unreachable: a
     statement per task is fine."""
-    from scheduler.models import Event
-
     if not entries:
         return []
     written: list[tuple[int, int, datetime]] = []
@@ -756,13 +736,8 @@ def record_ran_unowned(cluster_id: int, member_id: int, member_name: str,
                 continue
             Task.objects.filter(pk=task_id, ran_unowned_at__isnull=True).update(ran_unowned_at=at)
             written.append((task_id, row["job_id"], at))
-        Event.objects.bulk_create([
-            Event(cluster_id=cluster_id, kind=Event.Kind.TASK_RAN_UNOWNED, member_id=member_id,
-                  job_id=job_id, task_id=task_id, actor=member_name,
-                  message=f"task {task_id}: its job was entered on member {member_name} at "
-                          f"{at.astimezone(UTC):%Y-%m-%d %H:%M:%S.%f}"[:-3] + " UTC, but the "
-                          "task was declared lost with that member: the fire may have run twice",
-                  data={"task": task_id, "member": member_name, "entered_at": at.isoformat()})
+        eventlog.write_all([
+            eventlog.task_ran_unowned(cluster_id, member_id, member_name, job_id, task_id, at)
             for task_id, job_id, at in written
         ])
     return [w[0] for w in written]
@@ -815,8 +790,6 @@ def lose_member_tasks(cluster_id: int, member_id: int, *, by: str, why: str,
     `died`: the member died (rather than stopped): each of its tasks counts one more member
     death, carried into its recovery; at QUARANTINE_AFTER_DEATHS the task is quarantined,
     lost without a recovery, and an event says why."""
-    from scheduler.models import Event
-
     rows = list(
         Task.objects.select_for_update().filter(member_id=member_id, state=Task.State.RUNNING)
         .values("id", "job_id", "schedule_id", "scheduled_for", "attempt", "parameters",
@@ -850,20 +823,10 @@ def lose_member_tasks(cluster_id: int, member_id: int, *, by: str, why: str,
              member_deaths=r["deaths"])
         for r in lost if r["job__recover_lost"]
     ], ignore_conflicts=True)
-    Event.objects.bulk_create([
-        Event(cluster_id=cluster_id, kind=Event.Kind.TASK_LOST, member_id=member_id,
-              job_id=r["job_id"], task_id=r["id"], actor=by,
-              message=f"task {r['id']} of job {r['job__name']} lost: {why}"
-                      + ("; recovery run queued" if r["job__recover_lost"] else ""),
-              data={"recovered": r["job__recover_lost"], "member_deaths": r["deaths"]})
-        for r in lost
-    ] + [
-        Event(cluster_id=cluster_id, kind=Event.Kind.TASK_QUARANTINED, member_id=member_id,
-              job_id=r["job_id"], task_id=r["id"], actor=by,
-              message=f"task {r['id']} of job {r['job__name']} {r['error']}",
-              data={"recovered": False, "member_deaths": r["deaths"]})
-        for r in quarantined
-    ])
+    eventlog.write_all(
+        [eventlog.task_lost(cluster_id, member_id, by, r, why) for r in lost]
+        + [eventlog.task_quarantined(cluster_id, member_id, by, r) for r in quarantined]
+    )
     if quarantined:
         log.error("quarantined task(s) %s: their member died while running them %d times in a "
                   "row", [r["id"] for r in quarantined], QUARANTINE_AFTER_DEATHS)
@@ -874,7 +837,7 @@ def _return_orders_of_dead_members(cluster_id: int, by: str) -> int:
     """Orders held by a dead member: a step in flight goes back to its node to be processed
     again, and an order of a chain that is not distributed may be adopted by another member.
     Finished and failed orders stay as they are."""
-    from scheduler.models import Event, Order
+    from scheduler.models import Order
 
     held = list(Order.objects.select_related("member")
                 .filter(chain__cluster_id=cluster_id, member__state=Member.State.DEAD)
@@ -888,14 +851,7 @@ def _return_orders_of_dead_members(cluster_id: int, by: str) -> int:
         )
         if changed:
             returned += 1
-            Event.objects.create(
-                cluster_id=cluster_id, kind=Event.Kind.ORDER_RETURNED, actor=by,
-                member_id=order.member_id,
-                message=f"order {order.order_id} of dead member {order.member.name} "
-                        + (f"goes back to node {order.state} to be processed again"
-                           if was_running else "may be adopted by another member"),
-                data={"order": order.pk, "state": order.state, "was_running": was_running},
-            )
+            eventlog.order_returned(order, cluster_id, by, was_running)
     return returned
 
 

@@ -1,5 +1,6 @@
 """The allowed range of every number a node is configured with, one rule for every door: the
-environment (opscenter/settings.py), the options of `runscheduler` and NodeSettings itself.
+environment (scheduler/env.py, read by the settings), the options of `runscheduler` and
+NodeSettings itself.
 
 No Django imports: the settings module reads it before Django is set up.
 """

@@ -20,9 +20,10 @@ from django.db import IntegrityError, OperationalError, connection, transaction
 from django.db.models import F, Q
 from django.db.models.functions import Now
 
-from scheduler import __version__
+from scheduler import __version__, eventlog
 from scheduler.clock import db_now
-from scheduler.models import Cluster, Event, Member
+from scheduler.eventlog import Actor
+from scheduler.models import Cluster, Member
 
 log = logging.getLogger("opscenter.membership")
 
@@ -150,15 +151,7 @@ def register(opts: MemberOptions, dead_after: float,
         )
         # Taken before the row is visible to others, so no one sees a live member without it.
         acquire_member_lock(member.pk)
-        Event.record(
-            cluster.pk, Event.Kind.MEMBER_JOINED, member=member, actor=member.name,
-            message=f"member {member.name} joined ({member.mode}"
-                    f"{', ' + member.role if member.role else ''}) "
-                    f"on {member.host} pid {member.pid}",
-            data={"host": member.host, "ip": member.ip, "pid": member.pid,
-                  "version": member.version, "labels": member.labels, "role": member.role,
-                  "precedence": member.backup_precedence},
-        )
+        eventlog.member_joined(member)
     member.refresh_from_db()
     return member
 
@@ -208,10 +201,7 @@ def _declare_gone(member: Member, successor: str) -> None:
         declared_dead_by=f"starting member {successor}"[:100],
     )
     if changed:
-        Event.record(member.cluster_id, Event.Kind.MEMBER_DEAD, member=member,
-                     actor=successor,
-                     message=f"member {member.name} (pid {member.pid}) on this host is gone: "
-                             "declared dead by its successor")
+        eventlog.member_gone(member, successor)
         log.warning("member %s (pid %d) on this host is gone: declared dead", member.name,
                     member.pid)
 
@@ -271,8 +261,7 @@ def declare_dead(cluster_id: int, me: Member | None, by: str, dead_after: float,
         if changed:
             member = Member.objects.get(pk=pk)
             dead.append(member)
-            Event.record(cluster_id, Event.Kind.MEMBER_DEAD, member=member, actor=by,
-                         message=f"member {member.name} declared dead by {by}: {reason[pk]}")
+            eventlog.member_dead(member, by, reason[pk])
             log.warning("member %s declared dead: %s", member.name, reason[pk])
     return dead
 
@@ -295,16 +284,16 @@ def mark_stopped(member: Member, reason: str) -> None:
             Cluster.objects.filter(pk=member.cluster_id, lease_holder=member).update(
                 lease_expires_at=Now()
             )
-            Event.record(member.cluster_id, Event.Kind.MEMBER_STOPPED, member=member,
-                         actor=member.name, message=f"member {member.name} stopped: {reason}")
+            eventlog.member_stopped(member, reason)
 
 
-def set_state(member: Member, state: str, message: str, kind: str) -> None:
+def set_state(member: Member, state: str) -> bool:
+    """Move a live member to `state`. True if it changed (the caller records why)."""
     changed = Member.objects.filter(pk=member.pk, state__in=Member.LIVE_STATES).exclude(
         state=state).update(state=state)
     if changed:
         member.state = state
-        Event.record(member.cluster_id, kind, member=member, actor=member.name, message=message)
+    return bool(changed)
 
 
 # ---------------------------------------------------------------- the passive cluster's lease
@@ -346,10 +335,7 @@ def _take(member: Member, observed_epoch: int, ttl: float, why: str) -> int | No
             transaction.set_rollback(True)
             return None
         member.state = Member.State.ACTIVE
-        Event.record(member.cluster_id, Event.Kind.LEASE_TAKEN, member=member, actor=member.name,
-                     message=f"member {member.name} is now the active member "
-                             f"(epoch {epoch}): {why}",
-                     data={"epoch": epoch})
+        eventlog.lease_taken(member, epoch, why)
     log.warning("member %s took the lease (epoch %d): %s", member.name, epoch, why)
     return epoch
 
@@ -371,10 +357,7 @@ def seek_lease(member: Member, ttl: float, dead_after: float, stagger: float) ->
                     state=Member.State.ACTIVE):
                 return None
             member.state = Member.State.ACTIVE
-            Event.record(member.cluster_id, Event.Kind.MEMBER_ACTIVE, member=member,
-                         actor=member.name,
-                         message=f"member {member.name} is now the active member "
-                                 f"(epoch {view.epoch}, handed over)")
+            eventlog.member_active(member, view.epoch)
             return view.epoch
         return _take(member, view.epoch, ttl, "its own expired lease")
     holder = Member.objects.filter(pk=view.holder_id).first() if view.holder_id else None
@@ -406,9 +389,7 @@ def seek_lease(member: Member, ttl: float, dead_after: float, stagger: float) ->
                     and view.handover_to_id is None:
                 Cluster.objects.filter(pk=member.cluster_id, lease_epoch=view.epoch,
                                        handover_to__isnull=True).update(handover_to=member)
-                Event.record(member.cluster_id, Event.Kind.SWITCHOVER_REQUESTED, member=member,
-                             actor=member.name,
-                             message=f"primary {member.name} reclaims the lease from {holder.name}")
+                eventlog.lease_reclaimed(member, holder)
             return None
         since = view.expires_at or now
     else:
@@ -441,14 +422,11 @@ def hand_over_if_asked(member: Member, epoch: int, ttl: float) -> bool:
         Member.objects.filter(pk=member.pk, state=Member.State.ACTIVE).update(
             state=Member.State.STANDBY)
         member.state = Member.State.STANDBY
-        Event.record(member.cluster_id, Event.Kind.LEASE_HANDOVER, member=member,
-                     actor=member.name,
-                     message=f"member {member.name} handed the lease to {target.name} "
-                             f"(epoch {epoch + 1})", data={"to": target.name, "epoch": epoch + 1})
+        eventlog.lease_handover(member, target, epoch + 1)
     return True
 
 
-def request_switchover(cluster_name: str, to: str | None, actor: str) -> Member:
+def request_switchover(cluster_name: str, to: str | None, actor: Actor | str) -> Member:
     """An operator's switch-over: hand the lease to a named standby member (default: the
     primary). Refused with a clear message when that is not possible."""
     cluster = Cluster.objects.filter(name=cluster_name).first()
@@ -469,8 +447,7 @@ def request_switchover(cluster_name: str, to: str | None, actor: str) -> Member:
             raise MemberRefused(f"the primary of '{cluster_name}' is not a live standby member")
     with transaction.atomic():
         Cluster.objects.filter(pk=cluster.pk).update(handover_to=target)
-        Event.record(cluster.pk, Event.Kind.SWITCHOVER_REQUESTED, member=target, actor=actor,
-                     message=f"switch-over to {target.name} requested by {actor or 'an operator'}")
+        eventlog.switchover_requested(cluster.pk, target, actor)
     from scheduler.wakeup import notify_nodes
 
     notify_nodes(cluster.pk)

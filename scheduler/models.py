@@ -15,7 +15,7 @@ from django.db import models, transaction
 from django.db.models import Q
 from django.db.models.functions import Now
 
-from scheduler import timing
+from scheduler import eventlog, timing
 from scheduler.clock import db_now
 from scheduler.eventlog import Actor
 from scheduler.validators import (
@@ -274,18 +274,17 @@ class Job(models.Model):
 
     # -- operator actions: each is a conditional update plus an event, safe from any door --
 
-    def pause(self, actor: str = "") -> bool:
+    def pause(self, actor: Actor | str = "") -> bool:
         with transaction.atomic():
             changed = Job.objects.filter(pk=self.pk, paused=False).update(paused=True)
             if changed:
                 # Out of the nodes' due scan while paused; resume starts again from then.
                 self.schedules.update(next_fire_at=None)
-                Event.record(self.cluster_id, Event.Kind.JOB_PAUSED, actor=actor, job=self,
-                             message=f"job {self.name} paused")
+                eventlog.job_paused(self, actor)
         self.paused = True
         return bool(changed)
 
-    def resume(self, actor: str = "") -> bool:
+    def resume(self, actor: Actor | str = "") -> bool:
         with transaction.atomic():
             changed = Job.objects.filter(pk=self.pk, paused=True).update(paused=False)
             if changed:
@@ -293,13 +292,12 @@ class Job(models.Model):
                 now = db_now()
                 for schedule in self.schedules.select_for_update():
                     schedule.restart_from(now)
-                Event.record(self.cluster_id, Event.Kind.JOB_RESUMED, actor=actor, job=self,
-                             message=f"job {self.name} resumed")
+                eventlog.job_resumed(self, actor)
                 notify_nodes(self.cluster_id)
         self.paused = False
         return bool(changed)
 
-    def run_now(self, actor: str = "", parameters: dict | None = None) -> Task:
+    def run_now(self, actor: Actor | str = "", parameters: dict | None = None) -> Task:
         """Queue a manual run; the first member with free capacity (and affinity) starts it."""
         if parameters is not None:
             validate_parameters(parameters)
@@ -313,10 +311,9 @@ class Job(models.Model):
                 scheduled_for=now,
                 not_before=now,
                 parameters=parameters or {},
-                requested_by=actor,
+                requested_by=str(actor),
             )
-            Event.record(self.cluster_id, Event.Kind.JOB_RUN_NOW, actor=actor, job=self,
-                         task=task, message=f"job {self.name}: run now requested")
+            eventlog.job_run_now(self, task, actor)
         return task
 
 
@@ -469,9 +466,10 @@ class Schedule(models.Model):
             return timing.Timing(**{**_timing_kwargs(t), "anchor": djtz.now()})
         return t
 
-    def save(self, *args, **kwargs) -> None:
+    def save(self, *args, actor: Actor | str = "", **kwargs) -> None:
         """Saving recomputes the next fire from now when the definition changed, and records
-        the definition in force in the event log so an edit can be audited on both sides."""
+        the definition in force in the event log (naming `actor`, who changed it) so an edit
+        can be audited on both sides."""
         if self.job_id and not self.cluster_id:
             self.cluster_id = self.job.cluster_id
         previous = None
@@ -493,38 +491,29 @@ class Schedule(models.Model):
                 self.next_fire_at = timing.first_fire(self.timing(), now)
             super().save(*args, **kwargs)
             if changed:
-                Event.record(
-                    self.cluster_id,
-                    Event.Kind.SCHEDULE_CHANGED if previous else Event.Kind.SCHEDULE_CREATED,
-                    job_id=self.job_id, schedule=self, actor=getattr(self, "_actor", ""),
-                    message=f"schedule {self.pk} of job {self.job.name}: {self.describe()}",
-                    data={"definition": self.definition(), "version": self.version},
-                )
+                write = eventlog.schedule_changed if previous else eventlog.schedule_created
+                write(self, actor)
 
     def restart_from(self, now) -> None:
         """Resume point: the next fire at or after `now` (fires owed while paused are not owed)."""
         self.next_fire_at = timing.first_fire(self.timing(), now)
         Schedule.objects.filter(pk=self.pk).update(next_fire_at=self.next_fire_at)
 
-    def pause(self, actor: str = "") -> bool:
+    def pause(self, actor: Actor | str = "") -> bool:
         with transaction.atomic():
             changed = Schedule.objects.filter(pk=self.pk, paused=False).update(
                 paused=True, next_fire_at=None)
             if changed:
-                Event.record(self.cluster_id, Event.Kind.SCHEDULE_PAUSED, actor=actor,
-                             job_id=self.job_id, schedule=self,
-                             message=f"schedule {self.pk} of job {self.job.name} paused")
+                eventlog.schedule_paused(self, actor)
         self.paused = True
         return bool(changed)
 
-    def resume(self, actor: str = "") -> bool:
+    def resume(self, actor: Actor | str = "") -> bool:
         with transaction.atomic():
             changed = Schedule.objects.filter(pk=self.pk, paused=True).update(paused=False)
             if changed:
                 self.restart_from(db_now())
-                Event.record(self.cluster_id, Event.Kind.SCHEDULE_RESUMED, actor=actor,
-                             job_id=self.job_id, schedule=self,
-                             message=f"schedule {self.pk} of job {self.job.name} resumed")
+                eventlog.schedule_resumed(self, actor)
                 notify_nodes(self.cluster_id)
         self.paused = False
         return bool(changed)
@@ -660,7 +649,7 @@ class Task(models.Model):
     def log_text(self) -> str:
         return "".join(self.log_chunks.order_by("id").values_list("text", flat=True))
 
-    def request_cancel(self, reason: str, actor: str = "") -> bool:
+    def request_cancel(self, reason: str, actor: Actor | str = "") -> bool:
         """Ask the member running this task to stop it (a queued one is cancelled at once)."""
         with transaction.atomic():
             queued = Task.objects.filter(pk=self.pk, state=Task.State.QUEUED).update(
@@ -673,8 +662,7 @@ class Task(models.Model):
                 )
             if queued or running:
                 notify_nodes(self.cluster_id)
-                Event.record(self.cluster_id, Event.Kind.TASK_CANCEL, actor=actor,
-                             job_id=self.job_id, task=self, message=f"{self}: cancel ({reason})")
+                eventlog.task_cancel(self, reason, actor)
         return bool(queued or running)
 
 
@@ -962,13 +950,14 @@ class Event(models.Model):
     def record(cls, cluster_id: int, kind: str, *, message: str, actor: str | Actor = "",
                member=None, job=None, job_id=None, schedule=None, task=None,
                data: dict | None = None) -> Event:
-        # An Actor (scheduler/eventlog.py) brings its door and reason; a plain name neither.
-        return cls.objects.create(
-            cluster_id=cluster_id, kind=kind, message=message, actor=str(actor or ""),
-            source=getattr(actor, "source", ""), reason=getattr(actor, "reason", ""),
-            member=member, job_id=job_id if job_id is not None else getattr(job, "pk", None),
+        """An event of any kind; scheduler/eventlog.py has a writer for each kind."""
+        event = eventlog.build(
+            cluster_id, kind, message, actor, member=member,
+            job_id=job_id if job_id is not None else getattr(job, "pk", None),
             schedule=schedule, task=task, data=data or {},
         )
+        event.save(force_insert=True)
+        return event
 
 
 

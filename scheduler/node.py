@@ -21,10 +21,10 @@ from datetime import UTC, datetime
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection, connections, transaction
 
-from scheduler import executors, ledger, membership, text, validators
+from scheduler import eventlog, executors, ledger, membership, text, validators
 from scheduler.clock import db_now
 from scheduler.limits import BOUNDS, door_names
-from scheduler.models import Cluster, Event, Member, Task
+from scheduler.models import Cluster, Member, Task
 from scheduler.reaper import TOKEN_VAR, Reaper
 
 log = logging.getLogger("opscenter.node")
@@ -773,9 +773,8 @@ class Node:
             return
         log.error("lease lost: %s; standing by", why)
         self.epoch = None
-        membership.set_state(self.member, Member.State.STANDBY,
-                             f"member {self.member.name} lost the lease ({why}) and stands by",
-                             Event.Kind.LEASE_LOST)
+        if membership.set_state(self.member, Member.State.STANDBY):
+            eventlog.lease_lost(self.member, why)
 
     # ------------------------------------------------------------ failures
 
@@ -907,9 +906,8 @@ class Node:
         if self.member is None:
             return
         try:
-            membership.set_state(self.member, Member.State.STOPPING,
-                                 f"member {self.member.name} is stopping",
-                                 Event.Kind.MEMBER_STOPPING)
+            if membership.set_state(self.member, Member.State.STOPPING):
+                eventlog.member_stopping(self.member)
         except DB_ERRORS as exc:
             self._database_weather(exc)
         if self.running:

@@ -359,6 +359,41 @@ def test_schedule_actions_pause_and_resume(admin_client, world):
     assert {"schedule.paused", "schedule.resumed"} <= set(kinds)
 
 
+def test_the_events_of_admin_actions_name_the_admin_as_their_door(admin_client, world):
+    admin_client.post(url(Schedule, "change", world.schedule.pk),
+                      schedule_form(world.job, cron="15 4 * * *"))
+    admin_client.post(url(Schedule, "changelist"), {"action": "pause_schedules",
+                                                    "_selected_action": [world.schedule.pk]})
+    admin_client.post(url(Job, "changelist"), {"action": "pause_jobs",
+                                               "_selected_action": [world.job.pk]})
+    admin_client.post(url(Job, "changelist"), {"action": "run_jobs_now",
+                                               "_selected_action": [world.job.pk]})
+    queued = Task.objects.get(job=world.job, trigger="manual")
+    admin_client.post(url(Task, "changelist"), {"action": "cancel_tasks",
+                                                "_selected_action": [queued.pk]})
+    events = Event.objects.filter(actor="admin")
+    assert set(events.values_list("kind", flat=True)) == {
+        "schedule.changed", "schedule.paused", "job.paused", "job.run_now", "task.cancel"}
+    assert set(events.values_list("source", "reason")) == {("admin", "")}
+
+
+def test_the_admin_shows_the_partials_it_shares_with_the_console(admin_client, world):
+    TaskLog.objects.create(task=world.task, text="<script>alert(1)</script>")
+    task_page = admin_client.get(url(Task, "change", world.task.pk)).content.decode()
+    assert '<pre class="log">hello &lt;b&gt;world&lt;/b&gt;' in task_page
+    assert "<script>alert(1)" not in task_page
+    assert "scheduler/admin.css" in task_page
+    job_page = admin_client.get(url(Job, "change", world.job.pk)).content.decode()
+    assert '<span class="badge state-succeeded">succeeded</span>' in job_page
+    assert f'<tr data-task-state="succeeded"><td><a href="{url(Task, "change", world.task.pk)}">' \
+        in job_page
+    assert 'class="audit-summary"' in job_page and "scheduler/admin.css" in job_page
+    assert "background:" not in job_page.split("<body")[1]  # no inline badge colours left
+    members = admin_client.get(url(Member, "changelist")).content.decode()
+    assert '<span class="badge state-dead">dead</span>' in members
+    assert "scheduler/admin.css" in members
+
+
 def test_the_schedule_page_previews_the_saved_definition(admin_client, shell_job):
     schedule = add_schedule(shell_job, cron="0 12 * * *", timezone="Europe/Berlin")
     response = admin_client.get(url(Schedule, "change", schedule.pk))

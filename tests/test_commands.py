@@ -199,6 +199,18 @@ def test_pausejob_and_resumejob_record_the_actor(cluster, shell_job):
     assert Event.objects.filter(kind="job.resumed", actor="bob", job=other).exists()
 
 
+def test_the_events_of_commands_name_the_command_line_as_their_door(shell_job):
+    run("addschedule", "--cluster", "test", "echo", "--cron", "0 3 * * *", "--actor", "bob")
+    run("pausejob", "--cluster", "test", "echo", "--actor", "bob")
+    run("runjob", "--cluster", "test", "echo", "--actor", "bob")
+    schedule = Schedule.objects.get(job=shell_job)
+    run("pauseschedule", str(schedule.pk), "--actor", "bob")
+    events = Event.objects.filter(actor="bob")
+    assert set(events.values_list("kind", flat=True)) == {
+        "schedule.created", "job.paused", "job.run_now", "schedule.paused"}
+    assert set(events.values_list("source", flat=True)) == {"cli"}
+
+
 def test_pausejob_actor_defaults_to_the_os_user(shell_job, monkeypatch):
     monkeypatch.setattr("getpass.getuser", lambda: "carol")
     run("pausejob", "--cluster", "test", "echo")

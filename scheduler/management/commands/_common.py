@@ -21,6 +21,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError, connection
 from django.utils import timezone
 
+from scheduler.eventlog import Actor
 from scheduler.models import Cluster, Job, Task, TaskLog
 from scheduler.validators import text_problem
 
@@ -138,8 +139,9 @@ def add_actor_argument(parser) -> None:
                         help="Who does this, for the event log (default: the OS user).")
 
 
-def actor(options) -> str:
-    return options.get("actor") or default_actor()
+def actor(options) -> Actor:
+    """Who runs this command, for the events it records (the door: the command line)."""
+    return Actor(name=options.get("actor") or default_actor(), source="cli")
 
 
 def get_cluster(name: str | None) -> Cluster:

@@ -90,13 +90,12 @@ class Command(OperatorCommand):
             end_at=parse_time(options["end"], "--end", zone),
             misfire_policy=options["misfire"],
         )
-        schedule._actor = actor(options)  # named in the schedule.created event
         try:
             schedule.full_clean()
         except ValidationError as exc:
             raise validation_error(exc, OPTIONS) from None
         with transaction.atomic():
-            schedule.save()
+            schedule.save(actor=actor(options))  # named in the schedule.created event
         self.stdout.write(f"schedule {schedule.pk} added to job {job.name}: "
                           f"{schedule.describe()}")
         fires = timing.preview(schedule.timing(), db_now(), SHOWN_FIRES)
