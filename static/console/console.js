@@ -39,6 +39,19 @@
     });
   }
 
+  // A table wider than the screen scrolls inside its .table-wrap: keyboard users must be
+  // able to reach it (focusable) and hear what it is (a region named by the table's caption).
+  function labelScrollers(root) {
+    (root.querySelectorAll ? root : document).querySelectorAll(".table-wrap").forEach(function (el) {
+      if (el.scrollWidth > el.clientWidth + 1) {
+        var caption = el.querySelector("caption");
+        el.setAttribute("tabindex", "0");
+        el.setAttribute("role", "region");
+        el.setAttribute("aria-label", caption ? caption.textContent.trim() : "Scrollable table");
+      }
+    });
+  }
+
   function checkSilence() {
     var silent = document.querySelector("[ws-connect]") && Date.now() - lastMessage > SILENT_MS;
     document.body.classList.toggle("stale", !!silent);
@@ -48,9 +61,16 @@
 
   document.addEventListener("htmx:wsAfterMessage", function () { lastMessage = Date.now(); });
   document.addEventListener("htmx:wsOpen", function () { lastMessage = Date.now(); });
-  document.addEventListener("htmx:afterSettle", function (evt) { formatTimes(evt.target); });
-  document.addEventListener("htmx:oobAfterSwap", function (evt) { formatTimes(evt.target); });
-  document.addEventListener("DOMContentLoaded", function () { formatTimes(document); tickAges(); });
+  document.addEventListener("htmx:afterSettle", function (evt) {
+    formatTimes(evt.target); labelScrollers(evt.target.parentNode || document);
+  });
+  document.addEventListener("htmx:oobAfterSwap", function (evt) {
+    formatTimes(evt.target); labelScrollers(evt.target.parentNode || document);
+  });
+  document.addEventListener("DOMContentLoaded", function () {
+    formatTimes(document); tickAges(); labelScrollers(document);
+  });
+  window.addEventListener("resize", function () { labelScrollers(document); });
   setInterval(tickAges, 200);
   setInterval(checkSilence, 1000);
 })();
