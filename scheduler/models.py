@@ -631,6 +631,9 @@ class Task(models.Model):
             models.Index(fields=["job", "-scheduled_for"], name="task_job_recent"),
             # prune_history: old finished tasks.
             models.Index(fields=["created_at"], name="task_created"),
+            # The console's task list (views/tasks.py), newest first by fire time, paged by
+            # keyset (scheduled_for, id), with or without filters and a time range.
+            models.Index(fields=["scheduled_for", "id"], name="task_console_recent"),
         ]
 
     def __str__(self) -> str:
@@ -643,6 +646,7 @@ class Task(models.Model):
         return None
 
     def log_text(self) -> str:
+        """The whole captured log (small logs; the console reads big ones through tasklogs)."""
         return "".join(self.log_chunks.order_by("id").values_list("text", flat=True))
 
     def request_cancel(self, reason: str, actor: str = "") -> bool:
@@ -669,12 +673,27 @@ class TaskLog(models.Model):
     task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="log_chunks")
     text = models.TextField()
     created_at = models.DateTimeField(db_default=Now())
+    # The size in bytes (UTF-8) of the task's log up to the end of this chunk: a byte cursor
+    # over the whole log lands in the first chunk ending after it (scheduler/tasklogs.py).
+    # Set by every writer (ledger.write_logs, save); empty only on rows from before it.
+    end_offset = models.BigIntegerField(null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ["id"]
+        indexes = [
+            # tasklogs.read_from / size (the console's live log): a task's chunks from a cursor.
+            models.Index(fields=["task", "end_offset"], name="tasklog_task_end"),
+        ]
 
     def __str__(self) -> str:
         return f"log of task {self.task_id}"
+
+    def save(self, *args, **kwargs) -> None:
+        if self.end_offset is None and self.task_id:
+            from scheduler.tasklogs import with_offsets
+
+            self.end_offset = with_offsets([(self.task_id, self.text)])[0].end_offset
+        super().save(*args, **kwargs)
 
 
 class MisfireRecord(models.Model):

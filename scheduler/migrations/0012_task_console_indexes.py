@@ -1,0 +1,43 @@
+# The console's task list and live log: an index for the task list newest first, and each log
+# chunk's end offset (bytes of the log up to its end) for reads from a byte cursor.
+
+from django.db import migrations, models
+
+
+def backfill_end_offsets(apps, schema_editor):
+    """Running sums of the chunks' UTF-8 sizes, task by task, in id order."""
+    TaskLog = apps.get_model("scheduler", "TaskLog")
+    task_ids = (TaskLog.objects.filter(end_offset__isnull=True).order_by()
+                .values_list("task_id", flat=True).distinct())
+    for task_id in list(task_ids):
+        end = 0
+        rows = []
+        for pk, text in (TaskLog.objects.filter(task_id=task_id).order_by("id")
+                         .values_list("id", "text").iterator(chunk_size=200)):
+            end += len(text.encode("utf-8", "replace"))
+            rows.append(TaskLog(pk=pk, end_offset=end))
+        TaskLog.objects.bulk_update(rows, ["end_offset"], batch_size=500)
+
+
+class Migration(migrations.Migration):
+
+    dependencies = [
+        ('scheduler', '0009_event_source'),
+    ]
+
+    operations = [
+        migrations.AddField(
+            model_name='tasklog',
+            name='end_offset',
+            field=models.BigIntegerField(blank=True, editable=False, null=True),
+        ),
+        migrations.AddIndex(
+            model_name='task',
+            index=models.Index(fields=['scheduled_for', 'id'], name='task_console_recent'),
+        ),
+        migrations.AddIndex(
+            model_name='tasklog',
+            index=models.Index(fields=['task', 'end_offset'], name='tasklog_task_end'),
+        ),
+        migrations.RunPython(backfill_end_offsets, migrations.RunPython.noop, elidable=True),
+    ]
