@@ -1,5 +1,6 @@
-# The console's task list and live log: an index for the task list newest first, and each log
-# chunk's end offset (bytes of the log up to its end) for reads from a byte cursor.
+# The console's task list, live log and audit log: an index for the task list newest first,
+# each log chunk's end offset (bytes of the log up to its end) for reads from a byte cursor,
+# and a partial index of operator events for the audit log.
 
 from django.db import migrations, models
 
@@ -38,6 +39,10 @@ class Migration(migrations.Migration):
         migrations.AddIndex(
             model_name='tasklog',
             index=models.Index(fields=['task', 'end_offset'], name='tasklog_task_end'),
+        ),
+        migrations.AddIndex(
+            model_name='event',
+            index=models.Index(condition=models.Q(('kind__in', ('job.paused', 'job.resumed', 'job.run_now', 'schedule.created', 'schedule.changed', 'schedule.paused', 'schedule.resumed', 'task.cancel', 'switchover.requested', 'order.returned'))), fields=['id'], name='event_operator_actions'),
         ),
         migrations.RunPython(backfill_end_offsets, migrations.RunPython.noop, elidable=True),
     ]
