@@ -11,7 +11,7 @@ cursor a client made up that falls inside a multi-byte character starts at the n
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 from django.db.models import OuterRef, Subquery
@@ -76,13 +76,17 @@ class Piece:
     end: int  # the byte cursor after it: where the next read starts
 
 
-def _chunks_after(task_id: int, cursor: int) -> Iterator[tuple[int, str]]:
-    """(end_offset, text) of the chunks ending after `cursor`, in order, fetched in batches."""
+def _batch_after(task_id: int, cursor: int) -> list[tuple[int, str]]:
     from scheduler.models import TaskLog
 
+    return list(TaskLog.objects.filter(task_id=task_id, end_offset__gt=cursor)
+                .order_by("end_offset").values_list("end_offset", "text")[:READ_BATCH])
+
+
+def _chunks_after(task_id: int, cursor: int) -> Iterator[tuple[int, str]]:
+    """(end_offset, text) of the chunks ending after `cursor`, in order, fetched in batches."""
     while True:
-        batch = list(TaskLog.objects.filter(task_id=task_id, end_offset__gt=cursor)
-                     .order_by("end_offset").values_list("end_offset", "text")[:READ_BATCH])
+        batch = _batch_after(task_id, cursor)
         yield from batch
         if len(batch) < READ_BATCH:
             return
@@ -146,3 +150,19 @@ def stream(task_id: int) -> Iterator[bytes]:
     repair(task_id)
     for _end, text in _chunks_after(task_id, -1):
         yield text.encode("utf-8", "replace")
+
+
+async def astream(task_id: int) -> AsyncIterator[bytes]:
+    """`stream` for an ASGI server: Django reads a synchronous iterator whole into memory
+    before it sends a byte under ASGI, so there each batch is fetched in the sync thread."""
+    from asgiref.sync import sync_to_async
+
+    await sync_to_async(repair)(task_id)
+    cursor = -1
+    while True:
+        batch = await sync_to_async(_batch_after)(task_id, cursor)
+        for _end, text in batch:
+            yield text.encode("utf-8", "replace")
+        if len(batch) < READ_BATCH:
+            return
+        cursor = batch[-1][0]

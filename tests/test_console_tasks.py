@@ -455,3 +455,25 @@ def test_the_download_of_a_small_log_is_the_log(viewer_client, job):
     write_logs([(task.pk, c) for c in log_chunks()])
     response = viewer_client.get(reverse("console:task_log_download", args=[task.pk]))
     assert b"".join(response.streaming_content).decode() == "".join(log_chunks())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_under_asgi_the_download_streams_with_an_async_iterator(job):
+    """Django reads a sync iterator whole before sending it under ASGI: the view gives an
+    async one there, fetched batch by batch."""
+    import asyncio
+
+    from django.test import AsyncClient
+
+    task = make_task(job)
+    write_logs([(task.pk, f"chunk {i} ü\n") for i in range(40)])  # several batches
+    user = console_user("vera", "viewer")
+
+    async def download():
+        client = AsyncClient()
+        await client.aforce_login(user)
+        response = await client.get(reverse("console:task_log_download", args=[task.pk]))
+        assert response.is_async
+        return b"".join([piece async for piece in response.streaming_content])
+
+    assert asyncio.run(download()).decode() == "".join(f"chunk {i} ü\n" for i in range(40))

@@ -9,6 +9,7 @@ from urllib.parse import urlencode
 from django import forms
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
+from django.core.handlers.asgi import ASGIRequest
 from django.http import JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
@@ -224,8 +225,10 @@ def task_log(request, task_id: int):
 @require_GET
 def task_log_download(request, task_id: int):
     task = get_object_or_404(Task, pk=task_id)
-    response = StreamingHttpResponse(tasklogs.stream(task.pk),
-                                     content_type="text/plain; charset=utf-8")
+    # Under ASGI (daphne) an async iterator: Django would read a sync one whole into memory.
+    chunks = (tasklogs.astream(task.pk) if isinstance(request, ASGIRequest)
+              else tasklogs.stream(task.pk))
+    response = StreamingHttpResponse(chunks, content_type="text/plain; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="task-{task.pk}.log"'
     response["X-Content-Type-Options"] = "nosniff"
     return response
