@@ -744,10 +744,13 @@ def record_ran_unowned(cluster_id: int, member_id: int, member_name: str,
 
 
 def write_logs(logs: list[tuple[int, str]]) -> None:
+    """Append log chunks (one query for the tasks' log sizes, one bulk insert)."""
     from scheduler.models import TaskLog
+    from scheduler.tasklogs import with_offsets
 
+    logs = [(t, text) for t, text in logs if text]
     if logs:
-        TaskLog.objects.bulk_create([TaskLog(task_id=t, text=text) for t, text in logs if text])
+        TaskLog.objects.bulk_create(with_offsets(logs))
 
 
 # ---------------------------------------------------------------- recovery

@@ -647,6 +647,7 @@ class Task(models.Model):
         return None
 
     def log_text(self) -> str:
+        """The whole captured log (small logs; the console reads big ones through tasklogs)."""
         return "".join(self.log_chunks.order_by("id").values_list("text", flat=True))
 
     def request_cancel(self, reason: str, actor: Actor | str = "") -> bool:
@@ -672,12 +673,27 @@ class TaskLog(models.Model):
     task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="log_chunks")
     text = models.TextField()
     created_at = models.DateTimeField(db_default=Now())
+    # The size in bytes (UTF-8) of the task's log up to the end of this chunk: a byte cursor
+    # over the whole log lands in the first chunk ending after it (scheduler/tasklogs.py).
+    # Set by every writer (ledger.write_logs, save); empty only on rows from before it.
+    end_offset = models.BigIntegerField(null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ["id"]
+        indexes = [
+            # tasklogs.read_from / size (the console's live log): a task's chunks from a cursor.
+            models.Index(fields=["task", "end_offset"], name="tasklog_task_end"),
+        ]
 
     def __str__(self) -> str:
         return f"log of task {self.task_id}"
+
+    def save(self, *args, **kwargs) -> None:
+        if self.end_offset is None and self.task_id:
+            from scheduler.tasklogs import with_offsets
+
+            self.end_offset = with_offsets([(self.task_id, self.text)])[0].end_offset
+        super().save(*args, **kwargs)
 
 
 class MisfireRecord(models.Model):
@@ -877,6 +893,14 @@ class Order(models.Model):
         super().save(*args, **kwargs)
 
 
+# What operators do, from any door (and what the nodes do to orders for them): the audit log.
+OPERATOR_EVENT_KINDS = (
+    "job.paused", "job.resumed", "job.run_now", "schedule.created", "schedule.changed",
+    "schedule.paused", "schedule.resumed", "task.cancel", "switchover.requested",
+    "order.returned",
+)
+
+
 class Event(models.Model):
     """The append-only event log (outbox): membership, roles, operator actions, misfires.
 
@@ -917,6 +941,8 @@ class Event(models.Model):
         API = "api", "API"
         NODE = "node"
 
+    OPERATOR_KINDS = OPERATOR_EVENT_KINDS
+
     cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="events")
     created_at = models.DateTimeField(db_default=Now())
     kind = models.CharField(max_length=30, choices=Kind.choices)
@@ -941,6 +967,10 @@ class Event(models.Model):
             # The console's follower and the audit: a cluster's events in order.
             models.Index(fields=["cluster", "id"], name="event_cluster_id"),
             models.Index(fields=["created_at"], name="event_created"),
+            # The console's audit log (views/audit.py): operator actions newest first, paged
+            # by id; partial, so the node's own events (most of them) never touch it.
+            models.Index(fields=["id"], condition=Q(kind__in=OPERATOR_EVENT_KINDS),
+                         name="event_operator_actions"),
         ]
 
     def __str__(self) -> str:

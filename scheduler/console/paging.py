@@ -70,10 +70,15 @@ def keyset_page(queryset: QuerySet, *, key: str = "id", descending: bool = True,
         value, pk = position
         if key in ("id", "pk"):
             value = pk
+        # The plain bound (key <= value) is redundant but lets the database start its index
+        # scan at the cursor (an "Index Cond"); the OR alone is only a filter, and a deep page
+        # would read every row before it.
         if newest_first:
-            qs = qs.filter(Q(**{f"{key}__lt": value}) | Q(**{key: value, "pk__lt": pk}))
+            qs = qs.filter(Q(**{f"{key}__lte": value}),
+                           Q(**{f"{key}__lt": value}) | Q(**{key: value, "pk__lt": pk}))
         else:
-            qs = qs.filter(Q(**{f"{key}__gt": value}) | Q(**{key: value, "pk__gt": pk}))
+            qs = qs.filter(Q(**{f"{key}__gte": value}),
+                           Q(**{f"{key}__gt": value}) | Q(**{key: value, "pk__gt": pk}))
     order = [f"-{key}", "-pk"] if newest_first else [key, "pk"]
     if key in ("id", "pk"):
         order = order[1:]

@@ -1,0 +1,100 @@
+"""The console's chains and orders pages, as they exist (nothing moves orders yet)."""
+
+from __future__ import annotations
+
+import pytest
+from django.urls import reverse
+
+from scheduler.models import ChainNode, Event, Job, JobChain, Order
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def chain(cluster):
+    first = Job.objects.create(cluster=cluster, name="extract", kind="shell", command="true")
+    second = Job.objects.create(cluster=cluster, name="load", kind="shell", command="true")
+    chain = JobChain.objects.create(cluster=cluster, name="etl", title="Nightly <ETL>")
+    # Positions out of graph order: the page shows the graph order.
+    ChainNode.objects.create(chain=chain, state="done", position=9)
+    ChainNode.objects.create(chain=chain, state="failed", position=8)
+    ChainNode.objects.create(chain=chain, state="load", job=second, next_state="done",
+                             error_state="failed", position=5, action="stopped")
+    ChainNode.objects.create(chain=chain, state="extract", job=first, next_state="load",
+                             error_state="failed", position=1)
+    return chain
+
+
+def order(chain, order_id, state, **kw):
+    return Order.objects.create(chain=chain, order_id=order_id, initial_state="extract",
+                                state=state, **kw)
+
+
+def test_the_list_counts_nodes_and_orders_by_status(viewer_client, chain):
+    order(chain, "o1", "extract")
+    order(chain, "o2", "load")
+    order(chain, "o3", "done", status="finished")
+    JobChain.objects.create(cluster=chain.cluster, name="empty", stopped=True)
+    response = viewer_client.get(reverse("console:chains"))
+    assert response.status_code == 200
+    rows = {c.name: c for c in response.context["chains"]}
+    assert rows["etl"].node_count == 4
+    assert dict(rows["etl"].order_counts)["waiting at a node"] == 2
+    assert dict(rows["etl"].order_counts)["finished"] == 1
+    assert rows["empty"].node_count == 0
+    html = response.content.decode()
+    assert f'id="chain-{rows["empty"].pk}" data-stopped="true"' in html
+    assert "Nightly &lt;ETL&gt;" in html
+
+
+def test_the_chain_shows_nodes_in_graph_order_and_why_orders_wait(viewer_client, chain):
+    waiting = order(chain, "o1", "extract")
+    at_stopped = order(chain, "o2", "load")
+    done = order(chain, "o3", "done", status="finished")
+    response = viewer_client.get(reverse("console:chain", args=[chain.pk]))
+    assert [n.state for n in response.context["nodes"]] == ["extract", "load", "failed", "done"]
+    why = {o.pk: o.why for o in response.context["orders"]}
+    assert why[waiting.pk] == "orders are not processed yet by this version"
+    assert why[at_stopped.pk] == "node stopped"
+    assert why[done.pk] == "finished"
+    html = response.content.decode()
+    assert '<th scope="row">extract</th>' in html
+    assert f'href="/jobs/{chain.nodes.get(state="extract").job_id}/"' in html
+    JobChain.objects.filter(pk=chain.pk).update(stopped=True)
+    response = viewer_client.get(reverse("console:chain", args=[chain.pk]))
+    assert {o.pk: o.why for o in response.context["orders"]}[waiting.pk] == "chain stopped"
+
+
+def test_the_order_page_shows_parameters_and_its_events(viewer_client, chain, cluster):
+    o = order(chain, "o1", "extract", parameters={"day": "2026-03-01", "note": "<b>x</b>"})
+    Event.objects.create(cluster=cluster, kind=Event.Kind.ORDER_RETURNED, actor="node-b",
+                         message="order o1 of dead member node-a goes back to node extract",
+                         data={"order": o.pk, "state": "extract", "was_running": True})
+    Event.objects.create(cluster=cluster, kind=Event.Kind.ORDER_RETURNED, actor="node-b",
+                         message="another order", data={"order": o.pk + 1000})
+    response = viewer_client.get(reverse("console:order", args=[o.pk]))
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "goes back to node extract" in html and "another order" not in html
+    assert "&lt;b&gt;x&lt;/b&gt;" in html
+    assert "orders are not processed yet by this version" in html
+    assert "No task is linked to this order" in html
+
+
+def test_unknown_chains_and_orders_are_404(viewer_client):
+    assert viewer_client.get("/chains/4242/").status_code == 404
+    assert viewer_client.get("/orders/4242/").status_code == 404
+
+
+def test_nobody_gets_403(nobody_client, chain):
+    o = order(chain, "o1", "extract")
+    for url in ("/chains/", f"/chains/{chain.pk}/", f"/orders/{o.pk}/"):
+        assert nobody_client.get(url).status_code == 403
+
+
+def test_an_empty_chain_and_an_order_at_an_unknown_state_render(viewer_client, cluster):
+    chain = JobChain.objects.create(cluster=cluster, name="bare")
+    o = Order.objects.create(chain=chain, order_id="lost", initial_state="gone", state="gone")
+    assert viewer_client.get(f"/chains/{chain.pk}/").status_code == 200
+    page = viewer_client.get(f"/orders/{o.pk}/").content.decode()
+    assert "is not a node of the chain" in page
