@@ -67,6 +67,7 @@ class Relay:
         self.loop = loop
         self.follows: Counter[Key] = Counter()
         self.sent: dict[Key, bytes] = {}
+        self.force: set[Key] = set()  # keys a socket got no snapshot of: push them again
         self.poke = asyncio.Event()  # a socket came: look now
         self.closing = False
         self.task: asyncio.Task | None = None
@@ -95,11 +96,23 @@ class Relay:
             if self.follows[key] <= 0:
                 del self.follows[key]
                 self.sent.pop(key, None)
+                self.force.discard(key)
         self.poke.set()
 
     async def snapshot(self, keys: list[Key]) -> list[str]:
-        """A fresh render of these (topic, tier)s, for a socket that just connected."""
-        return [html for html in (await self._render(keys)).values() if html is not None]
+        """A fresh render of these (topic, tier)s, for a socket that just connected. If the
+        database is away, nothing: the next fan-out then sends to every socket of these keys."""
+        try:
+            rendered = await self._render(keys)
+        except DatabaseError as exc:
+            log.warning("live relay: no snapshot (%s)", exc)
+            self.force.update(keys)
+            return []
+        for key, html in rendered.items():
+            if html is not None and key not in self.force:
+                # the first socket of a key has just got this: no need to push it again
+                self.sent.setdefault(key, digest(html))
+        return [html for html in rendered.values() if html is not None]
 
     # ------------------------------------------------------------ the loop
 
@@ -172,8 +185,9 @@ class Relay:
             if html is None or key not in self.follows:
                 continue
             mark = digest(html)
-            if self.sent.get(key) == mark:
+            if self.sent.get(key) == mark and key not in self.force:
                 continue
+            self.force.discard(key)
             self.sent[key] = mark
             await layer.group_send(group_name(key), {"type": "live.push", "html": html})
 
