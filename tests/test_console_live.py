@@ -87,7 +87,7 @@ async def receive(comm, until, timeout: float = 10.0) -> list[str]:
             raise AssertionError(f"nothing matched within {timeout} s; got {seen}")
         try:
             message = await comm.receive_from(timeout=left)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise AssertionError(f"nothing matched within {timeout} s; got {seen}") from None
         if message == consumers.KEEPALIVE_MESSAGE:
             continue
@@ -150,7 +150,8 @@ def test_connect_sends_a_fresh_snapshot_of_the_valid_topics_only(topics, job):
         connected, _ = await comm.connect()
         assert connected
         snapshot = await comm.receive_from(timeout=5)
-        assert snapshot == f'<span id="t-{job.pk}" hx-swap-oob="true" data-operate="False">t0</span>'
+        assert snapshot == (f'<span id="t-{job.pk}" hx-swap-oob="true" '
+                            'data-operate="False">t0</span>')
         assert list(relay.get_relay().follows) == [("testtopic", job.pk, "o0s0")]
         await comm.disconnect()
 
