@@ -855,31 +855,20 @@ class Node:
 
     def _listen(self) -> None:
         """PostgreSQL LISTEN on its own connection; a NOTIFY for our cluster wakes the loop."""
-        import psycopg
-
+        from scheduler.db import RECONNECTED, Listener
         from scheduler.wakeup import CHANNEL
 
-        db = settings.DATABASES["default"]
-        params = {"dbname": db["NAME"], "user": db.get("USER") or None,
-                  "password": db.get("PASSWORD") or None, "host": db.get("HOST") or None,
-                  "port": db.get("PORT") or None, "autocommit": True,
-                  "application_name": f"opscenter {self.opts.cluster}/{self.opts.name} listen"[:63]}
-        params = {k: v for k, v in params.items() if v is not None}
-        backoff = 0.1
-        while not self.stopping:
-            try:
-                with psycopg.connect(**params) as conn:
-                    conn.execute(f"LISTEN {CHANNEL}")
-                    backoff = 0.1
-                    while not self.stopping:
-                        for note in conn.notifies(timeout=1.0):
-                            if self.member and note.payload == str(self.member.cluster_id):
-                                self._claim_at = 0.0
-                                self.wake.set()
-            except Exception as exc:  # the listener is a convenience: never let it die
-                log.debug("listener: %s", exc)
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+        name = f"opscenter {self.opts.cluster}/{self.opts.name} listen"
+        listener = Listener([CHANNEL], name=name)
+        try:
+            while not self.stopping:
+                for note in listener.wait(1.0):  # reconnects by itself, never raises
+                    if note == RECONNECTED or (
+                            self.member and note[1] == str(self.member.cluster_id)):
+                        self._claim_at = 0.0
+                        self.wake.set()
+        finally:
+            listener.close()
 
     # ------------------------------------------------------------ stopping
 

@@ -2,4 +2,13 @@
 
 from __future__ import annotations
 
-websocket_urlpatterns: list = []
+from django.urls import path
+
+# The pages' renderers register when their views are imported; a socket may connect before
+# any HTTP request has loaded the URLconf, so load it here.
+import scheduler.console.urls  # noqa: F401
+from scheduler.console.consumers import LiveConsumer
+
+websocket_urlpatterns: list = [
+    path("ws/live/", LiveConsumer.as_asgi()),
+]
