@@ -8,7 +8,9 @@ the nodes' hot path runs no code for it: one notification per table and transact
 from django.db import migrations
 
 CHANNEL = "opscenter_console"
-TABLES = ["scheduler_event", "scheduler_task", "scheduler_tasklog", "scheduler_member",
+# Not scheduler_tasklog: no pushed fragment shows a log (the task page tails it over HTTP),
+# and running jobs append to it all the time.
+TABLES = ["scheduler_event", "scheduler_task", "scheduler_member",
           "scheduler_job", "scheduler_schedule", "scheduler_cluster", "scheduler_order",
           "scheduler_jobchain", "scheduler_chainnode"]
 FUNCTION = "opscenter_console_notify"
