@@ -101,6 +101,7 @@ def test_a_thousand_orders_over_three_active_members_each_step_once(cluster, sta
                   .annotate(n=Count("id")))
     assert set(spread) == {"a", "b", "c"}, spread
     assert min(spread.values()) >= 100, spread
+    print(f"\n1,000 orders x 2 steps: steps per member {spread}")
 
 
 def test_a_member_killed_mid_step_the_step_runs_again_elsewhere(cluster, start_node):
