@@ -265,7 +265,59 @@ def order_returned(order: Order, cluster_id: int, by: str, was_running: bool) ->
     """An order held by a dead member goes back to its node or may be adopted."""
     return _write(cluster_id, _kind().ORDER_RETURNED,
                   f"order {order.order_id} of dead member {order.member.name} "
-                  + (f"goes back to node {order.state} to be processed again"
+                  + (f"runs its step at {order.state} again (its task is recovered)"
                      if was_running else "may be adopted by another member"), node(by),
                   member_id=order.member_id,
                   data={"order": order.pk, "state": order.state, "was_running": was_running})
+
+
+# ---------------------------------------------------------------- chains and orders
+
+
+def _order_data(order: Order, **more) -> dict:
+    return {"order": order.pk, "order_id": order.order_id, "chain": order.chain_id,
+            "state": order.state, "status": order.status, **more}
+
+
+def order_action(order: Order, action: str, actor: Actor | str, what: str) -> Event:
+    """An operator's action on an order (add, suspend, resume, reset, move, remove)."""
+    return _write(order.chain.cluster_id, f"order.{action}",
+                  f"order {order.order_id} of chain {order.chain.name}: {what}", actor,
+                  data=_order_data(order))
+
+
+def chain_stopped(chain, stopped: bool, actor: Actor | str) -> Event:
+    kind = _kind().CHAIN_STOP if stopped else _kind().CHAIN_UNSTOP
+    return _write(chain.cluster_id, kind,
+                  f"job chain {chain.name} {'stopped' if stopped else 'no longer stopped'}",
+                  actor, data={"chain": chain.pk})
+
+
+def node_action(node, action: str, actor: Actor | str) -> Event:
+    return _write(node.chain.cluster_id, _kind().NODE_ACTION,
+                  f"node {node.state} of job chain {node.chain.name} is now {action}", actor,
+                  job_id=node.job_id, data={"chain": node.chain_id, "node": node.pk,
+                                            "state": node.state, "action": action})
+
+
+def order_moved(cluster_id: int, member_id: int | None, by: str, move: dict) -> Event:
+    """Unsaved: what a node did with an order. `move` has order (pk), order_id, chain (pk),
+    from, to, status (the order's new one), why (succeeded, failed, skipped, end, cancelled,
+    quarantined), and task and job when a step ended."""
+    status = move["status"]
+    kinds = _kind()
+    kind = {"finished": kinds.ORDER_FINISHED, "failed": kinds.ORDER_FAILED,
+            "suspended": kinds.ORDER_SUSPENDED}.get(status, kinds.ORDER_MOVED)
+    step = f"step at {move['from']} {move['why']}" if move.get("task") else \
+        f"node {move['from']}: {move['why']}"
+    if status in ("finished", "failed"):
+        what = f"{status} at {move['to']} ({step})"
+    elif move["from"] == move["to"]:
+        what = f"{status} at {move['to']} ({step})"
+    else:
+        what = f"moved from {move['from']} to {move['to']} ({step})" + (
+            ", suspended" if status == "suspended" else "")
+    return build(cluster_id, kind, f"order {move['order_id']}: {what}", node(by) if by else NODE,
+                 member_id=member_id, job_id=move.get("job"), task_id=move.get("task"),
+                 data={k: move[k] for k in ("order", "order_id", "chain", "from", "to",
+                                             "status", "why") if k in move})

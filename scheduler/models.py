@@ -11,11 +11,12 @@ from datetime import timedelta
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
-from django.db import models, transaction
-from django.db.models import Q
+from django.db import IntegrityError, models, transaction
+from django.db.models import F, Q
 from django.db.models.functions import Now
 
-from scheduler import eventlog, timing
+from scheduler import chaingraph, eventlog, timing
+from scheduler.chaingraph import check_chain_graph  # noqa: F401  (models.check_chain_graph)
 from scheduler.clock import db_now
 from scheduler.eventlog import Actor
 from scheduler.validators import (
@@ -561,6 +562,7 @@ class Task(models.Model):
         MANUAL = "manual", "run now"
         RETRY = "retry", "retry"
         RECOVERY = "recovery", "recovery"
+        ORDER = "order", "order step"
 
     UNFINISHED_STATES = ("queued", "running")
     FINISHED_STATES = ("succeeded", "failed", "timed_out", "cancelled", "lost", "skipped")
@@ -606,6 +608,14 @@ class Task(models.Model):
     # The job was entered although the task was (or was then) declared lost with its member:
     # it ran there besides any recovery run. When, on the database clock; the audit's DOUBLE.
     ran_unowned_at = models.DateTimeField(null=True, blank=True)
+    # A step of an order (scheduler/ledger/orders.py): the order, the node's state and the
+    # order's step number, carried into the step's retries and recoveries. No index of its
+    # own (every fire would pay for it): the partial unique constraint below serves an
+    # order's step history. db_default: the claim inserts fire rows in raw SQL.
+    order = models.ForeignKey("Order", null=True, blank=True, on_delete=models.SET_NULL,
+                              related_name="steps", db_index=False)
+    order_state = models.CharField(max_length=100, blank=True, default="", db_default="")
+    order_step = models.PositiveIntegerField(null=True, blank=True)
 
     objects = TaskQuerySet.as_manager()
 
@@ -616,6 +626,13 @@ class Task(models.Model):
                 fields=["schedule", "scheduled_for", "attempt"],
                 condition=Q(schedule__isnull=False),
                 name="task_one_per_fire_attempt",
+            ),
+            # An order's step runs once: (order, step, attempt) is unique. Partial, so fires
+            # never touch it; an order's step history reads it too.
+            models.UniqueConstraint(
+                fields=["order", "order_step", "attempt"],
+                condition=Q(order__isnull=False),
+                name="task_one_per_order_step_attempt",
             ),
         ]
         indexes = [
@@ -748,53 +765,35 @@ class JobChain(models.Model):
         if errors:
             raise ValidationError(errors)
 
+    def graph_problems(self) -> list[str]:
+        """What is wrong with the saved nodes' graph (chaingraph.check_chain_graph); []: sound."""
+        return check_chain_graph(self.nodes.all())
 
-def check_chain_graph(nodes: list[dict]) -> list[str]:
-    """Problems of a chain's graph, each naming the node; [] when it is sound.
+    def nodes_in_graph_order(self) -> list[ChainNode]:
+        nodes = list(self.nodes.select_related("job"))
+        by_state = {n.state: n for n in nodes}
+        return [by_state[s] for s in chaingraph.graph_order(nodes)]
 
-    `nodes` are dicts with state, job (truthy when set), next_state, error_state.
-    """
-    problems = []
-    by_state: dict[str, dict] = {}
-    for node in nodes:
-        if node["state"] in by_state:
-            problems.append(f"State '{node['state']}' is used by more than one node.")
-        by_state[node["state"]] = node
-    if not nodes:
-        return ["A job chain needs at least one node with a job and one end node."]
-    ends = {s for s, n in by_state.items() if not n["job"]}
-    if not ends:
-        problems.append("The chain has no end node (a node without a job).")
-    for state, node in by_state.items():
-        if not node["job"]:
-            if node["next_state"] or node["error_state"]:
-                problems.append(f"Node '{state}' has no job, so it is an end node and "
-                                "cannot have a next or error state.")
-            continue
-        for label in ("next_state", "error_state"):
-            target = node[label]
-            if not target:
-                problems.append(f"Node '{state}' runs a job but has no {label.replace('_', ' ')}.")
-            elif target not in by_state:
-                problems.append(f"Node '{state}': {label.replace('_', ' ')} '{target}' "
-                                "is not a state of this chain.")
-    if problems:
-        return problems
-    # Every node must be able to reach an end node: walk backwards from the ends.
-    reaches_end = set(ends)
-    grew = True
-    while grew:
-        grew = False
-        for state, node in by_state.items():
-            if state not in reaches_end and (
-                node["next_state"] in reaches_end or node["error_state"] in reaches_end
-            ):
-                reaches_end.add(state)
-                grew = True
-    for state in by_state:
-        if state not in reaches_end:
-            problems.append(f"Node '{state}' cannot reach an end node.")
-    return problems
+    # -- operator actions: a conditional update plus an event, safe from any door --
+
+    def stop(self, actor: Actor) -> bool:
+        """No order of the chain starts a step or moves on its own; running steps finish and
+        their orders move to their next node, where they wait."""
+        return self._set_stopped(True, actor)
+
+    def unstop(self, actor: Actor) -> bool:
+        return self._set_stopped(False, actor)
+
+    def _set_stopped(self, stopped: bool, actor: Actor) -> bool:
+        with transaction.atomic():
+            changed = JobChain.objects.filter(pk=self.pk, stopped=not stopped).update(
+                stopped=stopped)
+            if changed:
+                eventlog.chain_stopped(self, stopped, actor)
+                if not stopped:
+                    notify_nodes(self.cluster_id)
+        self.stopped = stopped
+        return bool(changed)
 
 
 class ChainNode(models.Model):
@@ -832,9 +831,39 @@ class ChainNode(models.Model):
         if errors:
             raise ValidationError(errors)
 
+    def set_action(self, action: str, actor: Actor) -> bool:
+        """active, stopped (orders wait here) or skipped (orders pass to the next state without
+        running the job). A running step is not affected. An end node has no action to set."""
+        if action not in self.Action.values:
+            raise ValidationError(f"'{action}' is not a node action; choose one of "
+                                  f"{', '.join(self.Action.values)}.")
+        if self.is_end and action != self.Action.ACTIVE:
+            raise ValidationError(f"Node '{self.state}' is an end node: orders end there, it "
+                                  "cannot be stopped or skipped.")
+        with transaction.atomic():
+            changed = ChainNode.objects.filter(pk=self.pk).exclude(action=action).update(
+                action=action)
+            if changed:
+                eventlog.node_action(self, action, actor)
+                if action != self.Action.STOPPED:
+                    notify_nodes(self.chain.cluster_id)
+        self.action = action
+        return bool(changed)
+
 
 class Order(models.Model):
-    """A run of a job chain with its own parameters; it sits at a node state."""
+    """A run of a job chain with its own parameters; it sits at a node state.
+
+    Its status: waiting at a node (`waiting_reason()` says why when it cannot go on: a stopped
+    node or chain, a paused job, the chain's limit), running a step (a task of the node's job;
+    `suspend_requested` when it is to be suspended after that step), suspended, finished (it
+    reached an end node or its end state), failed (it reached it after a step had failed: it
+    took an error state on the way, `error_path`).
+
+    The nodes move it (scheduler/ledger/orders.py), guarded by its status and step; operators
+    move it through the methods below, each guarded by its version. An order never leaves its
+    state except through a recorded step or one of these.
+    """
 
     class Status(models.TextChoices):
         WAITING = "waiting", "waiting at a node"
@@ -842,6 +871,8 @@ class Order(models.Model):
         SUSPENDED = "suspended", "suspended"
         FINISHED = "finished", "finished"
         FAILED = "failed", "failed"
+
+    DONE_STATUSES = ("finished", "failed")
 
     chain = models.ForeignKey(JobChain, on_delete=models.CASCADE, related_name="orders")
     order_id = models.CharField(max_length=100, validators=[validate_name])
@@ -857,6 +888,12 @@ class Order(models.Model):
                                related_name="+")
     # Guards every move: an update names the version it read.
     version = models.PositiveIntegerField(default=1)
+    # Steps claimed so far; the running step's tasks carry its number (Task.order_step).
+    step = models.PositiveIntegerField(default=0, editable=False)
+    # Suspend asked for while a step ran: the order is suspended when that step ends.
+    suspend_requested = models.BooleanField(default=False, editable=False)
+    # A step failed since the order started (or was reset or moved): it ends failed.
+    error_path = models.BooleanField(default=False, editable=False)
     created_at = models.DateTimeField(db_default=Now(), editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -864,6 +901,15 @@ class Order(models.Model):
         ordering = ["chain", "-priority", "id"]
         constraints = [
             models.UniqueConstraint(fields=["chain", "order_id"], name="order_unique_id_in_chain")
+        ]
+        indexes = [
+            # ledger.orders.claim_steps: a chain's waiting orders by priority (partial: the
+            # finished ones, most rows, never touch it).
+            models.Index(fields=["chain", "-priority", "id"], condition=Q(status="waiting"),
+                         name="order_waiting"),
+            # ledger.orders (max_orders) and the console: a chain's running orders.
+            models.Index(fields=["chain"], condition=Q(status="running"),
+                         name="order_running"),
         ]
 
     def __str__(self) -> str:
@@ -892,12 +938,193 @@ class Order(models.Model):
             self.state = self.initial_state
         super().save(*args, **kwargs)
 
+    # -- reading --
+
+    @property
+    def is_done(self) -> bool:
+        return self.status in self.DONE_STATUSES
+
+    def waiting_reason(self) -> str:
+        """Why a waiting order does not go on now ("" when nothing holds it, or it is not
+        waiting): the chain or its node is stopped, the node's job is paused, the chain is at
+        its limit of orders at once. For the console and the commands (a few queries)."""
+        if self.status != self.Status.WAITING:
+            return ""
+        chain = self.chain
+        if chain.stopped:
+            return f"the job chain {chain.name} is stopped"
+        node = chain.nodes.select_related("job").filter(state=self.state).first()
+        if node is None:
+            return f"'{self.state}' is no longer a node of the chain"
+        step = chaingraph.step_at(node, self.end_state)
+        if step == chaingraph.Step.WAIT:
+            return f"node {node.state} is stopped"
+        if step == chaingraph.Step.RUN:
+            if node.job.paused:
+                return f"job {node.job.name} of node {node.state} is paused"
+            if chain.max_orders and chain.orders.filter(
+                    status=self.Status.RUNNING).count() >= chain.max_orders:
+                return f"the chain runs its limit of {chain.max_orders} order(s) at once"
+        return ""
+
+    def status_text(self) -> str:
+        """The status as an operator reads it, with why it waits."""
+        if self.status == self.Status.RUNNING and self.suspend_requested:
+            return f"running a step at {self.state}; suspended when it ends"
+        reason = self.waiting_reason()
+        if reason:
+            return f"waiting at {self.state}: {reason}"
+        return f"{self.get_status_display()} ({self.state})"
+
+    # -- operator actions: each a conditional update guarded by the version, and an event --
+
+    @classmethod
+    def add(cls, chain: JobChain, order_id: str, *, title: str = "",
+            parameters: dict | None = None, priority: int = 0, initial_state: str | None = None,
+            end_state: str = "", actor: Actor) -> Order:
+        """A new order, waiting at its initial state (by default the chain's first state in
+        graph order). Refused with a ValidationError when the chain is unsound, the id is
+        taken in the chain, or a field is invalid."""
+        nodes = list(chain.nodes.all())
+        problems = check_chain_graph(nodes)
+        if problems:
+            raise ValidationError(f"Job chain {chain.name} is unsound, no order can be added: "
+                                  + " ".join(problems))
+        order = cls(chain=chain, order_id=order_id, title=title or "",
+                    parameters={} if parameters is None else parameters, priority=priority,
+                    initial_state=initial_state if initial_state is not None
+                    else chaingraph.first_state(nodes),
+                    end_state=end_state or "")
+        order.state = order.initial_state
+        taken = ValidationError({"order_id": f"Job chain {chain.name} already has an order "
+                                             f"'{order_id}'."})
+        order.full_clean(validate_constraints=False)
+        if cls.objects.filter(chain=chain, order_id=order_id).exists():
+            raise taken
+        try:
+            with transaction.atomic():
+                order.save(force_insert=True)
+                eventlog.order_action(order, "add", actor, f"added at {order.state}")
+                notify_nodes(chain.cluster_id)
+        except IntegrityError:
+            raise taken from None
+        return order
+
+    def _locked(self) -> Order:
+        """The order as it is now, locked (PostgreSQL; SQLite's write transaction serialises)."""
+        try:
+            return Order.objects.select_for_update().select_related("chain").get(pk=self.pk)
+        except Order.DoesNotExist:
+            raise ValidationError(f"Order {self.order_id} no longer exists.") from None
+
+    def _apply(self, fresh: Order, action: str, actor: Actor, message: str,
+               wake: bool = False, **changes) -> bool:
+        changed = Order.objects.filter(pk=fresh.pk, version=fresh.version).update(
+            version=F("version") + 1, updated_at=Now(), **changes)
+        if not changed:  # cannot happen under the lock; say so rather than guess
+            raise ValidationError(f"Order {fresh.order_id} changed meanwhile; try again.")
+        self.refresh_from_db()
+        eventlog.order_action(self, action, actor, message)
+        if wake:
+            notify_nodes(self.chain.cluster_id)
+        return True
+
+    def _refuse_running(self, fresh: Order, done: str, do: str) -> None:
+        if fresh.status == self.Status.RUNNING:
+            raise ValidationError(
+                f"Order {fresh.order_id} is running a step at {fresh.state}: it cannot be "
+                f"{done} now. Suspend it, and {do} it once the step has ended (the order then "
+                "waits, suspended).")
+
+    def suspend(self, actor: Actor) -> bool:
+        """Waiting: suspended at once. Running a step: the step finishes, the order moves on
+        and then waits, suspended. Already suspended (or asked to be): False."""
+        with transaction.atomic():
+            fresh = self._locked()
+            if fresh.is_done:
+                raise ValidationError(f"Order {fresh.order_id} has {fresh.status}: there is "
+                                      "nothing to suspend (reset it or move it to run it again).")
+            if fresh.status == self.Status.SUSPENDED or fresh.suspend_requested:
+                return False
+            if fresh.status == self.Status.RUNNING:
+                return self._apply(fresh, "suspend", actor, "to be suspended when its step at "
+                                   f"{fresh.state} ends", suspend_requested=True)
+            return self._apply(fresh, "suspend", actor, f"suspended at {fresh.state}",
+                               status=self.Status.SUSPENDED)
+
+    def resume(self, actor: Actor) -> bool:
+        """Suspended: waiting again. Running with a suspend asked for: that request is
+        withdrawn. Waiting or running: False."""
+        with transaction.atomic():
+            fresh = self._locked()
+            if fresh.is_done:
+                raise ValidationError(f"Order {fresh.order_id} has {fresh.status}: there is "
+                                      "nothing to resume (reset it or move it to run it again).")
+            if fresh.status == self.Status.RUNNING and fresh.suspend_requested:
+                return self._apply(fresh, "resume", actor, "no longer to be suspended after "
+                                   "its step", suspend_requested=False)
+            if fresh.status != self.Status.SUSPENDED:
+                return False
+            return self._apply(fresh, "resume", actor, f"resumed at {fresh.state}", wake=True,
+                               status=self.Status.WAITING)
+
+    def reset(self, actor: Actor) -> bool:
+        """Back to its initial state, to run the chain again from there: a finished or failed
+        order waits again, a suspended one stays suspended; its error path is forgotten and
+        any member may take it. Refused while a step runs (suspend it first)."""
+        with transaction.atomic():
+            fresh = self._locked()
+            self._refuse_running(fresh, "reset", "reset")
+            status = (self.Status.SUSPENDED if fresh.status == self.Status.SUSPENDED
+                      else self.Status.WAITING)
+            if (fresh.state, fresh.status, fresh.error_path, fresh.member_id) == (
+                    fresh.initial_state, status, False, None):
+                return False
+            return self._apply(fresh, "reset", actor,
+                               f"reset from {fresh.state} to {fresh.initial_state}",
+                               wake=status == self.Status.WAITING, state=fresh.initial_state,
+                               status=status, error_path=False, member=None)
+
+    def move(self, state: str, actor: Actor) -> bool:
+        """To another state of its chain, to go on from there: a finished or failed order
+        waits again, a suspended one stays suspended; its error path is forgotten. Refused
+        while a step runs, and for a state that is not one of the chain's."""
+        with transaction.atomic():
+            fresh = self._locked()
+            states = list(fresh.chain.nodes.values_list("state", flat=True))
+            if state not in states:
+                raise ValidationError(f"'{state}' is not a state of job chain "
+                                      f"{fresh.chain.name} (states: {', '.join(states)}).")
+            self._refuse_running(fresh, "moved", "move")
+            status = (self.Status.SUSPENDED if fresh.status == self.Status.SUSPENDED
+                      else self.Status.WAITING)
+            if (fresh.state, fresh.status) == (state, status):
+                return False
+            return self._apply(fresh, "move", actor, f"moved from {fresh.state} to {state}",
+                               wake=status == self.Status.WAITING, state=state, status=status,
+                               error_path=False)
+
+    def remove(self, actor: Actor) -> bool:
+        """Delete the order (its steps' tasks stay in the ledger, no longer linked). Refused
+        while a step runs: suspend it, and remove it once the step has ended."""
+        with transaction.atomic():
+            fresh = self._locked()
+            if fresh.status == self.Status.RUNNING:
+                raise ValidationError(
+                    f"Order {fresh.order_id} is running a step at {fresh.state}: it cannot be "
+                    "removed now. Suspend it, and remove it once the step has ended.")
+            eventlog.order_action(fresh, "remove", actor, f"removed at {fresh.state} "
+                                  f"({fresh.status})")
+            fresh.delete()
+        return True
+
 
 # What operators do, from any door (and what the nodes do to orders for them): the audit log.
 OPERATOR_EVENT_KINDS = (
     "job.paused", "job.resumed", "job.run_now", "schedule.created", "schedule.changed",
     "schedule.paused", "schedule.resumed", "task.cancel", "switchover.requested",
-    "order.returned",
+    "order.returned", "order.add", "order.suspend", "order.resume", "order.reset", "order.move",
+    "order.remove", "chain.stop", "chain.unstop", "node.action",
 )
 
 
@@ -933,6 +1160,21 @@ class Event(models.Model):
         TASK_FAILED = "task.failed"
         TASK_QUARANTINED = "task.quarantined"
         TASK_RAN_UNOWNED = "task.ran_unowned"
+        # Orders and chains: operators' requests (imperative) ...
+        ORDER_ADD = "order.add"
+        ORDER_SUSPEND = "order.suspend"
+        ORDER_RESUME = "order.resume"
+        ORDER_RESET = "order.reset"
+        ORDER_MOVE = "order.move"
+        ORDER_REMOVE = "order.remove"
+        CHAIN_STOP = "chain.stop"
+        CHAIN_UNSTOP = "chain.unstop"
+        NODE_ACTION = "node.action"
+        # ... and what the nodes do with orders (past tense).
+        ORDER_MOVED = "order.moved"
+        ORDER_SUSPENDED = "order.suspended"
+        ORDER_FINISHED = "order.finished"
+        ORDER_FAILED = "order.failed"
 
     class Source(models.TextChoices):
         ADMIN = "admin"

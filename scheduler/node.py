@@ -189,6 +189,9 @@ class Node:
         # at once after a full batch or a NOTIFY. Claiming on every wake-up would take
         # SQLite's write lock several times a second for nothing.
         self._claim_at = 0.0
+        # When the next order claim is due (monotonic): once a heartbeat, or at once after an
+        # order moved, a step of an order ended, or a NOTIFY (an order added or resumed).
+        self._orders_at = 0.0
         self._listener: threading.Thread | None = None
         self.reaper: Reaper | None = None
         # Test hook: freeze this process (SIGSTOP) once, right after the first claim that
@@ -295,6 +298,7 @@ class Node:
             if self.may_run():
                 busy |= self.step_recover_lost()
                 busy |= self.step_claim()
+                busy |= self.step_claim_orders()
             self.step_prune()
             self._backoff = 0.0
         except DB_ERRORS as exc:
@@ -407,6 +411,34 @@ class Node:
             self._plan_next_claim(ahead=0.0 if result.deferred else self.conf.start_ahead)
         return bool(result.started) or result.more or bool(result.fired)
 
+    def step_claim_orders(self) -> bool:
+        """Take the next steps of waiting orders, up to the pool's free capacity (one batch:
+        ledger.orders.claim_steps). In an active cluster orders of chains that are not
+        distributed stay with the member that holds them."""
+        if time.monotonic() < self._orders_at:
+            return False
+        capacity = self.opts.workers - len(self.running)
+        if capacity <= 0:
+            return False
+        result = ledger.orders.claim_steps(
+            cluster_id=self.member.cluster_id, member_id=self.member.pk,
+            member_names=self.names, capacity=capacity, epoch=self.epoch,
+            dead_after=self.conf.dead_after, sticky=self.opts.mode == Cluster.Mode.ACTIVE,
+            batch_limit=self.conf.batch_limit,
+        )
+        if result.fenced:
+            log.warning("order claim refused by the fence: this member may not move orders now")
+            if self.is_passive:
+                self._lease_lost("the lease was no longer ours when claiming order steps")
+            self._next_beat = 0.0
+            self._orders_at = time.monotonic() + self.conf.heartbeat_interval
+            return False
+        for started in result.started:
+            self._start(started)
+        self._orders_at = 0.0 if result.more else (
+            time.monotonic() + self.conf.heartbeat_interval)
+        return bool(result.started) or result.more
+
     def _plan_next_claim(self, ahead: float) -> None:
         """After a claim that took all it could: the next one `ahead` before the next fire is
         due (at its due instant when this claim left a fire due that soon for then)."""
@@ -448,6 +480,8 @@ class Node:
         unowned = [by_id[t] for t in discarded if t in by_id]
         for run in done:
             self.running.pop(run.started.task_id, None)
+            if run.started.order_id is not None:
+                self._orders_at = 0.0  # its order waits at its next node: take it now
         # After the runs are gone: a failure here must not make a recorded task look
         # discarded at the next pass; what is not written yet is tried again then.
         self._record_ran_unowned(unowned)
@@ -522,6 +556,7 @@ class Node:
             scheduled_for=s.scheduled_for, attempt=s.attempt, parameters=s.parameters,
             state=state, exit_code=code, error=error, data=data,
             started_at=self.clock.at(entered) if entered is not None else None,
+            order_id=s.order_id, order_step=s.order_step, order_state=s.order_state,
         )
 
     def step_flush_logs(self) -> bool:
@@ -766,6 +801,7 @@ class Node:
         if epoch is not None:
             self.epoch = epoch
             self._claim_at = 0.0
+            self._orders_at = 0.0
             log.warning("member %s is now active (epoch %d)", self.member.name, epoch)
 
     def _lease_lost(self, why: str) -> None:
@@ -848,7 +884,8 @@ class Node:
         if self.running:
             timeout = min(timeout, max(self._next_log_flush - time.monotonic(), 0.0))
         if self.may_run() and len(self.running) < self.opts.workers:
-            timeout = min(timeout, max(self._claim_at - time.monotonic(), 0.0))
+            timeout = min(timeout, max(self._claim_at - time.monotonic(), 0.0),
+                          max(self._orders_at - time.monotonic(), 0.0))
         if timeout > 0:
             self.wake.wait(timeout)
         self.wake.clear()
@@ -866,6 +903,7 @@ class Node:
                     if note == RECONNECTED or (
                             self.member and note[1] == str(self.member.cluster_id)):
                         self._claim_at = 0.0
+                        self._orders_at = 0.0
                         self.wake.set()
         finally:
             listener.close()

@@ -93,6 +93,10 @@ class Started:
     attempt: int
     trigger: str
     parameters: dict
+    # A step of an order: the order (pk), its step number and the node's state.
+    order_id: int | None = None
+    order_step: int | None = None
+    order_state: str = ""
 
 
 @dataclass
@@ -191,7 +195,7 @@ class TimingCache:
 DEFINITION_COLUMNS = ("kind", "cron", "timezone", "interval_seconds", "anchor_at", "run_at",
                       "start_at", "end_at")
 QUEUED_FIELDS = ["id", "job_id", "schedule_id", "scheduled_for", "attempt", "trigger",
-                 "parameters"]
+                 "parameters", "order_id", "order_step", "order_state"]
 SCHEDULE_FIELDS = [
     "id", "job_id", "version", "next_fire_at", "kind", "cron", "timezone", "interval_seconds",
     "anchor_at", "run_at", "start_at", "end_at", "misfire_policy", "misfire_grace_seconds",
@@ -207,7 +211,8 @@ _RUNNING = ("(SELECT count(*) FROM scheduler_task r "
             "WHERE r.job_id = {job} AND r.state = 'running')")
 
 QUEUED_SQL = (
-    "SELECT t.id, t.job_id, t.schedule_id, t.scheduled_for, t.attempt, t.trigger, t.parameters "
+    "SELECT t.id, t.job_id, t.schedule_id, t.scheduled_for, t.attempt, t.trigger, t.parameters, "
+    "t.order_id, t.order_step, t.order_state "
     "FROM scheduler_task t JOIN scheduler_job j ON j.id = t.job_id "
     "WHERE t.cluster_id = %s AND t.state = 'queued' AND t.not_before <= %s AND NOT j.paused "
     "AND (j.affinity = '' OR j.affinity {items}) "
@@ -421,6 +426,8 @@ def claim(
             task_id=row["id"], job=job, schedule_id=row["schedule_id"],
             scheduled_for=_as_dt(row["scheduled_for"]), attempt=row["attempt"],
             trigger=row["trigger"], parameters=_json(row["parameters"]),
+            order_id=row["order_id"], order_step=row["order_step"],
+            order_state=row["order_state"] or "",
         ))
     for task_id, job_id, schedule_id, fire_at, state in inserted:
         if state == Task.State.RUNNING:
@@ -579,6 +586,10 @@ class Finished:
     log_text: str = ""
     # When the job was really entered (database clock); None: it never was.
     started_at: datetime | None = None
+    # A step of an order (see Started).
+    order_id: int | None = None
+    order_step: int | None = None
+    order_state: str = ""
 
 
 def record_finished(cluster_id: int, member_id: int, finished: list[Finished],
@@ -596,35 +607,55 @@ def record_finished(cluster_id: int, member_id: int, finished: list[Finished],
         discarded = [f.task_id for f in finished if f.task_id not in kept]
         retries = []
         cancelled = _cancel_lost_if_asked(finished, kept)
+        step_ends: list[_orders.StepEnd] = []  # steps of orders that ended for good
         for f in finished:
-            if f.task_id not in kept or f.task_id in cancelled:
+            if f.task_id not in kept:
+                continue
+            if f.task_id in cancelled:
+                if f.order_id is not None:
+                    step_ends.append(_step_end(f, Task.State.CANCELLED))
                 continue
             if f.state == Task.State.SUCCEEDED and f.job.stateful and f.data is not None:
                 Job.objects.filter(pk=f.job.id).update(data_map=f.data)
-            if f.state == Task.State.LOST and (f.job.recover_lost or f.started_at is None):
+            # A step of an order always runs again: its order waits for it.
+            if f.state == Task.State.LOST and (f.job.recover_lost or f.started_at is None
+                                               or f.order_id is not None):
                 # Interrupted by its member's stop, or never entered (the start fence): another
                 # member (or this one, back) runs it. One never entered always runs again.
                 retries.append(Task(
                     cluster_id=cluster_id, job_id=f.job.id, schedule_id=f.schedule_id,
                     scheduled_for=f.scheduled_for, attempt=f.attempt + 1,
                     trigger=Task.Trigger.RECOVERY, state=Task.State.QUEUED, not_before=now,
-                    parameters=f.parameters, retry_of_id=f.task_id,
+                    parameters=f.parameters, retry_of_id=f.task_id, order_id=f.order_id,
+                    order_step=f.order_step, order_state=f.order_state,
                 ))
+            retried = (f.state in (Task.State.FAILED, Task.State.TIMED_OUT)
+                       and f.attempt <= f.job.max_retries)
+            if f.order_id is not None and not retried and f.state != Task.State.LOST:
+                step_ends.append(_step_end(f, f.state))
             if f.state in (Task.State.FAILED, Task.State.TIMED_OUT):
-                if f.attempt <= f.job.max_retries:
+                if retried:
                     delay = timing.retry_delay(f.job.retry_backoff_seconds, f.attempt)
                     retries.append(Task(
                         cluster_id=cluster_id, job_id=f.job.id, schedule_id=f.schedule_id,
                         scheduled_for=f.scheduled_for, attempt=f.attempt + 1,
                         trigger=Task.Trigger.RETRY, state=Task.State.QUEUED,
                         not_before=now + timedelta(seconds=delay), parameters=f.parameters,
-                        retry_of_id=f.task_id,
+                        retry_of_id=f.task_id, order_id=f.order_id, order_step=f.order_step,
+                        order_state=f.order_state,
                     ))
                 eventlog.task_failed(cluster_id, member_id, f.job, f.task_id, f.state, f.error,
                                      retried=f.attempt <= f.job.max_retries)
         if retries:
             Task.objects.bulk_create(retries, ignore_conflicts=True)
+        if step_ends:
+            _orders.after_steps(member_id, now, step_ends)
     return discarded
+
+
+def _step_end(f: Finished, outcome: str) -> _orders.StepEnd:
+    return _orders.StepEnd(order_id=f.order_id, order_step=f.order_step, outcome=outcome,
+                           task_id=f.task_id, job_id=f.job.id)
 
 
 UNRECORDABLE = "its result could not be recorded: "
@@ -652,7 +683,11 @@ def record_unrecordable(member_id: int, f: Finished, reason: str) -> bool:
     minimal = dataclasses.replace(f, state=Task.State.FAILED, error=UNRECORDABLE + reason,
                                   data=None)
     with transaction.atomic():
-        return bool(_finish_rows(member_id, _db_now_in_tx(), [minimal]))
+        now = _db_now_in_tx()
+        ours = bool(_finish_rows(member_id, now, [minimal]))
+        if ours and f.order_id is not None:
+            _orders.after_steps(member_id, now, [_step_end(minimal, Task.State.FAILED)])
+        return ours
 
 
 # A member declared dead no longer owns its tasks' results: the recovery does.
@@ -796,7 +831,8 @@ def lose_member_tasks(cluster_id: int, member_id: int, *, by: str, why: str,
     rows = list(
         Task.objects.select_for_update().filter(member_id=member_id, state=Task.State.RUNNING)
         .values("id", "job_id", "schedule_id", "scheduled_for", "attempt", "parameters",
-                "cancel_reason", "member_deaths", "job__recover_lost", "job__name")
+                "cancel_reason", "member_deaths", "job__recover_lost", "job__name",
+                "order_id", "order_step", "order_state")
     )
     if not rows:
         return 0
@@ -805,6 +841,8 @@ def lose_member_tasks(cluster_id: int, member_id: int, *, by: str, why: str,
     lost = [r for r in rows if not r["cancel_reason"]]
     for r in lost:
         r["deaths"] = r["member_deaths"] + (1 if died else 0)
+        # A step of an order always runs again: its order waits for it.
+        r["job__recover_lost"] = r["job__recover_lost"] or r["order_id"] is not None
     quarantined = [r for r in lost if died and r["deaths"] >= QUARANTINE_AFTER_DEATHS]
     lost = [r for r in lost if r not in quarantined]
     Task.objects.filter(id__in=cancelled, state=Task.State.RUNNING).update(
@@ -823,9 +861,18 @@ def lose_member_tasks(cluster_id: int, member_id: int, *, by: str, why: str,
              scheduled_for=r["scheduled_for"], attempt=r["attempt"] + 1,
              trigger=Task.Trigger.RECOVERY, state=Task.State.QUEUED, not_before=now,
              parameters=r["parameters"], retry_of_id=r["id"], requested_by=by,
-             member_deaths=r["deaths"])
+             member_deaths=r["deaths"], order_id=r["order_id"], order_step=r["order_step"],
+             order_state=r["order_state"])
         for r in lost if r["job__recover_lost"]
     ], ignore_conflicts=True)
+    # Steps that will not run again: a cancelled one leaves its order suspended at its node,
+    # a quarantined one sends it along its error state.
+    _orders.after_steps(None, now, [
+        _orders.StepEnd(order_id=r["order_id"], order_step=r["order_step"], outcome=outcome,
+                        task_id=r["id"], job_id=r["job_id"])
+        for outcome, group in ((Task.State.CANCELLED, [r for r in rows if r["cancel_reason"]]),
+                               ("quarantined", quarantined))
+        for r in group if r["order_id"] is not None])
     eventlog.write_all(
         [eventlog.task_lost(cluster_id, member_id, by, r, why) for r in lost]
         + [eventlog.task_quarantined(cluster_id, member_id, by, r) for r in quarantined]
@@ -837,9 +884,10 @@ def lose_member_tasks(cluster_id: int, member_id: int, *, by: str, why: str,
 
 
 def _return_orders_of_dead_members(cluster_id: int, by: str) -> int:
-    """Orders held by a dead member: a step in flight goes back to its node to be processed
-    again, and an order of a chain that is not distributed may be adopted by another member.
-    Finished and failed orders stay as they are."""
+    """Orders held by a dead member are let go: an order of a chain that is not distributed
+    may be adopted by another member. A step in flight stays the order's step: its task is
+    declared lost and recovered (lose_member_tasks), the same step run again once, and the
+    order moves when that run ends. Finished and failed orders stay as they are."""
     from scheduler.models import Order
 
     held = list(Order.objects.select_related("member")
@@ -848,10 +896,17 @@ def _return_orders_of_dead_members(cluster_id: int, by: str) -> int:
     returned = 0
     for order in held:
         was_running = order.status == Order.Status.RUNNING
+        if was_running and not Task.objects.filter(
+                order_id=order.pk, order_step=order.step,
+                state__in=Task.UNFINISHED_STATES).exists():
+            # A running order without a step in flight (rows from before steps were tasks):
+            # back to its node, to be processed again.
+            was_running = False
+            status = Order.Status.WAITING
+        else:
+            status = order.status
         changed = Order.objects.filter(pk=order.pk, version=order.version).update(
-            member=None, version=F("version") + 1,
-            status=Order.Status.WAITING if was_running else order.status,
-        )
+            member=None, version=F("version") + 1, status=status)
         if changed:
             returned += 1
             eventlog.order_returned(order, cluster_id, by, was_running)
@@ -890,3 +945,6 @@ def next_wake(cluster_id: int, member_names: list[str]) -> datetime | None:
         if rows and rows[0][0] is not None:
             candidates.append(_as_dt(rows[0][0]))
     return min(candidates) if candidates else None
+
+
+from scheduler.ledger import orders as _orders  # noqa: E402  (it uses the helpers above)

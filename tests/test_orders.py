@@ -1,0 +1,396 @@
+"""Job chains and orders: the model API and the processing, driven in this process."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from django.core.exceptions import ValidationError
+from django.db.models import Count
+
+from scheduler import chaingraph, ledger
+from scheduler.eventlog import Actor
+from scheduler.models import ChainNode, Event, JobChain, Member, Order, Task
+from tests.conftest import add_job
+from tests.test_node import drive, make_node
+
+OP = Actor("otto", source="console")
+
+# Python job callables (tests.test_orders:...).
+SEEN: list[dict] = []
+RELEASE = threading.Event()
+
+
+def ok(ctx):
+    SEEN.append(dict(ctx.parameters))
+
+
+def boom(ctx):
+    raise RuntimeError("step failed")
+
+
+def hold(ctx):
+    for _ in range(400):
+        if RELEASE.wait(0.05) or ctx.cancelled.is_set():
+            return
+
+
+@pytest.fixture(autouse=True)
+def _reset():
+    SEEN.clear()
+    RELEASE.clear()
+    yield
+    RELEASE.set()
+
+
+@pytest.fixture
+def node(cluster):
+    n = make_node()
+    yield n
+    RELEASE.set()
+    n.stopping = True
+    n.shutdown()
+
+
+def make_chain(cluster, name="etl", steps=(("a", "ok"), ("b", "ok"), ("c", "ok")),
+               **chain_kw) -> JobChain:
+    """A linear chain: each step's next is the following one, its error state `error`;
+    then the end nodes `done` and `error`."""
+    chain = JobChain.objects.create(cluster=cluster, name=name, **chain_kw)
+    jobs = {}
+    for i, (state, func) in enumerate(steps):
+        if func not in jobs:
+            jobs[func] = add_job(cluster, f"{name}-{func}", command=f"tests.test_orders:{func}",
+                                 parameters={"from_job": "j", "shared": "job"})
+        nxt = steps[i + 1][0] if i + 1 < len(steps) else "done"
+        ChainNode.objects.create(chain=chain, state=state, job=jobs[func], next_state=nxt,
+                                 error_state="error", position=i)
+    ChainNode.objects.create(chain=chain, state="done", position=90)
+    ChainNode.objects.create(chain=chain, state="error", position=91)
+    return chain
+
+
+def steps_of(order):
+    return list(Task.objects.filter(order=order).order_by("id")
+                .values_list("order_state", "attempt", "state"))
+
+
+# ------------------------------------------------------------------ chaingraph
+
+
+def test_chaingraph_refuses_unsound_graphs_naming_the_node():
+    assert chaingraph.check_chain_graph([]) == [
+        "A job chain needs at least one node with a job and one end node."]
+    problems = chaingraph.check_chain_graph([
+        {"state": "a", "job": 1, "next_state": "b", "error_state": "nowhere"},
+        {"state": "b", "job": None, "next_state": "", "error_state": ""},
+    ])
+    assert problems == ["Node 'a': error state 'nowhere' is not a state of this chain."]
+    loop = chaingraph.check_chain_graph([
+        {"state": "a", "job": 1, "next_state": "b", "error_state": "b"},
+        {"state": "b", "job": 1, "next_state": "a", "error_state": "a"},
+        {"state": "end", "job": None, "next_state": "", "error_state": ""},
+    ])
+    assert "Node 'a' cannot reach an end node." in loop
+
+
+def test_chaingraph_orders_nodes_and_says_what_happens_at_each():
+    nodes = [
+        {"state": "done", "job": None, "next_state": "", "error_state": ""},
+        {"state": "b", "job": 1, "next_state": "done", "error_state": "err"},
+        {"state": "a", "job": 1, "next_state": "b", "error_state": "err"},
+        {"state": "err", "job": None, "next_state": "", "error_state": ""},
+    ]
+    assert chaingraph.graph_order(nodes) == ["a", "b", "done", "err"]
+    assert chaingraph.first_state(nodes) == "a"
+    assert chaingraph.step_at({"state": "a", "job": 1, "action": "active"}) == "run"
+    assert chaingraph.step_at({"state": "a", "job": 1, "action": "skipped"}) == "skip"
+    assert chaingraph.step_at({"state": "a", "job": 1, "action": "stopped"}) == "wait"
+    assert chaingraph.step_at({"state": "a", "job": 1, "action": "active"}, "a") == "end"
+    assert chaingraph.step_at({"state": "done", "job": None, "action": "active"}) == "end"
+
+
+# ------------------------------------------------------------------ the model API
+
+
+def test_add_validates_and_refuses_a_taken_id(cluster):
+    chain = make_chain(cluster)
+    order = Order.add(chain, "o1", parameters={"x": 1}, actor=OP)
+    assert (order.state, order.status, order.initial_state) == ("a", "waiting", "a")
+    with pytest.raises(ValidationError, match="already has an order 'o1'"):
+        Order.add(chain, "o1", actor=OP)
+    with pytest.raises(ValidationError, match="'nope' is not a state of chain etl"):
+        Order.add(chain, "o2", initial_state="nope", actor=OP)
+    with pytest.raises(ValidationError):
+        Order.add(chain, "o3", parameters=[1, 2], actor=OP)
+    assert Order.objects.count() == 1
+    event = Event.objects.get(kind="order.add")
+    assert (event.actor, event.source, event.data["order_id"]) == ("otto", "console", "o1")
+
+
+def test_add_to_an_unsound_chain_is_refused_with_the_reason(cluster):
+    chain = make_chain(cluster)
+    ChainNode.objects.filter(chain=chain, state="b").update(next_state="gone")
+    with pytest.raises(ValidationError, match="Node 'b': next state 'gone' is not a state"):
+        Order.add(chain, "o1", actor=OP)
+
+
+def test_operator_actions_change_once_and_refuse_the_impossible(cluster):
+    chain = make_chain(cluster)
+    order = Order.add(chain, "o1", actor=OP)
+    assert order.suspend(OP) is True and order.status == "suspended"
+    assert order.suspend(OP) is False
+    assert order.move("c", OP) is True and (order.state, order.status) == ("c", "suspended")
+    with pytest.raises(ValidationError, match="'zz' is not a state of job chain etl"):
+        order.move("zz", OP)
+    assert order.resume(OP) is True and order.status == "waiting"
+    assert order.resume(OP) is False
+    assert order.reset(OP) is True and order.state == "a"
+    assert order.reset(OP) is False
+    Order.objects.filter(pk=order.pk).update(status="running")
+    order.refresh_from_db()
+    with pytest.raises(ValidationError, match="running a step at a: it cannot be moved"):
+        order.move("b", OP)
+    with pytest.raises(ValidationError, match="cannot be reset"):
+        order.reset(OP)
+    with pytest.raises(ValidationError, match="cannot be removed"):
+        order.remove(OP)
+    assert order.suspend(OP) is True and order.suspend_requested
+    assert order.resume(OP) is True and not order.suspend_requested
+    Order.objects.filter(pk=order.pk).update(status="finished")
+    with pytest.raises(ValidationError, match="nothing to suspend"):
+        order.suspend(OP)
+    assert order.remove(OP) is True
+    assert not Order.objects.exists()
+    kinds = list(Event.objects.order_by("id").values_list("kind", flat=True))
+    assert kinds == ["order.add", "order.suspend", "order.move", "order.resume", "order.reset",
+                     "order.suspend", "order.resume", "order.remove"]
+
+
+def test_chain_stop_and_node_actions(cluster):
+    chain = make_chain(cluster)
+    assert chain.stop(OP) is True and chain.stop(OP) is False
+    assert chain.unstop(OP) is True
+    node = chain.nodes.get(state="b")
+    assert node.set_action("skipped", OP) is True and node.set_action("skipped", OP) is False
+    with pytest.raises(ValidationError, match="'paused' is not a node action"):
+        node.set_action("paused", OP)
+    with pytest.raises(ValidationError, match="is an end node"):
+        chain.nodes.get(state="done").set_action("stopped", OP)
+    order = Order.add(chain, "o1", actor=OP)
+    chain.stop(OP)
+    assert order.waiting_reason() == "the job chain etl is stopped"
+    chain.unstop(OP)
+    chain.nodes.filter(state="a").update(action="stopped")
+    assert order.waiting_reason() == "node a is stopped"
+
+
+# ------------------------------------------------------------------ processing
+
+
+def test_an_order_travels_its_chain_step_by_step(node, cluster):
+    chain = make_chain(cluster)
+    order = Order.add(chain, "o1", parameters={"shared": "order", "n": 7}, actor=OP)
+    drive(node, lambda: Order.objects.get(pk=order.pk).status == "finished", message="finished")
+    order.refresh_from_db()
+    assert order.state == "done" and not order.error_path
+    assert steps_of(order) == [("a", 1, "succeeded"), ("b", 1, "succeeded"),
+                               ("c", 1, "succeeded")]
+    assert set(Task.objects.filter(order=order).values_list("trigger", flat=True)) == {"order"}
+    # The order's parameters merged over the job's.
+    assert SEEN[0] == {"from_job": "j", "shared": "order", "n": 7}
+    kinds = list(Event.objects.filter(kind__startswith="order.").order_by("id")
+                 .values_list("kind", flat=True))
+    assert kinds == ["order.add", "order.moved", "order.moved", "order.finished"]
+
+
+def test_a_failing_step_sends_the_order_along_its_error_state(node, cluster):
+    chain = make_chain(cluster, steps=(("a", "ok"), ("b", "boom"), ("c", "ok")))
+    order = Order.add(chain, "o1", actor=OP)
+    drive(node, lambda: Order.objects.get(pk=order.pk).status == "failed", message="failed")
+    order.refresh_from_db()
+    assert order.state == "error" and order.error_path
+    assert steps_of(order) == [("a", 1, "succeeded"), ("b", 1, "failed")]
+    failed = Event.objects.get(kind="order.failed")
+    assert failed.data["from"] == "b" and failed.data["to"] == "error"
+
+
+def test_a_failing_step_is_retried_before_the_order_moves(node, cluster):
+    chain = make_chain(cluster, steps=(("a", "boom"),))
+    job = chain.nodes.get(state="a").job
+    job.max_retries, job.retry_backoff_seconds = 2, 0.0
+    job.save()
+    order = Order.add(chain, "o1", actor=OP)
+    drive(node, lambda: Order.objects.get(pk=order.pk).status == "failed", message="failed")
+    assert steps_of(order) == [("a", 1, "failed"), ("a", 2, "failed"), ("a", 3, "failed")]
+    assert set(Task.objects.filter(order=order).values_list("order_step", flat=True)) == {1}
+
+
+def test_stopped_and_skipped_nodes(node, cluster):
+    chain = make_chain(cluster)
+    chain.nodes.get(state="b").set_action("skipped", OP)
+    chain.nodes.get(state="c").set_action("stopped", OP)
+    order = Order.add(chain, "o1", actor=OP)
+    drive(node, lambda: Order.objects.get(pk=order.pk).state == "c", message="at c")
+    for _ in range(5):
+        node._orders_at = 0.0
+        node.tick()
+    order.refresh_from_db()
+    assert (order.state, order.status) == ("c", "waiting")
+    assert order.waiting_reason() == "node c is stopped"
+    assert steps_of(order) == [("a", 1, "succeeded")]  # b was skipped: no task
+    skipped = Event.objects.get(kind="order.moved", data__why="skipped")
+    assert (skipped.data["from"], skipped.data["to"]) == ("b", "c")
+    chain.nodes.get(state="c").set_action("active", OP)
+    drive(node, lambda: Order.objects.get(pk=order.pk).status == "finished", message="finished")
+    assert [s[0] for s in steps_of(order)] == ["a", "c"]
+
+
+def test_a_stopped_chain_moves_no_order(node, cluster):
+    chain = make_chain(cluster)
+    chain.stop(OP)
+    order = Order.add(chain, "o1", actor=OP)
+    for _ in range(5):
+        node._orders_at = 0.0
+        node.tick()
+    assert not Task.objects.filter(order=order).exists()
+    chain.unstop(OP)
+    drive(node, lambda: Order.objects.get(pk=order.pk).status == "finished", message="finished")
+
+
+def test_suspend_while_a_step_runs_lets_it_finish_then_the_order_waits(node, cluster):
+    chain = make_chain(cluster, steps=(("a", "hold"), ("b", "ok")))
+    order = Order.add(chain, "o1", actor=OP)
+    drive(node, lambda: Order.objects.get(pk=order.pk).status == "running", message="running")
+    order.refresh_from_db()
+    assert order.suspend(OP) is True
+    RELEASE.set()
+    drive(node, lambda: Order.objects.get(pk=order.pk).status == "suspended", message="suspended")
+    order.refresh_from_db()
+    assert order.state == "b" and not order.suspend_requested
+    assert steps_of(order) == [("a", 1, "succeeded")]
+    for _ in range(5):
+        node._orders_at = 0.0
+        node.tick()
+    assert steps_of(order) == [("a", 1, "succeeded")]
+    assert order.resume(OP) is True
+    drive(node, lambda: Order.objects.get(pk=order.pk).status == "finished", message="finished")
+    assert steps_of(order) == [("a", 1, "succeeded"), ("b", 1, "succeeded")]
+
+
+def test_a_cancelled_step_leaves_its_order_suspended_at_the_node(node, cluster):
+    chain = make_chain(cluster, steps=(("a", "hold"),))
+    order = Order.add(chain, "o1", actor=OP)
+    drive(node, lambda: Task.objects.filter(order=order, state="running").exists(),
+          message="running")
+    Task.objects.get(order=order).request_cancel("enough", OP)
+    drive(node, lambda: Order.objects.get(pk=order.pk).status == "suspended", message="suspended")
+    assert Order.objects.get(pk=order.pk).state == "a"
+
+
+def test_max_orders_bounds_orders_at_once_and_priority_goes_first(cluster):
+    chain = make_chain(cluster, steps=(("a", "hold"),), max_orders=2)
+    chain.nodes.get(state="a").job.__class__.objects.update(max_parallel=5)
+    low = Order.add(chain, "low", priority=0, actor=OP)
+    high = [Order.add(chain, f"high{i}", priority=5, actor=OP) for i in range(2)]
+    n = make_node(workers=10)
+    try:
+        drive(n, lambda: Order.objects.filter(status="running").count() == 2, message="two")
+        for _ in range(3):
+            n._orders_at = 0.0
+            n.tick()
+        assert set(Order.objects.filter(status="running")) == set(high)
+        assert Order.objects.get(pk=low.pk).waiting_reason() == \
+            "the chain runs its limit of 2 order(s) at once"
+        RELEASE.set()
+        drive(n, lambda: Order.objects.filter(status="finished").count() == 3, message="all")
+    finally:
+        RELEASE.set()
+        n.stopping = True
+        n.shutdown()
+
+
+def test_an_order_at_its_end_state_finishes_there(node, cluster):
+    chain = make_chain(cluster)
+    order = Order.add(chain, "o1", end_state="b", actor=OP)
+    drive(node, lambda: Order.objects.get(pk=order.pk).status == "finished", message="finished")
+    assert Order.objects.get(pk=order.pk).state == "b"
+    assert steps_of(order) == [("a", 1, "succeeded")]
+
+
+def test_a_step_lost_with_its_member_runs_again_once(node, cluster):
+    chain = make_chain(cluster, steps=(("a", "ok"), ("b", "ok")))
+    job = chain.nodes.get(state="a").job
+    Task.objects.filter(job=job).delete()
+    job.recover_lost = False  # a step runs again all the same: its order waits for it
+    job.save()
+    ghost = Member.objects.create(cluster=cluster, name="ghost", mode="single", host="h",
+                                  pid=1, version="x", state="active")
+    order = Order.add(chain, "o1", actor=OP)
+    # The ghost takes the first step, then dies.
+    result = ledger.orders.claim_steps(
+        cluster_id=cluster.pk, member_id=ghost.pk, member_names=["ghost"], capacity=5,
+        epoch=None, dead_after=60, sticky=False)
+    assert len(result.started) == 1
+    Member.objects.filter(pk=ghost.pk).update(state="dead")
+    drive(node, lambda: Order.objects.get(pk=order.pk).status == "finished", message="finished")
+    assert steps_of(order) == [("a", 1, "lost"), ("a", 2, "succeeded"), ("b", 1, "succeeded")]
+
+
+def test_orders_of_a_live_member_stay_with_it_unless_the_chain_is_distributed(cluster):
+    chain = make_chain(cluster, steps=(("a", "ok"), ("b", "ok")))
+    dist = make_chain(cluster, name="dist", steps=(("a", "ok"), ("b", "ok")), distributed=True)
+    other = Member.objects.create(cluster=cluster, name="other", mode="active", host="h",
+                                  pid=1, version="x", state="active")
+    mine = Order.add(chain, "o1", actor=OP)
+    shared = Order.add(dist, "o1", actor=OP)
+    Order.objects.filter(pk__in=[mine.pk, shared.pk]).update(member=other, state="b")
+    me = Member.objects.create(cluster=cluster, name="me", mode="active", host="h", pid=2,
+                               version="x", state="active")
+    result = ledger.orders.claim_steps(
+        cluster_id=cluster.pk, member_id=me.pk, member_names=["me"], capacity=5, epoch=None,
+        dead_after=60, sticky=True)
+    assert [s.order_id for s in result.started] == [shared.pk]
+    Member.objects.filter(pk=other.pk).update(state="dead")
+    result = ledger.orders.claim_steps(
+        cluster_id=cluster.pk, member_id=me.pk, member_names=["me"], capacity=5, epoch=None,
+        dead_after=60, sticky=True)
+    assert [s.order_id for s in result.started] == [mine.pk]
+
+
+def test_a_fenced_member_claims_no_order_step(cluster):
+    chain = make_chain(cluster)
+    order = Order.add(chain, "o1", actor=OP)
+    stale = Member.objects.create(cluster=cluster, name="stale", mode="passive", host="h",
+                                  pid=1, version="x", state="active")
+    cluster.lease_holder, cluster.lease_epoch = stale, 3
+    cluster.save()
+    result = ledger.orders.claim_steps(
+        cluster_id=cluster.pk, member_id=stale.pk, member_names=["stale"], capacity=5,
+        epoch=2, dead_after=60, sticky=False)
+    assert result.fenced and not result.started
+    order.refresh_from_db()
+    assert (order.status, order.version) == ("waiting", 1)
+
+
+def test_many_orders_each_step_once(cluster):
+    chain = make_chain(cluster, steps=(("a", "ok"), ("b", "ok")), distributed=True)
+    chain.nodes.get(state="a").job.__class__.objects.update(max_parallel=20)
+    for i in range(60):
+        Order.add(chain, f"o{i}", actor=OP)
+    n1 = make_node(name="n1", mode="active", workers=8)
+    n2 = make_node(name="n2", mode="active", workers=8)
+    try:
+        def done():
+            n1.tick()
+            n2.tick()
+            return Order.objects.filter(status="finished").count() == 60
+        drive(n1, done, timeout=60, message="all finished")
+    finally:
+        for n in (n1, n2):
+            n.stopping = True
+            n.shutdown()
+    dup = (Task.objects.filter(attempt=1).values("order", "order_state")
+           .annotate(n=Count("id")).filter(n__gt=1))
+    assert not dup.exists()
+    assert Task.objects.filter(order__isnull=False).count() == 120
