@@ -13,7 +13,7 @@ from django.contrib import admin, messages
 from django.contrib.admin import ActionLocation
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db import models
+from django.db import models, transaction
 from django.db.models import (
     Case,
     Count,
@@ -30,10 +30,11 @@ from django.db.models.functions import Now
 from django.forms.models import BaseInlineFormSet
 from django.http import HttpResponse, HttpResponseRedirect
 from django.template.loader import render_to_string
+from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
-from scheduler import timing
+from scheduler import orderactions, timing
 from scheduler.eventlog import Actor
 from scheduler.forms import PREVIEW_COUNT, DataMapField, preview_for_query, saved_preview
 from scheduler.membership import MemberRefused, request_switchover
@@ -738,27 +739,76 @@ class ChainNodeInline(admin.TabularInline):
     extra = 1
     fields = ("position", "state", "job", "next_state", "error_state", "action")
 
+    def get_readonly_fields(self, request, obj=None):
+        # A saved chain's nodes are stopped, skipped or made active again by an operator
+        # action (the node list's actions), which records an event; here only when added.
+        return ("action",) if obj is not None and obj.pk else ()
+
     def formfield_for_foreignkey(self, db_field, request, **kwargs):
         formfield = super().formfield_for_foreignkey(db_field, request, **kwargs)
         return label_jobs_with_cluster(formfield) if db_field.name == "job" else formfield
 
 
+# Operator actions on chains, nodes and orders go through scheduler/orderactions.py (every door
+# does): all or nothing, each recorded in the event log with the user's name.
+
+SHOW_EACH = 10  # up to this many rows, each one's outcome is said; beyond, counts
+
+
+def run_actions(request, action: str, targets: list, noun: str, **args) -> bool:
+    """Do `action` to every target in one transaction; one refusal and nothing is changed
+    (the message says which and why). True when it was done."""
+    actor = actor_of(request)
+    outcomes = []
+    try:
+        with transaction.atomic():
+            for target in targets:
+                try:
+                    outcomes.append(orderactions.perform(action, target, actor, **args))
+                except ValidationError as exc:
+                    messages.error(request, f"{orderactions.describe(target)}: "
+                                            f"{' '.join(exc.messages)} Nothing was changed.")
+                    raise
+    except ValidationError:
+        return False
+    if len(outcomes) <= SHOW_EACH:
+        for outcome in outcomes:
+            messages.add_message(request, messages.SUCCESS if outcome.changed
+                                 else messages.WARNING, outcome.message)
+    else:
+        done = sum(outcome.changed for outcome in outcomes)
+        messages.add_message(request, messages.SUCCESS if done else messages.WARNING,
+                             f"{plural(len(outcomes), noun)}: {done} changed by "
+                             f"“{action}”, {len(outcomes) - done} already so.")
+    return True
+
+
+def action_field_name(request) -> str:
+    """The name the admin's action form posted its action under (list or object page)."""
+    on_page = f"{ActionLocation.CHANGE_FORM.value}-action"
+    return on_page if on_page in request.POST else "action"
+
+
 @admin.register(JobChain)
-class JobChainAdmin(admin.ModelAdmin):
+class JobChainAdmin(OperatorActions, ActionsAdmin):
+    class Media:
+        css = {"all": ["scheduler/admin.css"]}  # state badges (STYLE)
+
     list_display = ("name", "cluster", "title", "distributed", "stopped", "node_count",
                     "order_count")
     list_filter = ("cluster", "distributed", "stopped")
     search_fields = ("name", "title")
     list_select_related = ("cluster",)
     inlines = [ChainNodeInline]
+    actions = ["stop_chains", "start_chains"]
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(
             nodes_n=Count("nodes", distinct=True), orders_n=Count("orders", distinct=True))
 
     def get_readonly_fields(self, request, obj=None):
-        # Its nodes' jobs belong to its cluster.
-        return ("cluster",) if obj else ()
+        # Its nodes' jobs belong to its cluster. Stopping is an operator action (an event).
+        return ("cluster", "stopped", "node_actions") if obj else ("stopped",)
 
     @admin.display(description="nodes", ordering="nodes_n")
     def node_count(self, obj):
@@ -768,9 +818,83 @@ class JobChainAdmin(admin.ModelAdmin):
     def order_count(self, obj):
         return obj.orders_n
 
+    @admin.display(description="stop or skip nodes")
+    def node_actions(self, obj):
+        if obj is None or obj.pk is None:
+            return "-"
+        address = reverse("admin:scheduler_chainnode_changelist") + f"?chain__id__exact={obj.pk}"
+        return format_html('<a href="{}">The nodes of {}, with their actions</a>', address,
+                           obj.name)
+
+    @admin.action(description="Stop the chain (no order moves)",
+                  description_plural="Stop selected chains", permissions=["operate"],
+                  location=LIST_AND_PAGE)
+    def stop_chains(self, request, queryset):
+        run_actions(request, "stop", list(queryset), "chain")
+
+    @admin.action(description="Start the chain", description_plural="Start selected chains",
+                  permissions=["operate"], location=LIST_AND_PAGE)
+    def start_chains(self, request, queryset):
+        run_actions(request, "start", list(queryset), "chain")
+
+
+@admin.register(ChainNode)
+class ChainNodeAdmin(OperatorActions, ActionsAdmin):
+    """Nodes are defined in their chain's page; here an operator stops or skips them."""
+
+    class Media:
+        css = {"all": ["scheduler/admin.css"]}  # state badges (STYLE)
+
+    list_display = ("state", "chain", "cluster", "job", "next_state", "error_state",
+                    "action_badge")
+    list_filter = ("action", "chain__cluster", "chain")
+    search_fields = ("state", "chain__name")
+    list_select_related = ("chain__cluster", "job")
+    actions = ["set_active", "set_stopped", "set_skipped"]
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False  # the chain's page edits nodes
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # the chain's page deletes nodes (checking the graph)
+
+    @admin.display(description="cluster", ordering="chain__cluster__name")
+    def cluster(self, obj):
+        return obj.chain.cluster.name
+
+    @admin.display(description="action", ordering="action")
+    def action_badge(self, obj):
+        return badge(obj.action)
+
+    def _set(self, request, queryset, action: str):
+        run_actions(request, action, list(queryset.select_related("chain")), "node")
+
+    @admin.action(description="Set active", description_plural="Set selected nodes active",
+                  permissions=["operate"], location=LIST_AND_PAGE)
+    def set_active(self, request, queryset):
+        self._set(request, queryset, "active")
+
+    @admin.action(description="Stop (orders wait here)",
+                  description_plural="Stop selected nodes (orders wait there)",
+                  permissions=["operate"], location=LIST_AND_PAGE)
+    def set_stopped(self, request, queryset):
+        self._set(request, queryset, "stopped")
+
+    @admin.action(description="Skip (orders pass through)",
+                  description_plural="Skip selected nodes (orders pass through)",
+                  permissions=["operate"], location=LIST_AND_PAGE)
+    def set_skipped(self, request, queryset):
+        self._set(request, queryset, "skipped")
+
 
 @admin.register(Order)
-class OrderAdmin(admin.ModelAdmin):
+class OrderAdmin(OperatorActions, ActionsAdmin):
+    class Media:
+        css = {"all": ["scheduler/admin.css"]}  # state badges (STYLE)
+
     list_display = ("order_id", "chain", "cluster", "state", "status", "priority", "member_name",
                     "updated_at")
     list_filter = ("status", "chain__cluster", "chain")
@@ -778,15 +902,34 @@ class OrderAdmin(admin.ModelAdmin):
     list_select_related = ("chain__cluster", "member")
     formfield_overrides = DATA_MAP_OVERRIDES
     fields = ("chain", "order_id", "title", "parameters", "priority", "initial_state",
-              "end_state", "state", "status", "member", "version", "created_at", "updated_at")
-    # The daemon moves orders; an operator's move would be a model method with an event.
-    readonly_fields = ("state", "status", "member", "version", "created_at", "updated_at")
+              "end_state", "state", "status", "waiting", "member", "version", "created_at",
+              "updated_at", "steps", "order_events")
+    # The daemon moves orders; an operator moves them with the actions (each an event).
+    readonly_fields = ("state", "status", "waiting", "member", "version", "created_at",
+                       "updated_at", "steps", "order_events")
+    actions = ["suspend_orders", "resume_orders", "reset_orders", "move_orders",
+               "remove_orders"]
 
     def get_readonly_fields(self, request, obj=None):
         return self.readonly_fields + (("chain",) if obj else ())
 
+    def get_fields(self, request, obj=None):
+        if obj is None:  # what an order is added with
+            return ("chain", "order_id", "title", "parameters", "priority", "initial_state",
+                    "end_state")
+        return self.fields
+
     def save_model(self, request, obj, form, change):
-        save_changed(obj, form, change)
+        if change:
+            save_changed(obj, form, change)
+            return
+        # A new order is added through Order.add (its event names the user).
+        added = orderactions.add_order(
+            obj.chain, obj.order_id, actor=actor_of(request), title=obj.title,
+            parameters=obj.parameters, priority=obj.priority,
+            initial_state=obj.initial_state, end_state=obj.end_state)
+        obj.pk = added.pk
+        obj._state.adding = False
 
     @admin.display(description="cluster", ordering="chain__cluster__name")
     def cluster(self, obj):
@@ -795,3 +938,87 @@ class OrderAdmin(admin.ModelAdmin):
     @admin.display(description="member", ordering="member__name")
     def member_name(self, obj):
         return obj.member.name if obj.member else "-"
+
+    @admin.display(description="why it waits")
+    def waiting(self, obj):
+        return orderactions.waiting_reason(obj) or "-" if obj and obj.pk else "-"
+
+    @admin.display(description="steps")
+    def steps(self, obj):
+        if obj is None or obj.pk is None:
+            return "-"
+        return render_to_string("partials/order_steps.html", {
+            "steps": orderactions.order_steps(obj), "task_url_name": "admin:scheduler_task_change",
+            "display_zone": "UTC"})
+
+    @admin.display(description="events")
+    def order_events(self, obj):
+        if obj is None or obj.pk is None:
+            return "-"
+        from scheduler.console.views.chains import order_events
+
+        events = list(order_events(obj))
+        if not events:
+            return "-"
+        return format_html(
+            '<table class="order-events"><thead><tr><th>when (UTC)</th><th>kind</th>'
+            "<th>who</th><th>door</th><th>what</th><th>reason</th></tr></thead><tbody>{}"
+            "</tbody></table>",
+            format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>"
+                                 "<td>{}</td></tr>",
+                             ((short_time(e.created_at), e.kind, e.actor or "-",
+                               e.source or "-", e.message, e.reason or "-") for e in events)))
+
+    def _do(self, request, queryset, action: str, **args):
+        orders = list(queryset.select_related("chain"))
+        run_actions(request, action, orders, "order", **args)
+
+    @admin.action(description="Suspend the order", description_plural="Suspend selected orders",
+                  permissions=["operate"], location=LIST_AND_PAGE)
+    def suspend_orders(self, request, queryset):
+        self._do(request, queryset, "suspend")
+
+    @admin.action(description="Resume the order", description_plural="Resume selected orders",
+                  permissions=["operate"], location=LIST_AND_PAGE)
+    def resume_orders(self, request, queryset):
+        self._do(request, queryset, "resume")
+
+    @admin.action(description="Reset the order to its initial state",
+                  description_plural="Reset selected orders to their initial state",
+                  permissions=["operate"], location=LIST_AND_PAGE)
+    def reset_orders(self, request, queryset):
+        self._do(request, queryset, "reset")
+
+    @admin.action(description="Remove the order", description_plural="Remove selected orders",
+                  permissions=["operate"], location=LIST_AND_PAGE)
+    def remove_orders(self, request, queryset):
+        orders = list(queryset.select_related("chain"))
+        if run_actions(request, "remove", orders, "order") and \
+                action_field_name(request) != "action":
+            # From the order's own page: it may be gone, so back to the list.
+            return HttpResponseRedirect(reverse("admin:scheduler_order_changelist"))
+        return None
+
+    @admin.action(description="Move the order to a state…",
+                  description_plural="Move selected orders to a state…",
+                  permissions=["operate"], location=LIST_AND_PAGE)
+    def move_orders(self, request, queryset):
+        """An intermediate page asks for the state (one of the chain's); then all move."""
+        orders = list(queryset.select_related("chain"))
+        chains = {order.chain_id for order in orders}
+        if len(chains) != 1:
+            messages.error(request, "Orders of one chain at a time can be moved (they were of "
+                                    f"{len(chains)} chains); nothing was changed.")
+            return None
+        chain = orders[0].chain
+        states = list(chain.nodes.order_by("position", "id").values_list("state", flat=True))
+        if "apply" in request.POST:
+            run_actions(request, "move", orders, "order", state=request.POST.get("state", ""))
+            return None
+        return TemplateResponse(request, "admin/scheduler/order/move_orders.html", {
+            **self.admin_site.each_context(request),
+            "title": f"Move {plural(len(orders), 'order')} of chain {chain.name}",
+            "opts": self.opts, "orders": orders, "chain": chain, "states": states,
+            "action_field": action_field_name(request),
+            "action_checkbox_name": ACTION_CHECKBOX_NAME,
+        })

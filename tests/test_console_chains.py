@@ -78,7 +78,7 @@ def test_the_order_page_shows_parameters_and_its_events(viewer_client, chain, cl
     assert "goes back to node extract" in html and "another order" not in html
     assert "&lt;b&gt;x&lt;/b&gt;" in html
     assert "orders are not processed yet by this version" in html
-    assert "No task is linked to this order" in html
+    assert "No step yet." in html  # the step history (scheduler/orderactions.order_steps)
 
 
 def test_unknown_chains_and_orders_are_404(viewer_client):

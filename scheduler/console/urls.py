@@ -28,7 +28,12 @@ urlpatterns = [
     # Job chains and orders.
     path("chains/", chains.chains, name="chains"),
     path("chains/<int:chain_id>/", chains.chain, name="chain"),
+    path("chains/<int:chain_id>/action/", chains.chain_action, name="chain_action"),
+    path("chains/<int:chain_id>/nodes/<int:node_id>/action/", chains.node_action,
+         name="node_action"),
+    path("chains/<int:chain_id>/orders/add/", chains.add_order, name="add_order"),
     path("orders/<int:order_id>/", chains.order, name="order"),
+    path("orders/<int:order_id>/action/", chains.order_action, name="order_action"),
     # The audit log of operator actions.
     path("audit/", audit.audit, name="audit"),
 ]

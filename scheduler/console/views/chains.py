@@ -1,15 +1,21 @@
-"""Job chains and their orders, as they exist. Nothing in this version moves orders along
-their chains yet (another issue builds that): the pages say so where an order waits."""
+"""Job chains and their orders: the pages, and the operator's actions on them (stop or start
+a chain, stop / skip / activate a node, add an order; suspend, resume, reset, move or remove
+an order), each through scheduler/orderactions.py with the console's actor and the
+operator's reason. A bad id, action or state is said in a message and changes nothing."""
 
 from __future__ import annotations
 
 import json
 
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Count, Q
-from django.shortcuts import get_object_or_404, render
-from django.views.decorators.http import require_GET
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_POST
 
-from scheduler.console.access import console_view
+from scheduler import orderactions
+from scheduler.console.access import NOT_OPERATOR, can_operate, console_actor, console_view
+from scheduler.console.orderforms import ActionForm, AddOrderForm
 from scheduler.models import ChainNode, Event, JobChain, Order
 
 NOT_PROCESSED = "orders are not processed yet by this version"
@@ -73,10 +79,7 @@ def chains(request):
         "nav": "chains", "chains": rows, "statuses": Order.Status.choices})
 
 
-@console_view
-@require_GET
-def chain(request, chain_id: int):
-    chain = get_object_or_404(JobChain.objects.select_related("cluster"), pk=chain_id)
+def chain_context(chain: JobChain) -> dict:
     nodes = list(chain.nodes.select_related("job").order_by("position", "id"))
     by_state = {node.state: node for node in nodes}
     orders = list(chain.orders.select_related("member").order_by("-priority", "id")[:500])
@@ -90,9 +93,18 @@ def chain(request, chain_id: int):
     ordered = graph_order(nodes)
     for node in ordered:
         node.order_count = waiting.get(node.state, 0)
+    return {"nav": "chains", "chain": chain, "nodes": ordered, "orders": orders,
+            "order_total": chain.orders.count(), "not_processed": NOT_PROCESSED,
+            "chain_actions": orderactions.CHAIN_ACTIONS,
+            "node_actions": orderactions.NODE_ACTIONS}
+
+
+@console_view
+@require_GET
+def chain(request, chain_id: int):
+    chain = get_object_or_404(JobChain.objects.select_related("cluster"), pk=chain_id)
     return render(request, "console/chain.html", {
-        "nav": "chains", "chain": chain, "nodes": ordered, "orders": orders,
-        "order_total": chain.orders.count(), "not_processed": NOT_PROCESSED})
+        **chain_context(chain), "add_form": AddOrderForm(chain=chain)})
 
 
 def order_events(order: Order):
@@ -108,8 +120,94 @@ def order(request, order_id: int):
     order = get_object_or_404(Order.objects.select_related("chain", "chain__cluster", "member"),
                               pk=order_id)
     nodes = {node.state: node for node in order.chain.nodes.select_related("job")}
-    order.why = why_waiting(order, order.chain, nodes)
+    order.why = orderactions.waiting_reason(order) or why_waiting(order, order.chain, nodes)
     return render(request, "console/order.html", {
         "nav": "chains", "order": order, "node": nodes.get(order.state),
         "parameters_json": json.dumps(order.parameters, indent=2, ensure_ascii=False),
-        "events": order_events(order)})
+        "events": order_events(order), "steps": list(orderactions.order_steps(order)),
+        "states": [n.state for n in sorted(nodes.values(), key=lambda n: (n.position, n.pk))],
+        "order_actions": orderactions.ORDER_ACTIONS})
+
+
+# ------------------------------------------------------------------------------ actions
+
+
+def _operator_only(request) -> None:
+    if not can_operate(request.user):
+        raise PermissionDenied(NOT_OPERATOR)
+
+
+def _act(request, action_form: ActionForm, target) -> bool:
+    """Do the form's action to `target`; the outcome or the refusal as a message."""
+    if not action_form.is_valid():
+        messages.error(request, "Nothing was changed. " + " ".join(action_form.problems()))
+        return False
+    actor = console_actor(request, action_form.cleaned_data["reason"])
+    try:
+        outcome = orderactions.perform(action_form.cleaned_data["action"], target, actor,
+                                       **action_form.arguments())
+    except ValidationError as exc:
+        messages.error(request, f"{' '.join(exc.messages)} Nothing was changed.")
+        return False
+    messages.add_message(request, messages.SUCCESS if outcome.changed else messages.WARNING,
+                         outcome.message[:1].upper() + outcome.message[1:] + ".")
+    return outcome.changed
+
+
+@console_view
+@require_POST
+def order_action(request, order_id: int):
+    """Suspend, resume, reset, move (POST state) or remove an order (POST: action, reason)."""
+    _operator_only(request)
+    order = get_object_or_404(Order.objects.select_related("chain"), pk=order_id)
+    form = ActionForm(request.POST, actions=orderactions.ORDER_ACTIONS)
+    done = _act(request, form, order)
+    if done and form.cleaned_data["action"] == "remove" and \
+            not Order.objects.filter(pk=order.pk).exists():
+        return redirect("console:chain", chain_id=order.chain_id)
+    return redirect("console:order", order_id=order.pk)
+
+
+@console_view
+@require_POST
+def chain_action(request, chain_id: int):
+    """Stop or start a chain (POST: action, reason)."""
+    _operator_only(request)
+    chain = get_object_or_404(JobChain, pk=chain_id)
+    _act(request, ActionForm(request.POST, actions=orderactions.CHAIN_ACTIONS), chain)
+    return redirect("console:chain", chain_id=chain.pk)
+
+
+@console_view
+@require_POST
+def node_action(request, chain_id: int, node_id: int):
+    """Make a node of the chain active, stopped or skipped (POST: action, reason)."""
+    _operator_only(request)
+    node = get_object_or_404(ChainNode.objects.select_related("chain"), pk=node_id,
+                             chain_id=chain_id)
+    _act(request, ActionForm(request.POST, actions=orderactions.NODE_ACTIONS), node)
+    return redirect("console:chain", chain_id=chain_id)
+
+
+@console_view
+@require_POST
+def add_order(request, chain_id: int):
+    """A new order of the chain; a bad field is shown by its field and nothing is added."""
+    _operator_only(request)
+    chain = get_object_or_404(JobChain.objects.select_related("cluster"), pk=chain_id)
+    form = AddOrderForm(request.POST, chain=chain)
+    if form.is_valid():
+        try:
+            added = orderactions.add_order(
+                chain, form.cleaned_data["order_id"],
+                actor=console_actor(request, form.cleaned_data["reason"]),
+                **form.order_arguments())
+        except ValidationError as exc:
+            form.add_model_errors(exc)
+        else:
+            messages.success(request, f"Order {chain.name}/{added.order_id} added at state "
+                                      f"{added.state}.")
+            return redirect("console:order", order_id=added.pk)
+    messages.error(request, "The order was not added: see the form.")
+    return render(request, "console/chain.html", {**chain_context(chain), "add_form": form},
+                  status=400)

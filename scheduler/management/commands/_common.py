@@ -89,7 +89,10 @@ def one_line(exc: BaseException) -> str:
     return text.rsplit(" failed: ", 1)[-1] or type(exc).__name__
 
 
-POSITIONAL = {"name": "NAME", "job": "JOB", "jobs": "JOB", "ids": "ID", "task_id": "TASK_ID"}
+POSITIONAL = {"name": "NAME", "job": "JOB", "jobs": "JOB", "ids": "ID", "task_id": "TASK_ID",
+              "chain": "CHAIN", "chains": "CHAIN", "order": "ORDER", "orders": "ORDER",
+              "order_id": "ORDER_ID", "to_state": "STATE", "node_state": "STATE",
+              "node_action": "ACTION"}
 
 
 class OperatorCommand(BaseCommand):
