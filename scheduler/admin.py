@@ -941,7 +941,7 @@ class OrderAdmin(OperatorActions, ActionsAdmin):
 
     @admin.display(description="why it waits")
     def waiting(self, obj):
-        return orderactions.waiting_reason(obj) or "-" if obj and obj.pk else "-"
+        return obj.waiting_reason() or "-" if obj and obj.pk else "-"
 
     @admin.display(description="steps")
     def steps(self, obj):

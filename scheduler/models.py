@@ -944,16 +944,20 @@ class Order(models.Model):
     def is_done(self) -> bool:
         return self.status in self.DONE_STATUSES
 
-    def waiting_reason(self) -> str:
+    def waiting_reason(self, nodes: dict | None = None, running: int | None = None) -> str:
         """Why a waiting order does not go on now ("" when nothing holds it, or it is not
         waiting): the chain or its node is stopped, the node's job is paused, the chain is at
-        its limit of orders at once. For the console and the commands (a few queries)."""
+        its limit of orders at once. For the console and the commands (a few queries; a page
+        of many orders passes the chain's nodes by state and its running orders' count)."""
         if self.status != self.Status.WAITING:
             return ""
         chain = self.chain
         if chain.stopped:
             return f"the job chain {chain.name} is stopped"
-        node = chain.nodes.select_related("job").filter(state=self.state).first()
+        if nodes is None:
+            node = chain.nodes.select_related("job").filter(state=self.state).first()
+        else:
+            node = nodes.get(self.state)
         if node is None:
             return f"'{self.state}' is no longer a node of the chain"
         step = chaingraph.step_at(node, self.end_state)
@@ -962,8 +966,9 @@ class Order(models.Model):
         if step == chaingraph.Step.RUN:
             if node.job.paused:
                 return f"job {node.job.name} of node {node.state} is paused"
-            if chain.max_orders and chain.orders.filter(
-                    status=self.Status.RUNNING).count() >= chain.max_orders:
+            if running is None and chain.max_orders:
+                running = chain.orders.filter(status=self.Status.RUNNING).count()
+            if chain.max_orders and running is not None and running >= chain.max_orders:
                 return f"the chain runs its limit of {chain.max_orders} order(s) at once"
         return ""
 

@@ -82,27 +82,8 @@ def create_order(chain: JobChain, order_id: str, *, title: str, parameters: dict
                      initial_state=initial_state, end_state=end_state, actor=actor)
 
 
-def waiting_reason(order: Order) -> str:
-    """Why the order waits, in an operator's words ("" when it does not wait)."""
-    method = getattr(order, "waiting_reason", None)
-    if method is not None:
-        return method()
-    # Before the order processing is merged: the console's own reading of the order.
-    from scheduler.console.views.chains import why_waiting
-
-    nodes = {node.state: node for node in order.chain.nodes.all()}
-    return why_waiting(order, order.chain, nodes)
-
-
-def has_steps() -> bool:
-    """Whether tasks are linked to the order whose step they are (Task.order)."""
-    return any(field.name == "order" for field in Task._meta.get_fields())
-
-
 def order_steps(order: Order, limit: int = MAX_ORDER_ROWS):
     """The order's step tasks, oldest first (with their job and member)."""
-    if not has_steps():
-        return Task.objects.none()
     return (Task.objects.filter(order=order).select_related("job", "member")
             .order_by("id")[:limit])
 

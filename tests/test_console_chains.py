@@ -54,15 +54,16 @@ def test_the_chain_shows_nodes_in_graph_order_and_why_orders_wait(viewer_client,
     response = viewer_client.get(reverse("console:chain", args=[chain.pk]))
     assert [n.state for n in response.context["nodes"]] == ["extract", "load", "failed", "done"]
     why = {o.pk: o.why for o in response.context["orders"]}
-    assert why[waiting.pk] == "orders are not processed yet by this version"
-    assert why[at_stopped.pk] == "node stopped"
+    assert why[waiting.pk] == "waiting for a member with free capacity to take its step"
+    assert why[at_stopped.pk] == "node load is stopped"
     assert why[done.pk] == "finished"
     html = response.content.decode()
     assert '<th scope="row">extract</th>' in html
     assert f'href="/jobs/{chain.nodes.get(state="extract").job_id}/"' in html
     JobChain.objects.filter(pk=chain.pk).update(stopped=True)
     response = viewer_client.get(reverse("console:chain", args=[chain.pk]))
-    assert {o.pk: o.why for o in response.context["orders"]}[waiting.pk] == "chain stopped"
+    assert {o.pk: o.why for o in response.context["orders"]}[waiting.pk] == (
+        f"the job chain {chain.name} is stopped")
 
 
 def test_the_order_page_shows_parameters_and_its_events(viewer_client, chain, cluster):
@@ -77,7 +78,7 @@ def test_the_order_page_shows_parameters_and_its_events(viewer_client, chain, cl
     html = response.content.decode()
     assert "goes back to node extract" in html and "another order" not in html
     assert "&lt;b&gt;x&lt;/b&gt;" in html
-    assert "orders are not processed yet by this version" in html
+    assert "waiting for a member with free capacity to take its step" in html
     assert "No step yet." in html  # the step history (scheduler/orderactions.order_steps)
 
 

@@ -18,7 +18,7 @@ from scheduler.console.access import NOT_OPERATOR, can_operate, console_actor, c
 from scheduler.console.orderforms import ActionForm, AddOrderForm
 from scheduler.models import ChainNode, Event, JobChain, Order
 
-NOT_PROCESSED = "orders are not processed yet by this version"
+WAITING_FOR_MEMBER = "waiting for a member with free capacity to take its step"
 
 
 def graph_order(nodes: list[ChainNode]) -> list[ChainNode]:
@@ -40,8 +40,10 @@ def graph_order(nodes: list[ChainNode]) -> list[ChainNode]:
     return ordered
 
 
-def why_waiting(order: Order, chain: JobChain, nodes: dict[str, ChainNode]) -> str:
-    """Why an order is where it is, in an operator's words."""
+def why_waiting(order: Order, chain: JobChain, nodes: dict[str, ChainNode],
+                running: int | None = None) -> str:
+    """Where an order stands and why, in an operator's words (the model says what holds a
+    waiting order: `Order.waiting_reason`)."""
     if order.status == Order.Status.FINISHED:
         return "finished"
     if order.status == Order.Status.FAILED:
@@ -53,14 +55,11 @@ def why_waiting(order: Order, chain: JobChain, nodes: dict[str, ChainNode]) -> s
         return f"its state '{order.state}' is not a node of the chain"
     if order.status == Order.Status.RUNNING:
         return f"running the step of node {node.state}" + (
-            f" on member {order.member.name}" if order.member else "")
+            f" on member {order.member.name}" if order.member else "") + (
+            "; suspended when it ends" if order.suspend_requested else "")
     if node.is_end:
         return "at an end node"
-    if chain.stopped:
-        return "chain stopped"
-    if node.action == ChainNode.Action.STOPPED:
-        return "node stopped"
-    return NOT_PROCESSED
+    return order.waiting_reason(nodes, running) or WAITING_FOR_MEMBER
 
 
 @console_view
@@ -83,8 +82,10 @@ def chain_context(chain: JobChain) -> dict:
     nodes = list(chain.nodes.select_related("job").order_by("position", "id"))
     by_state = {node.state: node for node in nodes}
     orders = list(chain.orders.select_related("member").order_by("-priority", "id")[:500])
+    running = chain.orders.filter(status=Order.Status.RUNNING).count()
     for order in orders:
-        order.why = why_waiting(order, chain, by_state)
+        order.chain = chain
+        order.why = why_waiting(order, chain, by_state, running)
         order.node = by_state.get(order.state)
     waiting = {}
     for order in orders:
@@ -94,7 +95,7 @@ def chain_context(chain: JobChain) -> dict:
     for node in ordered:
         node.order_count = waiting.get(node.state, 0)
     return {"nav": "chains", "chain": chain, "nodes": ordered, "orders": orders,
-            "order_total": chain.orders.count(), "not_processed": NOT_PROCESSED,
+            "order_total": chain.orders.count(),
             "chain_actions": orderactions.CHAIN_ACTIONS,
             "node_actions": orderactions.NODE_ACTIONS}
 
@@ -120,7 +121,7 @@ def order(request, order_id: int):
     order = get_object_or_404(Order.objects.select_related("chain", "chain__cluster", "member"),
                               pk=order_id)
     nodes = {node.state: node for node in order.chain.nodes.select_related("job")}
-    order.why = orderactions.waiting_reason(order) or why_waiting(order, order.chain, nodes)
+    order.why = why_waiting(order, order.chain, nodes)
     return render(request, "console/order.html", {
         "nav": "chains", "order": order, "node": nodes.get(order.state),
         "parameters_json": json.dumps(order.parameters, indent=2, ensure_ascii=False),

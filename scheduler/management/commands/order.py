@@ -35,7 +35,7 @@ class Command(OperatorCommand):
                                                          else ""))
         for label, value in (
             ("status", order.get_status_display()), ("at state", order.state),
-            ("why it waits", orderactions.waiting_reason(order) or "-"),
+            ("why it waits", order.waiting_reason() or "-"),
             ("initial state", order.initial_state), ("end state", order.end_state or "-"),
             ("priority", order.priority),
             ("member", order.member.name if order.member else "-"),

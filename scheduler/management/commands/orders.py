@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from django.core.management.base import CommandError
 
-from scheduler import orderactions
 from scheduler.management.commands._common import (
     MAX_COUNT,
     OperatorCommand,
@@ -43,7 +42,7 @@ class Command(OperatorCommand):
             orders = orders.filter(status=options["status"])
         rows = [[o.chain.name, o.order_id, o.status, o.state, o.priority,
                  o.member.name if o.member else "-", fmt_time(o.updated_at),
-                 orderactions.waiting_reason(o) or "-"]
+                 o.waiting_reason() or "-"]
                 for o in orders[: options["limit"]]]
         if not rows:
             self.stdout.write("no orders")
