@@ -163,7 +163,7 @@ def test_recent_events_are_listed_and_escaped(viewer_client, install):
 
 
 def test_the_pushed_fragments_carry_the_pages_ids(install):
-    html = render_dashboard(None, live.Viewer(False, False))
+    html = render_dashboard(None, [live.Viewer(False, False)])[0]
     top_level = re.findall(r'^<(\w+) id="([\w-]+)"[^>]*hx-swap-oob="true"', html, re.M)
     assert [i for _, i in top_level] == ["cluster-cards", "running-tasks", "recent-events"]
     assert f'id="cluster-card-{install["active"].pk}"' in html

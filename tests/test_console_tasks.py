@@ -296,16 +296,35 @@ def test_cancel_is_post_only(operator_client, job):
 
 def test_the_task_renderer_pushes_state_times_and_exit_code(job):
     task = make_task(job, "running")
-    html = render_task(task.pk, live.Viewer(may_operate=True, may_switchover=False))
+    html = render_task(task.pk, [live.Viewer(may_operate=True, may_switchover=False)])[0]
     assert 'id="task-state"' in html and 'hx-swap-oob="true"' in html
-    assert 'data-task-state="running"' in html and ">Cancel</button>" in html
+    assert 'data-task-state="running"' in html and 'data-ended="false"' in html
     Task.objects.filter(pk=task.pk).update(state="failed", exit_code=7)
-    html = render_task(task.pk, live.Viewer(may_operate=False, may_switchover=False))
+    html = render_task(task.pk, [live.Viewer(may_operate=False, may_switchover=False)])[0]
     assert 'data-task-state="failed"' in html and 'id="task-exit-code">7<' in html
-    assert ">Cancel</button>" not in html
-    assert html.count('hx-swap-oob="true"') == 3
-    assert render_task(999999, live.Viewer(False, False)) == ""
-    assert "task" in live.RENDERERS
+    assert 'data-ended="true"' in html
+    assert html.count('hx-swap-oob="true"') == 2
+    assert render_task(999999, [live.Viewer(False, False)]) == [""]
+    assert live.RENDERERS["task"].render is render_task
+
+
+def test_a_push_never_replaces_the_cancel_form_and_its_csrf_token(job):
+    """The snapshot on connect used to replace the page's Cancel form with one rendered
+    without a request: no CSRF token, every cancel then 403."""
+    task = make_task(job, "running")
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(console_user("olga", "operator"))
+    page = client.get(reverse("console:task", args=[task.pk])).content.decode()
+    assert 'id="task-actions"' in page and "csrfmiddlewaretoken" in page
+    for may_operate in (True, False):
+        pushed = render_task(task.pk, [live.Viewer(may_operate, False)])[0]
+        assert "<form" not in pushed and 'id="task-actions"' not in pushed
+    # The page's own form posts (with its token) after any number of pushes.
+    token = client.cookies["csrftoken"].value
+    response = client.post(reverse("console:task_cancel", args=[task.pk]),
+                           {"reason": "stuck", "csrfmiddlewaretoken": token})
+    assert response.status_code == 302
+    assert Task.objects.get(pk=task.pk).cancel_reason == "stuck"
 
 
 # ------------------------------------------------------------------ the log

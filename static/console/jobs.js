@@ -131,10 +131,10 @@
       var oldBox = old.querySelector('input[name="job"]');
       var newBox = fresh.querySelector('input[name="job"]');
       if (oldBox && newBox) newBox.checked = oldBox.checked;
-      // Pushed rows carry no CSRF token: keep the page's own forms, swap the rest.
-      var oldForm = old.querySelector("form.row-actions");
-      var newForm = fresh.querySelector("form.row-actions");
-      if (oldForm && newForm) newForm.replaceWith(oldForm);
+      // Pushed rows carry no form (it would have no CSRF token): keep the row's own.
+      var oldActions = old.querySelector("td.c-actions");
+      var newActions = fresh.querySelector("td.c-actions");
+      if (oldActions && newActions) newActions.replaceWith(oldActions);
       old.replaceWith(fresh);
       formatTimes(fresh);
       if (window.htmx) window.htmx.process(fresh);

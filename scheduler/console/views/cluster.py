@@ -14,9 +14,7 @@ from zoneinfo import ZoneInfo
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import Q
-from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
-from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
@@ -196,16 +194,15 @@ def switchover(request, cluster_id: int):
     return _page(request, cluster, status=400, form=form)
 
 
-@live.renderer("cluster")
-def render_cluster(topic_id: int | None, viewer: live.Viewer) -> str:
+@live.renderer("cluster", takes_id=True,
+               tables=("scheduler_member", "scheduler_cluster", "scheduler_event"))
+def render_cluster(topic_id: int | None, viewers: list[live.Viewer]) -> list[str]:
     """The pushed fragments of topic cluster:<pk>: the members table, the lease box and the
-    head of the timeline, from the page's own partials."""
-    if topic_id is None:
-        raise Http404("a cluster topic needs the cluster's id")
+    head of the timeline, from the page's own partials (no form: the switch-over form stays
+    as the page rendered it, with its CSRF token)."""
     cluster = Cluster.objects.select_related("lease_holder", "handover_to").filter(
         pk=topic_id).first()
     if cluster is None:
-        return ""
-    context = {**viewer.context(), **cluster_context(cluster), "oob": True}
-    return "".join(render_to_string(f"console/cluster.html#{part}", context)
-                   for part in ("members", "lease", "timeline"))
+        return [""] * len(viewers)
+    return live.render_parts("console/cluster.html", ("members", "lease", "timeline"),
+                             cluster_context(cluster), viewers)

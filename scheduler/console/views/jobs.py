@@ -18,7 +18,6 @@ from django.db.models import F, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.http import HttpResponseRedirect
 from django.shortcuts import get_object_or_404, render
-from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
@@ -251,24 +250,25 @@ def _recent_job_ids(cluster_id: int | None) -> list[int]:
     return list(ids)[:PUSH_ROWS]
 
 
-@live.renderer("jobs")
-def render_jobs(cluster_id: int | None, viewer: live.Viewer) -> str:
+@live.renderer("jobs", takes_id=None,
+               tables=("scheduler_job", "scheduler_schedule", "scheduler_task",
+                       "scheduler_event", "scheduler_cluster"))
+def render_jobs(cluster_id: int | None, viewers: list[live.Viewer]) -> list[str]:
     """The rows of the jobs that moved lately, in `#jobs-push`: jobs.js swaps each into the
-    list where that row is shown (the list's filters and page are the browser's own)."""
+    list where that row is shown (the list's filters and page are the browser's own). A pushed
+    row has no action form (it would have no CSRF token): jobs.js keeps the row's own."""
     ids = _recent_job_ids(cluster_id)
     rows = list(with_status(Job.objects.filter(pk__in=ids)).order_by("name", "pk")) if ids \
         else []
-    return render_to_string("console/jobs.html#push", {**viewer.context(), "rows": rows})
+    return live.render_parts("console/jobs.html", ("push",), {"rows": rows}, viewers)
 
 
-@live.renderer("job")
-def render_job(job_id: int | None, viewer: live.Viewer) -> str:
+@live.renderer("job", takes_id=True,
+               tables=("scheduler_job", "scheduler_schedule", "scheduler_task"))
+def render_job(job_id: int | None, viewers: list[live.Viewer]) -> list[str]:
     """One job's state, next fires and recent tasks."""
-    if job_id is None:
-        return ""
     found = Job.objects.filter(pk=job_id).first()
     if found is None:
-        return ""
-    context = {**viewer.context(), **job_context(found)}
-    return "".join(render_to_string(f"console/job.html#{name}", context)
-                   for name in ("state", "schedules", "recent_tasks"))
+        return [""] * len(viewers)
+    return live.render_parts("console/job.html", ("state", "schedules", "recent_tasks"),
+                             job_context(found), viewers)

@@ -12,7 +12,6 @@ from django.core.exceptions import PermissionDenied
 from django.core.handlers.asgi import ASGIRequest
 from django.http import JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.template.loader import render_to_string
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
@@ -259,14 +258,14 @@ def task_cancel(request, task_id: int):
     return redirect("console:task", task_id=task.pk)
 
 
-@live.renderer("task")
-def render_task(topic_id: int | None, viewer: live.Viewer) -> str:
-    """The task's state, times and exit code, swapped into its page by id."""
+@live.renderer("task", takes_id=True, tables=("scheduler_task",))
+def render_task(topic_id: int | None, viewers: list[live.Viewer]) -> list[str]:
+    """The task's state, times and exit code, swapped into its page by id. Never the Cancel
+    form (rendered without a request it would have no CSRF token): the page keeps its own,
+    and hides it when #task-state says the task has ended (tasklog.js)."""
     task = (Task.objects.select_related("job", "schedule", "member", "cluster", "retry_of")
             .filter(pk=topic_id).first())
     if task is None:
-        return ""
-    context = {**viewer.context(), "task": decorate(task),
-               "ended": task.state in Task.FINISHED_STATES}
-    return "".join(render_to_string(f"console/task.html#{name}", context)
-                   for name in ("state", "facts", "actions"))
+        return [""] * len(viewers)
+    context = {"task": decorate(task), "ended": task.state in Task.FINISHED_STATES}
+    return live.render_parts("console/task.html", ("state", "facts"), context, viewers)
