@@ -254,7 +254,7 @@ def test_a_switch_over_is_a_post(operator_client, passive):
 
 @pytest.mark.parametrize("case", ["no reason", "blank reason", "unknown member", "not a number",
                                   "dead member", "active member", "other cluster's member",
-                                  "too long"])
+                                  "too long", "NUL in the reason"])
 def test_bad_switch_over_input_says_what_is_wrong_and_changes_nothing(operator_client, passive,
                                                                       case):
     other = Cluster.objects.create(name="other", mode="passive")
@@ -265,6 +265,7 @@ def test_bad_switch_over_input_says_what_is_wrong_and_changes_nothing(operator_c
         "unknown member": "no such member", "not a number": "no such member",
         "dead member": "b2 is dead", "active member": "p is active",
         "other cluster's member": "no such member", "too long": "too long",
+        "NUL in the reason": "NUL character",
     }[case]
     if case == "no reason":
         del data["reason"]
@@ -282,6 +283,8 @@ def test_bad_switch_over_input_says_what_is_wrong_and_changes_nothing(operator_c
         data["target"] = stranger.pk
     elif case == "too long":
         data["reason"] = "x" * 501
+    elif case == "NUL in the reason":
+        data["reason"] = "maintenance\x00"
     response = switch(operator_client, passive["cluster"], **data)
     assert response.status_code == 400
     html = response.content.decode()

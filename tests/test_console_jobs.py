@@ -336,7 +336,7 @@ def test_a_job_of_another_cluster_is_refused_when_the_list_is_filtered(operator_
     ({"action": "delete"}, "not an action"),
     ({"action": ""}, "Choose an action"),
     ({"action": "pause", "reason": "x" * 501}, "at most 500"),
-    ({"action": "pause", "reason": "bad \x00 byte"}, "Null characters"),
+    ({"action": "pause", "reason": "bad \x00 byte"}, "NUL character"),
     ({"action": "pause", "cluster": "abc"}, "not a cluster id"),
 ])
 def test_a_bad_action_or_reason_is_refused(operator_client, jobs, fields, word):

@@ -277,13 +277,35 @@ def test_cancelling_a_finished_task_says_so_and_changes_nothing(operator_client,
     assert not Event.objects.exists()
 
 
-def test_a_cancel_without_a_reason_changes_nothing(operator_client, job):
-    task = make_task(job, "queued")
+@pytest.mark.parametrize("reason, said", [
+    ("  ", "Give a reason"),
+    ("stuck \x00 here", "NUL character"),
+    ("x" * 501, "at most 500"),
+])
+def test_a_bad_cancel_reason_is_a_400_that_changes_nothing(operator_client, job, reason, said):
+    """A NUL reached PostgreSQL as a 500; the reason was cut at 200 characters silently."""
+    task = make_task(job, "running")
     response = operator_client.post(reverse("console:task_cancel", args=[task.pk]),
-                                    {"reason": "  "}, follow=True)
-    assert "a reason is needed" in response.content.decode()
+                                    {"reason": reason})
+    assert response.status_code == 400
+    html = response.content.decode()
+    assert said in html and "Nothing was changed." in html
     task.refresh_from_db()
-    assert task.state == "queued"
+    assert (task.state, task.cancel_reason) == ("running", "")
+    assert not Event.objects.exists()
+
+
+def test_every_console_action_cleans_its_reason_alike():
+    from scheduler.console import forms
+
+    for form_class, extra in ((forms.CancelForm, {}), (forms.SwitchoverForm, {"target": ""}),
+                              (forms.JobActionForm, {"action": "pause", "job": "1"})):
+        for reason, said in (("lone \ud800 surrogate", "lone surrogate"),
+                             ("nul \x00", "NUL character"), ("x" * 501, "at most 500")):
+            form = form_class({**extra, "reason": reason})
+            assert not form.is_valid()
+            assert said in " ".join(form.errors.get("reason", [])), (form_class, reason)
+        assert form_class.base_fields["reason"].max_length == forms.MAX_REASON == 500
 
 
 def test_cancel_is_post_only(operator_client, job):

@@ -23,6 +23,7 @@ from django.views.decorators.http import require_GET, require_POST
 from scheduler.clock import db_now
 from scheduler.console import live
 from scheduler.console.access import can_switchover, console_actor, console_view, display_zone
+from scheduler.console.forms import SwitchoverForm
 from scheduler.console.paging import keyset_page, page_size
 from scheduler.membership import MemberRefused, request_switchover
 from scheduler.models import Cluster, Event, Member
@@ -30,7 +31,6 @@ from scheduler.models import Cluster, Event, Member
 # Stopped and dead members are listed for this long after their last heartbeat.
 RECENT = timedelta(hours=24)
 TIMELINE_SIZE = 25
-REASON_MAX = 500
 # Live states first, then the ended ones; each by name.
 STATE_ORDER = {"active": 0, "standby": 1, "stopping": 2, "stopped": 3, "dead": 4}
 
@@ -156,17 +156,18 @@ def switchover(request, cluster_id: int):
     if not can_switchover(request.user):
         raise PermissionDenied("Switching over needs the operator role.")
     cluster = _cluster(cluster_id)
-    raw_target = (request.POST.get("target") or "").strip()
-    reason = (request.POST.get("reason") or "").strip()
+    posted = SwitchoverForm(request.POST)
+    valid = posted.is_valid()
+    raw_target = posted.cleaned_data.get("target", "")
+    reason = posted.cleaned_data.get("reason", "")
+    # What the form shows again: only text that can be shown (not a NUL, not 10 MB).
     form = {"target": raw_target, "reason": reason, "error": ""}
     target_name: str | None = None
     if cluster.mode != Cluster.Mode.PASSIVE:
         form["error"] = (f"Cluster {cluster.name} is not a passive (fail-over) cluster: "
                          "there is nothing to switch over.")
-    elif not reason:
-        form["error"] = "Give a reason for the switch-over: it is kept in the event log."
-    elif len(reason) > REASON_MAX:
-        form["error"] = f"The reason is too long ({len(reason)} characters, at most {REASON_MAX})."
+    elif not valid:
+        form["error"] = " ".join(posted.problems())
     elif raw_target:
         try:
             target_pk = int(raw_target)

@@ -18,6 +18,7 @@ from django.views.decorators.http import require_GET, require_POST
 from scheduler import tasklogs
 from scheduler.console import live
 from scheduler.console.access import can_operate, console_actor, console_view, display_zone
+from scheduler.console.forms import CancelForm
 from scheduler.console.paging import keyset_page, page_size
 from scheduler.models import Cluster, Job, Member, Task
 
@@ -164,6 +165,10 @@ def _task(task_id: int) -> Task:
 @console_view
 @require_GET
 def task(request, task_id: int):
+    return _task_page(request, task_id)
+
+
+def _task_page(request, task_id: int, status: int = 200):
     task = _task(task_id)
     log = tasklogs.head_and_tail(task.pk)
     context = {
@@ -176,7 +181,7 @@ def task(request, task_id: int):
         "parameters_json": json.dumps(task.parameters, indent=2, ensure_ascii=False),
         "data_map_json": json.dumps(task.job.data_map, indent=2, ensure_ascii=False),
     }
-    return render(request, "console/task.html", context)
+    return render(request, "console/task.html", context, status=status)
 
 
 class BadCursor(ValueError):
@@ -241,11 +246,11 @@ def task_cancel(request, task_id: int):
     if not can_operate(request.user):
         raise PermissionDenied("Cancelling a task needs the operator role.")
     task = get_object_or_404(Task.objects.select_related("job"), pk=task_id)
-    reason = (request.POST.get("reason") or "").strip()[:200]
-    if not reason:
-        messages.error(request, "Say why the task is cancelled: a reason is needed. "
-                                "Nothing was changed.")
-        return redirect("console:task", task_id=task.pk)
+    form = CancelForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, " ".join(form.problems()) + " Nothing was changed.")
+        return _task_page(request, task.pk, status=400)
+    reason = form.cleaned_data["reason"]
     if task.request_cancel(reason, console_actor(request, reason)):
         if task.state == Task.State.QUEUED:
             messages.success(request, f"Task {task.pk} cancelled before it started.")
