@@ -136,7 +136,7 @@ def test_keyset_pages_of_100000_tasks_are_exact_and_cost_the_same_queries(viewer
     with CaptureQueriesContext(connection) as queries:
         while True:
             page = keyset_page(Task.objects.select_related("job", "schedule", "member", "cluster"),
-                               key="id", descending=True, after=after, size=200)
+                               descending=True, after=after, size=200)
             seen.extend(t.pk for t in page.rows)
             if page.after is None:
                 break
@@ -519,3 +519,27 @@ def test_under_asgi_the_download_streams_with_an_async_iterator(job):
         return b"".join([piece async for piece in response.streaming_content])
 
     assert asyncio.run(download()).decode() == "".join(f"chunk {i} ü\n" for i in range(40))
+
+
+def test_keyset_pages_by_id_both_ways_and_forgive_bad_cursors(job):
+    ids = [make_task(job).pk for _ in range(7)]
+    newest = sorted(ids, reverse=True)
+    qs = Task.objects.all()
+    first = keyset_page(qs, size=3)
+    assert [t.pk for t in first.rows] == newest[:3] and first.before is None
+    second = keyset_page(qs, after=first.after, size=3)
+    assert [t.pk for t in second.rows] == newest[3:6]
+    assert [t.pk for t in keyset_page(qs, before=second.before, size=3).rows] == newest[:3]
+    oldest_first = keyset_page(qs, descending=False, after=str(min(ids)), size=10)
+    assert [t.pk for t in oldest_first.rows] == sorted(ids)[1:] and oldest_first.after is None
+    assert [t.pk for t in keyset_page(qs, after=f"x~{newest[2]}", size=3).rows] == newest[3:6]
+    for bad in ("garbage", "~x", "1" * 30, "-5", "٣"):
+        assert [t.pk for t in keyset_page(qs, after=bad, size=3).rows] == newest[:3], bad
+
+
+def test_a_pages_links_keep_its_filters_and_drop_its_cursors(rf):
+    from scheduler.console.views import query_with
+
+    request = rf.get("/tasks/", {"state": ["failed", "lost"], "after": "9", "page": "2"})
+    assert query_with(request, before="5") == "?state=failed&state=lost&page=2&before=5"
+    assert query_with(request, drop=(), page=None) == "?state=failed&state=lost&after=9"

@@ -4,19 +4,8 @@
 (function () {
   "use strict";
   var LABELS = {pause: "Pause", resume: "Resume", run_now: "Run now"};
-  var formatter = null;
-  try {
-    formatter = new Intl.DateTimeFormat("sv-SE", {timeZone: document.body.dataset.zone || "UTC",
-      year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit",
-      second: "2-digit", hour12: false});
-  } catch (e) { formatter = null; }
-
-  function formatTimes(root) {  // as console.js does, for rows moved in by hand
-    if (!formatter) return;
-    root.querySelectorAll("time[datetime]:not([data-fixed])").forEach(function (el) {
-      var when = new Date(el.getAttribute("datetime"));
-      if (!isNaN(when)) el.textContent = formatter.format(when);
-    });
+  function formatTimes(root) {  // console.js's, for rows moved in by hand
+    if (window.opscenter && window.opscenter.formatTimes) window.opscenter.formatTimes(root);
   }
 
   var pending = [];  // the ids the open dialog is about; sent as job=… when confirmed

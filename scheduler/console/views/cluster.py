@@ -85,7 +85,7 @@ def cluster_context(cluster: Cluster, *, after: str | None = None, before: str |
         .filter(Q(state__in=Member.LIVE_STATES) | Q(heartbeat_at__gte=now - RECENT))
     )
     rows = member_rows(members, now, zone)
-    events = keyset_page(Event.objects.filter(cluster=cluster), key="id", descending=True,
+    events = keyset_page(Event.objects.filter(cluster=cluster), descending=True,
                          after=after, before=before, size=size)
     for event in events.rows:
         event.when = time_html(event.created_at, zone)

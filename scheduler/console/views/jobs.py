@@ -29,6 +29,7 @@ from scheduler.console import live
 from scheduler.console.access import NOT_OPERATOR, can_operate, console_actor, console_view
 from scheduler.console.forms import JOB_SORTS, NEVER_RAN, JobActionForm, JobFilterForm
 from scheduler.console.paging import page_size
+from scheduler.console.views import query_with
 from scheduler.models import Cluster, Event, Job, Schedule, Task
 
 PREVIEW_COUNT = 10
@@ -84,17 +85,6 @@ def filtered_jobs(values: dict) -> QuerySet:
     return qs.order_by(order, "name", "pk")
 
 
-def _query(request, **changes) -> str:
-    query = request.GET.copy()
-    for name, value in changes.items():
-        if value is None:
-            query.pop(name, None)
-        else:
-            query[name] = str(value)
-    text = query.urlencode()
-    return f"?{text}" if text else "?"
-
-
 # ------------------------------------------------------------------------------ the list
 
 
@@ -120,9 +110,10 @@ def jobs(request):
         "total": total,
         "first": offset + 1 if rows else 0,
         "last": offset + len(rows),
-        "previous_url": _query(request, page=number - 1 if number > 2 else None)
+        "previous_url": query_with(request, drop=(), page=number - 1 if number > 2 else None)
         if number > 1 else None,
-        "next_url": _query(request, page=number + 1) if offset + size < total else None,
+        "next_url": query_with(request, drop=(), page=number + 1)
+        if offset + size < total else None,
         "cluster": cluster,
         "topic": f"jobs:{cluster.pk}" if cluster else "jobs",
         "next_url_here": request.get_full_path(),

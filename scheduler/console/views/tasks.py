@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
-from urllib.parse import urlencode
 
 from django import forms
 from django.contrib import messages
@@ -20,6 +19,7 @@ from scheduler.console import live
 from scheduler.console.access import can_operate, console_actor, console_view, display_zone
 from scheduler.console.forms import CancelForm
 from scheduler.console.paging import keyset_page, page_size
+from scheduler.console.views import query_with
 from scheduler.models import Cluster, Job, Member, Task
 
 # The live log asks for at most this much at a time; a gap bigger than the tail is skipped
@@ -95,15 +95,6 @@ def decorate(task: Task) -> Task:
     return task
 
 
-def _query(request, **changes) -> str:
-    params = request.GET.copy()
-    for key in ("after", "before"):
-        params.pop(key, None)
-    for key, value in changes.items():
-        params[key] = value
-    return "?" + urlencode(list(params.lists()), doseq=True)
-
-
 @console_view
 @require_GET
 def tasks(request):
@@ -117,15 +108,15 @@ def tasks(request):
             qs = form.apply(qs)
         # Newest first by id, the primary key's index: an index of its own for this list
         # would cost every fire's insert (see docs/performance.md, "fewer task indexes").
-        page = keyset_page(qs, key="id", descending=True,
+        page = keyset_page(qs, descending=True,
                            after=request.GET.get("after"), before=request.GET.get("before"),
                            size=page_size(request.GET.get("size")))
         for row in page.rows:
             decorate(row)
     context = {
         "nav": "tasks", "form": form, "page": page,
-        "next_query": _query(request, after=page.after) if page and page.after else None,
-        "prev_query": _query(request, before=page.before) if page and page.before else None,
+        "next_query": query_with(request, after=page.after) if page and page.after else None,
+        "prev_query": query_with(request, before=page.before) if page and page.before else None,
         "member_names": (Member.objects.order_by("name").values_list("name", flat=True)
                          .distinct()[:200]),
     }
