@@ -198,6 +198,11 @@ class Node:
         # started something committed and before its jobs reach the pool, as a member that
         # hangs at a due instant would (tests/test_fence.py). Off unless exactly "1".
         self._stop_after_claim = os.environ.get("OPSCENTER_TEST_SIGSTOP_AFTER_CLAIM") == "1"
+        # The same for order steps, at the n-th order claim that started steps while no other
+        # task ran here (in the middle of a run of orders, the member holding only steps whose
+        # jobs it has not entered: tests/test_order_faults.py). Off unless a positive number.
+        n = os.environ.get("OPSCENTER_TEST_SIGSTOP_AFTER_ORDER_CLAIM", "")
+        self._stop_after_order_claims = int(n) if n.isdigit() else 0
 
     # ------------------------------------------------------------ lifecycle
 
@@ -433,6 +438,10 @@ class Node:
             self._next_beat = 0.0
             self._orders_at = time.monotonic() + self.conf.heartbeat_interval
             return False
+        if result.started and self._stop_after_order_claims and not self.running:
+            self._stop_after_order_claims -= 1
+            if not self._stop_after_order_claims:
+                os.kill(os.getpid(), signal.SIGSTOP)
         for started in result.started:
             self._start(started)
         self._orders_at = 0.0 if result.more else (

@@ -11,7 +11,7 @@ from django.db.models import Count
 from scheduler import chaingraph, ledger
 from scheduler.eventlog import Actor
 from scheduler.models import ChainNode, Event, JobChain, Member, Order, Task
-from tests.conftest import add_job
+from tests.conftest import add_job, database_url, is_postgres
 from tests.test_node import drive, make_node
 
 OP = Actor("otto", source="console")
@@ -394,3 +394,30 @@ def test_many_orders_each_step_once(cluster):
            .annotate(n=Count("id")).filter(n__gt=1))
     assert not dup.exists()
     assert Task.objects.filter(order__isnull=False).count() == 120
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(not is_postgres(), reason="row lock modes are PostgreSQL's")
+def test_a_claims_job_lock_does_not_hold_back_a_commit_that_names_the_job(cluster):
+    """A claim locks its jobs' rows so that members' claims take turns on them. A transaction
+    that merely references one of those jobs (the record of an order's step writes an event
+    naming the job) checks that key at its commit (Django's foreign keys are deferred) with
+    FOR KEY SHARE. Under FOR UPDATE that check waited for the claim, and a record and a claim
+    taking the jobs in different orders deadlocked: a second's stall of every member and a
+    reconnect of the loser, seen in bench/orders.py with three members."""
+    import psycopg
+    from django.db import transaction
+
+    jobs = [add_job(cluster, f"j{i}") for i in range(2)]
+    with transaction.atomic():
+        ledger._lock_jobs({j.pk for j in jobs})
+        with psycopg.connect(database_url(), autocommit=True) as other:
+            other.execute("SET lock_timeout = '1s'")
+            # What the foreign key's trigger runs at the commit of the other transaction.
+            for job in jobs:
+                other.execute("SELECT 1 FROM ONLY scheduler_job x WHERE id = %s "
+                              "FOR KEY SHARE OF x", [job.pk])
+            # Two claims still take turns.
+            with pytest.raises(psycopg.errors.LockNotAvailable):
+                other.execute("SELECT 1 FROM scheduler_job WHERE id = %s FOR NO KEY UPDATE",
+                              [jobs[0].pk])

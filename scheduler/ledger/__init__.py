@@ -241,7 +241,11 @@ def _fetch(sql: str, before: list, items: list, after: list) -> list[tuple]:
     `after`. On PostgreSQL the list is one array parameter, so the text never changes and the
     statement is prepared once per connection; on SQLite it is an IN list."""
     if _is_pg():
-        sql = sql.format(items="= ANY(%s)", lock="FOR UPDATE",
+        # {lock}: FOR NO KEY UPDATE, not FOR UPDATE. Claims still take turns on the rows (the
+        # two conflict), but a transaction that only references a locked job or chain (a
+        # recorded step's event names its job: the deferred foreign key check at its commit
+        # takes FOR KEY SHARE) neither waits for a claim nor deadlocks with it.
+        sql = sql.format(items="= ANY(%s)", lock="FOR NO KEY UPDATE",
                          lock_t="FOR UPDATE OF t SKIP LOCKED", lock_s="FOR UPDATE OF s SKIP LOCKED")
         return _prepared(sql, [*before, items, *after])
     items = items or [None]  # IN () is not SQL; NULL matches nothing
