@@ -9,9 +9,10 @@ from opscenter.asgi import application  # noqa: F401  (sets Django up)
 from scheduler.console.live import renderer
 
 
-@renderer("benchjob")
-def render_bench_job(topic_id, viewer):
+@renderer("benchjob", takes_id=True, tables=("scheduler_job",))
+def render_bench_job(topic_id, viewers):
     from scheduler.models import Job
 
     title = Job.objects.filter(pk=topic_id).values_list("title", flat=True).first() or ""
-    return format_html('<span id="bench-job" hx-swap-oob="true" data-stamp="{}"></span>', title)
+    html = format_html('<span id="bench-job" hx-swap-oob="true" data-stamp="{}"></span>', title)
+    return [html] * len(viewers)

@@ -35,6 +35,20 @@ def is_pg(using: str = DEFAULT_DB_ALIAS) -> bool:
     return connections[using].vendor == "postgresql"
 
 
+def prepared(sql: str, params) -> list[tuple]:
+    """PostgreSQL: run a fixed-text statement prepared on the member's connection (a raw
+    psycopg cursor: server-side binding, planned once per connection, no ORM on the way)."""
+    import psycopg
+    from django.db import connection
+
+    # wrap_database_errors: a raw psycopg cursor bypasses Django's error mapping, and the node
+    # tells a lost connection (weather: reconnect, take the member lock again) from other
+    # failures by Django's OperationalError/InterfaceError.
+    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+        cursor.execute(sql, params, prepare=True)
+        return cursor.fetchall()
+
+
 class Listener:
     """LISTEN on `channels` on a connection of its own (PostgreSQL only)."""
 

@@ -22,6 +22,7 @@ from django.db.models.functions import Now
 
 from scheduler import __version__, eventlog
 from scheduler.clock import db_now
+from scheduler.db import is_pg as _is_pg
 from scheduler.eventlog import Actor
 from scheduler.models import Cluster, Member
 
@@ -52,10 +53,6 @@ def host_ip() -> str:
         return socket.gethostbyname(socket.gethostname())
     except OSError:
         return ""
-
-
-def _is_pg() -> bool:
-    return connection.vendor == "postgresql"
 
 
 def acquire_member_lock(member_id: int) -> None:

@@ -125,6 +125,17 @@ def start_node():
         node.stop()
 
 
+@pytest.fixture(autouse=True)
+def _no_cached_fires():
+    """The dashboard caches fires per (cluster, minute) in the process: not across tests."""
+    yield
+    import sys
+
+    dashboard = sys.modules.get("scheduler.console.views.dashboard")
+    if dashboard is not None:
+        dashboard.FIRES.clear()
+
+
 @pytest.fixture
 def cluster(db):
     from scheduler.models import Cluster

@@ -153,7 +153,7 @@ def test_user_text_is_escaped(viewer_client, passive):
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "&lt;script&gt;evil()&lt;/script&gt;" in html
     assert "<b>bold</b>" not in html and "<i>x</i>" not in html
-    pushed = render_cluster(passive["cluster"].pk, live.Viewer(False, False))
+    pushed = render_cluster(passive["cluster"].pk, [live.Viewer(False, False)])[0]
     assert "<script>" not in pushed
 
 
@@ -254,7 +254,7 @@ def test_a_switch_over_is_a_post(operator_client, passive):
 
 @pytest.mark.parametrize("case", ["no reason", "blank reason", "unknown member", "not a number",
                                   "dead member", "active member", "other cluster's member",
-                                  "too long"])
+                                  "too long", "NUL in the reason"])
 def test_bad_switch_over_input_says_what_is_wrong_and_changes_nothing(operator_client, passive,
                                                                       case):
     other = Cluster.objects.create(name="other", mode="passive")
@@ -265,6 +265,7 @@ def test_bad_switch_over_input_says_what_is_wrong_and_changes_nothing(operator_c
         "unknown member": "no such member", "not a number": "no such member",
         "dead member": "b2 is dead", "active member": "p is active",
         "other cluster's member": "no such member", "too long": "too long",
+        "NUL in the reason": "NUL character",
     }[case]
     if case == "no reason":
         del data["reason"]
@@ -282,6 +283,8 @@ def test_bad_switch_over_input_says_what_is_wrong_and_changes_nothing(operator_c
         data["target"] = stranger.pk
     elif case == "too long":
         data["reason"] = "x" * 501
+    elif case == "NUL in the reason":
+        data["reason"] = "maintenance\x00"
     response = switch(operator_client, passive["cluster"], **data)
     assert response.status_code == 400
     html = response.content.decode()
@@ -317,12 +320,12 @@ def test_a_passive_cluster_without_a_live_primary_refuses_the_default_target(ope
 
 
 def test_the_renderers_are_registered_when_the_urls_load():
-    assert "cluster" in live.RENDERERS and "dashboard" in live.RENDERERS
+    assert live.RENDERERS["cluster"].takes_id and not live.RENDERERS["dashboard"].takes_id
     assert live.parse_topics("cluster:3,dashboard") == [("cluster", 3), ("dashboard", None)]
 
 
 def test_the_pushed_fragments_carry_the_pages_ids(passive):
-    html = render_cluster(passive["cluster"].pk, live.Viewer(False, False))
+    html = render_cluster(passive["cluster"].pk, [live.Viewer(False, False)])[0]
     top_level = re.findall(r'^<(\w+) id="([\w-]+)"[^>]*hx-swap-oob="(\w+)"', html, re.M)
     assert [(tag, i) for tag, i, _ in top_level] == [("div", "members"), ("section", "lease"),
                                                      ("div", "timeline-head")]
@@ -334,7 +337,7 @@ def test_the_pushed_fragments_carry_the_pages_ids(passive):
 
 
 def test_a_push_renders_what_a_reload_shows(viewer_client, passive):
-    pushed = render_cluster(passive["cluster"].pk, live.Viewer(False, False))
+    pushed = render_cluster(passive["cluster"].pk, [live.Viewer(False, False)])[0]
     html = page(viewer_client, passive["cluster"])
     strip = re.compile(r'data-db-now="[^"]*"|>[0-9.]+ s<| hx-swap-oob="\w+"')
 
@@ -346,7 +349,7 @@ def test_a_push_renders_what_a_reload_shows(viewer_client, passive):
 
 
 def test_a_push_for_a_cluster_that_is_gone_is_empty(passive):
-    assert render_cluster(999999, live.Viewer(True, True)) == ""
+    assert render_cluster(999999, [live.Viewer(True, True)]) == [""]
 
 
 def _count_queries(client, cluster) -> int:

@@ -163,7 +163,7 @@ def test_recent_events_are_listed_and_escaped(viewer_client, install):
 
 
 def test_the_pushed_fragments_carry_the_pages_ids(install):
-    html = render_dashboard(None, live.Viewer(False, False))
+    html = render_dashboard(None, [live.Viewer(False, False)])[0]
     top_level = re.findall(r'^<(\w+) id="([\w-]+)"[^>]*hx-swap-oob="true"', html, re.M)
     assert [i for _, i in top_level] == ["cluster-cards", "running-tasks", "recent-events"]
     assert f'id="cluster-card-{install["active"].pk}"' in html
@@ -189,3 +189,26 @@ def test_the_query_count_does_not_grow(install):
             Event.record(cluster.pk, Event.Kind.MEMBER_JOINED, member=member, message="joined")
     assert _count(client) == few
     assert few <= 13  # PostgreSQL reads its clock once more than SQLite
+
+
+def test_settled_minutes_are_counted_once_then_cached(install):
+    """Each render used to group the last hour's tasks (3.6 M rows at 1,000 fires/s): the
+    settled minutes now come from the process's cache, only the newest are queried."""
+    from scheduler.console.views import dashboard as views
+
+    job, active = install["job"], install["active"]
+    add_task(job, "succeeded", minutes_ago=10)
+    first = views.dashboard_context()["cards"]
+    assert [c for c in first if c["c"] == active][0]["chart"]["total"] == 1
+    assert len(views.FIRES.minutes) >= views.CHART_MINUTES - 2  # all but the newest
+    add_task(job, "succeeded", minutes_ago=10)  # a settled minute: not read again
+    add_task(job, "succeeded", minutes_ago=0)  # the current minute: read every render
+    with CaptureQueriesContext(connection) as queries:
+        cards = views.dashboard_context()["cards"]
+    assert [c for c in cards if c["c"] == active][0]["chart"]["total"] == 2
+    fires_sql = [q["sql"] for q in queries if "scheduled_for" in q["sql"]
+                 and "GROUP BY" in q["sql"].upper()]
+    assert len(fires_sql) == 1
+    views.FIRES.clear()  # a new process: the hour is counted again, once
+    cards = views.dashboard_context()["cards"]
+    assert [c for c in cards if c["c"] == active][0]["chart"]["total"] == 3

@@ -30,17 +30,28 @@ def topics(monkeypatch):
     """A test topic showing a job's title, and one whose renderer always raises."""
     from scheduler.models import Job
 
-    def render_job(topic_id, viewer):
-        CALLS.append((topic_id, viewer))
+    def render_job(topic_id, viewers):
+        CALLS.append((topic_id, tuple(viewers)))
         job = Job.objects.get(pk=topic_id)
-        return (f'<span id="t-{job.pk}" hx-swap-oob="true" data-operate="{viewer.may_operate}">'
-                f"{job.title}</span>")
+        return [f'<span id="t-{job.pk}" hx-swap-oob="true" data-operate="{viewer.may_operate}">'
+                f"{job.title}</span>" for viewer in viewers]
 
-    def render_boom(topic_id, viewer):
+    def render_boom(topic_id, viewers):
         raise RuntimeError("this renderer is broken")
 
-    monkeypatch.setitem(live.RENDERERS, "testtopic", render_job)
-    monkeypatch.setitem(live.RENDERERS, "boomtopic", render_boom)
+    def render_events(topic_id, viewers):
+        CALLS.append(("events", tuple(viewers)))
+        from scheduler.models import Event
+
+        return [f'<span id="events" hx-swap-oob="true">{Event.objects.count()}</span>'] * len(
+            viewers)
+
+    monkeypatch.setitem(live.RENDERERS, "testtopic",
+                        live.Kind(render_job, takes_id=True, tables=("scheduler_job",)))
+    monkeypatch.setitem(live.RENDERERS, "boomtopic",
+                        live.Kind(render_boom, takes_id=True, tables=("scheduler_job",)))
+    monkeypatch.setitem(live.RENDERERS, "eventtopic",
+                        live.Kind(render_events, takes_id=False, tables=("scheduler_event",)))
     monkeypatch.setattr(relay, "LINGER", 0.0)
     CALLS.clear()
     yield
@@ -304,3 +315,205 @@ def test_the_follower_reconnects_after_its_connection_is_lost(job):
         assert follower.wait(5.0) != []
     finally:
         follower.close()
+
+
+# ------------------------------------------------------------------ topics, tiers, routing
+
+
+def test_topics_are_validated_by_kind(topics):
+    assert live.parse_topics("testtopic:3,eventtopic") == [("testtopic", 3), ("eventtopic", None)]
+    # a kind that takes an id needs one; a kind that takes none is not multiplied by ids
+    assert live.parse_topics("testtopic,eventtopic:1,eventtopic:2") == []
+    assert live.parse_topics(",".join(f"dashboard:{i}" for i in range(20))) == []
+    assert live.parse_topics("cluster,dashboard") == [("dashboard", None)]
+    assert live.parse_topics("jobs,jobs:3") == [("jobs", None), ("jobs", 3)]
+
+
+@pytest.mark.parametrize("query", ["", "topics=", "topics=nosuch:1", "topics=cluster",
+                                   "topics=dashboard:0,dashboard:1"])
+def test_a_socket_with_no_valid_topic_is_closed_4400(topics, job, query):
+    cookie = session_cookie(console_user("vera", "viewer"))
+
+    async def scenario():
+        comm = socket(f"/ws/live/?{query}", cookie)
+        connected, _ = await comm.connect()
+        assert connected
+        closed = await comm.receive_output(timeout=5)
+        assert closed["type"] == "websocket.close" and closed["code"] == consumers.BAD_TOPICS
+        assert closed["reason"]
+        assert relay.get_relay().task is None  # no relay started for it
+
+    run(scenario)
+
+
+def test_a_socket_past_the_relays_cap_is_closed_4429(topics, job, monkeypatch):
+    monkeypatch.setattr(relay, "MAX_KEYS", 2)
+    cookie = session_cookie(console_user("vera", "viewer"))
+
+    async def scenario():
+        first = socket(f"/ws/live/?topics=testtopic:{job.pk},eventtopic", cookie)
+        await first.connect()
+        await receive(first, lambda m: ">t0<" in m, 5)
+        same = socket(f"/ws/live/?topics=testtopic:{job.pk}", cookie)  # no new key: fine
+        await same.connect()
+        await receive(same, lambda m: ">t0<" in m, 5)
+        more = socket(f"/ws/live/?topics=testtopic:{job.pk + 1}", cookie)
+        await more.connect()
+        assert (await more.receive_output(timeout=5))["code"] == consumers.TOO_MANY
+        assert len(relay.get_relay().follows) == 2
+        await first.disconnect()
+        await same.disconnect()
+
+    run(scenario)
+
+
+def test_one_render_per_topic_for_all_its_tiers(topics, job):
+    async def scenario():
+        the_relay = relay.Relay(asyncio.get_running_loop())  # its loop not started: no race
+        keys = [("testtopic", job.pk, "o0s0"), ("testtopic", job.pk, "o1s0")]
+        try:
+            rendered = await the_relay._render(keys)
+        finally:
+            await the_relay._close()
+        assert len(CALLS) == 1 and len(CALLS[0][1]) == 2  # one call, both tiers
+        assert 'data-operate="False">t0<' in rendered[keys[0]]
+        assert 'data-operate="True">t0<' in rendered[keys[1]]
+
+    run(scenario)
+
+
+def following(*keys):
+    """A relay whose loop is not started, following these keys (each already sent once)."""
+    loop = asyncio.new_event_loop()
+    loop.close()  # only stored: its loop never runs
+    the_relay = relay.Relay(loop)
+    for key in keys:
+        the_relay.follows[key] += 1
+        the_relay.sent[key] = b"x"
+    return the_relay
+
+
+def test_a_kinds_min_interval_spaces_its_renders(topics, monkeypatch):
+    kind = live.RENDERERS["testtopic"]
+    monkeypatch.setitem(live.RENDERERS, "testtopic",
+                        live.Kind(kind.render, True, kind.tables, min_interval=60.0))
+    slow, fast = ("testtopic", 1, "o0s0"), ("eventtopic", None, "o0s0")
+    the_relay = following(slow, fast)
+    assert sorted(map(str, the_relay.due(full=True))) == sorted(map(str, [slow, fast]))
+    for _ in range(3):
+        assert the_relay.due(full=True) == [fast]  # held back: 60 s after its last render
+    assert the_relay.pending == {("testtopic", 1)}
+    assert the_relay._next_pending() - time.monotonic() > 55
+    the_relay.rendered_at[("testtopic", 1)] -= 61
+    assert the_relay.due(full=False) == [slow]  # rendered as soon as it may, even unwoken
+    assert the_relay.pending == set()
+
+
+def test_the_dashboard_declares_2_s_between_renders():
+    import scheduler.console.urls  # noqa: F401  (registers the pages' renderers)
+
+    assert live.RENDERERS["dashboard"].min_interval >= 2.0
+    for name, kind in live.RENDERERS.items():
+        assert kind.tables and all(t.startswith("scheduler_") for t in kind.tables), name
+
+
+def test_a_notification_renders_only_the_topics_of_its_table(topics):
+    """PostgreSQL names the table written; a fan-out then renders only the kinds that show
+    it. A note without a table (SQLite's data_version, a reconnect) renders every topic."""
+    job_key, events_key = ("testtopic", 1, "o0s0"), ("eventtopic", None, "o1s0")
+    the_relay = following(job_key, events_key)
+    assert the_relay.due(full=False) == []  # nothing written, nothing new
+    the_relay._note([("opscenter_console", "scheduler_event")])
+    assert the_relay.due(full=False) == [events_key]
+    the_relay._note([("opscenter_console", "scheduler_job"),
+                     ("opscenter_console", "scheduler_tasklog")])
+    assert the_relay.due(full=False) == [job_key]
+    the_relay._note([("opscenter_console", "scheduler_tasklog")])  # nobody shows it
+    assert the_relay.due(full=False) == []
+    the_relay._note([("", "changed")])
+    assert len(the_relay.due(full=False)) == 2
+    assert len(the_relay.due(full=True)) == 2  # the periodic refresh: all
+    the_relay.force.add(job_key)  # a socket got no snapshot of it
+    assert the_relay.due(full=False) == [job_key]
+
+
+def test_a_stalled_relay_sends_no_keepalive(topics, job, monkeypatch):
+    monkeypatch.setattr(consumers, "KEEPALIVE", 0.2)
+    cookie = session_cookie(console_user("vera", "viewer"))
+
+    async def scenario():
+        comm = socket(f"/ws/live/?topics=testtopic:{job.pk}", cookie)
+        await comm.connect()
+        await receive(comm, lambda m: ">t0<" in m, 5)
+        assert await comm.receive_from(timeout=5) == consumers.KEEPALIVE_MESSAGE
+        the_relay = relay.get_relay()
+        monkeypatch.setattr(relay, "STALLED_AFTER", 0.5)
+        monkeypatch.setattr(relay, "PERIOD", 3600.0)  # no fan-out comes to revive it
+        the_relay.healthy_at = time.monotonic() - 10
+        await asyncio.sleep(0.3)
+        while not await comm.receive_nothing(timeout=0.1):
+            await comm.receive_from()  # drain what was already on its way
+        assert await comm.receive_nothing(timeout=1.0)  # silence: the page's banner shows
+        await the_relay.fan_out(full=True)  # it completes a fan-out: alive again
+        assert await comm.receive_from(timeout=5) == consumers.KEEPALIVE_MESSAGE
+        await comm.disconnect()
+
+    run(scenario)
+
+
+def test_a_hung_render_query_is_cut_by_a_statement_timeout(topics, job, monkeypatch):
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("a statement timeout is PostgreSQL's")
+    monkeypatch.setattr(relay, "RENDER_TIMEOUT", 0.3)
+
+    def render_hang(topic_id, viewers):
+        from django.db import connection as conn
+
+        with conn.cursor() as cursor:
+            cursor.execute("SELECT pg_sleep(30)")
+        return [""] * len(viewers)
+
+    monkeypatch.setitem(live.RENDERERS, "hangtopic",
+                        live.Kind(render_hang, takes_id=True, tables=("scheduler_job",)))
+    cookie = session_cookie(console_user("vera", "viewer"))
+
+    async def scenario():
+        comm = socket(f"/ws/live/?topics=hangtopic:1,testtopic:{job.pk}", cookie)
+        started = time.monotonic()
+        await comm.connect()
+        await receive(comm, lambda m: ">t0<" in m, 10)
+        assert time.monotonic() - started < 5  # not 30 s
+        assert "hangtopic:1" in relay.get_relay().errors
+        await comm.disconnect()
+
+    run(scenario)
+
+
+def test_no_renderer_pushes_a_form(job):
+    """A fragment is rendered without a request: a form in it would have no CSRF token, and
+    swapped into a page it would replace a working form with one that gets 403. Every kind
+    the pages register, for every tier, with the data its page shows."""
+    import re
+
+    import scheduler.console.urls  # noqa: F401  (registers the pages' renderers)
+    from scheduler.models import Member, Schedule, Task
+
+    cluster = job.cluster
+    cluster.mode = "passive"
+    cluster.save()
+    member = Member.objects.create(cluster=cluster, name="m1", mode="passive", host="h",
+                                   pid=1, version="1", state="standby")
+    Schedule.objects.create(job=job, kind="interval", interval_seconds=60)
+    task = Task.objects.create(cluster=cluster, job=job, member=member, state="running",
+                               trigger="manual", scheduled_for=job.created_at)
+    ids = {"cluster": cluster.pk, "jobs": cluster.pk, "job": job.pk, "task": task.pk,
+           "dashboard": None}
+    assert set(ids) <= set(live.RENDERERS)
+    viewers = [live.Viewer.of_tier(t) for t in ("o0s0", "o1s0", "o1s1")]
+    for kind, topic_id in [*ids.items(), ("jobs", None)]:
+        for html in live.RENDERERS[kind].render(topic_id, viewers):
+            assert html and 'hx-swap-oob="' in html, kind
+            assert not re.search(r"<form\b", html, re.I), (kind, html)
+            assert "csrfmiddlewaretoken" not in html, kind

@@ -136,7 +136,7 @@ def test_keyset_pages_of_100000_tasks_are_exact_and_cost_the_same_queries(viewer
     with CaptureQueriesContext(connection) as queries:
         while True:
             page = keyset_page(Task.objects.select_related("job", "schedule", "member", "cluster"),
-                               key="id", descending=True, after=after, size=200)
+                               descending=True, after=after, size=200)
             seen.extend(t.pk for t in page.rows)
             if page.after is None:
                 break
@@ -277,13 +277,35 @@ def test_cancelling_a_finished_task_says_so_and_changes_nothing(operator_client,
     assert not Event.objects.exists()
 
 
-def test_a_cancel_without_a_reason_changes_nothing(operator_client, job):
-    task = make_task(job, "queued")
+@pytest.mark.parametrize("reason, said", [
+    ("  ", "Give a reason"),
+    ("stuck \x00 here", "NUL character"),
+    ("x" * 501, "at most 500"),
+])
+def test_a_bad_cancel_reason_is_a_400_that_changes_nothing(operator_client, job, reason, said):
+    """A NUL reached PostgreSQL as a 500; the reason was cut at 200 characters silently."""
+    task = make_task(job, "running")
     response = operator_client.post(reverse("console:task_cancel", args=[task.pk]),
-                                    {"reason": "  "}, follow=True)
-    assert "a reason is needed" in response.content.decode()
+                                    {"reason": reason})
+    assert response.status_code == 400
+    html = response.content.decode()
+    assert said in html and "Nothing was changed." in html
     task.refresh_from_db()
-    assert task.state == "queued"
+    assert (task.state, task.cancel_reason) == ("running", "")
+    assert not Event.objects.exists()
+
+
+def test_every_console_action_cleans_its_reason_alike():
+    from scheduler.console import forms
+
+    for form_class, extra in ((forms.CancelForm, {}), (forms.SwitchoverForm, {"target": ""}),
+                              (forms.JobActionForm, {"action": "pause", "job": "1"})):
+        for reason, said in (("lone \ud800 surrogate", "lone surrogate"),
+                             ("nul \x00", "NUL character"), ("x" * 501, "at most 500")):
+            form = form_class({**extra, "reason": reason})
+            assert not form.is_valid()
+            assert said in " ".join(form.errors.get("reason", [])), (form_class, reason)
+        assert form_class.base_fields["reason"].max_length == forms.MAX_REASON == 500
 
 
 def test_cancel_is_post_only(operator_client, job):
@@ -296,16 +318,35 @@ def test_cancel_is_post_only(operator_client, job):
 
 def test_the_task_renderer_pushes_state_times_and_exit_code(job):
     task = make_task(job, "running")
-    html = render_task(task.pk, live.Viewer(may_operate=True, may_switchover=False))
+    html = render_task(task.pk, [live.Viewer(may_operate=True, may_switchover=False)])[0]
     assert 'id="task-state"' in html and 'hx-swap-oob="true"' in html
-    assert 'data-task-state="running"' in html and ">Cancel</button>" in html
+    assert 'data-task-state="running"' in html and 'data-ended="false"' in html
     Task.objects.filter(pk=task.pk).update(state="failed", exit_code=7)
-    html = render_task(task.pk, live.Viewer(may_operate=False, may_switchover=False))
+    html = render_task(task.pk, [live.Viewer(may_operate=False, may_switchover=False)])[0]
     assert 'data-task-state="failed"' in html and 'id="task-exit-code">7<' in html
-    assert ">Cancel</button>" not in html
-    assert html.count('hx-swap-oob="true"') == 3
-    assert render_task(999999, live.Viewer(False, False)) == ""
-    assert "task" in live.RENDERERS
+    assert 'data-ended="true"' in html
+    assert html.count('hx-swap-oob="true"') == 2
+    assert render_task(999999, [live.Viewer(False, False)]) == [""]
+    assert live.RENDERERS["task"].render is render_task
+
+
+def test_a_push_never_replaces_the_cancel_form_and_its_csrf_token(job):
+    """The snapshot on connect used to replace the page's Cancel form with one rendered
+    without a request: no CSRF token, every cancel then 403."""
+    task = make_task(job, "running")
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(console_user("olga", "operator"))
+    page = client.get(reverse("console:task", args=[task.pk])).content.decode()
+    assert 'id="task-actions"' in page and "csrfmiddlewaretoken" in page
+    for may_operate in (True, False):
+        pushed = render_task(task.pk, [live.Viewer(may_operate, False)])[0]
+        assert "<form" not in pushed and 'id="task-actions"' not in pushed
+    # The page's own form posts (with its token) after any number of pushes.
+    token = client.cookies["csrftoken"].value
+    response = client.post(reverse("console:task_cancel", args=[task.pk]),
+                           {"reason": "stuck", "csrfmiddlewaretoken": token})
+    assert response.status_code == 302
+    assert Task.objects.get(pk=task.pk).cancel_reason == "stuck"
 
 
 # ------------------------------------------------------------------ the log
@@ -478,3 +519,27 @@ def test_under_asgi_the_download_streams_with_an_async_iterator(job):
         return b"".join([piece async for piece in response.streaming_content])
 
     assert asyncio.run(download()).decode() == "".join(f"chunk {i} ü\n" for i in range(40))
+
+
+def test_keyset_pages_by_id_both_ways_and_forgive_bad_cursors(job):
+    ids = [make_task(job).pk for _ in range(7)]
+    newest = sorted(ids, reverse=True)
+    qs = Task.objects.all()
+    first = keyset_page(qs, size=3)
+    assert [t.pk for t in first.rows] == newest[:3] and first.before is None
+    second = keyset_page(qs, after=first.after, size=3)
+    assert [t.pk for t in second.rows] == newest[3:6]
+    assert [t.pk for t in keyset_page(qs, before=second.before, size=3).rows] == newest[:3]
+    oldest_first = keyset_page(qs, descending=False, after=str(min(ids)), size=10)
+    assert [t.pk for t in oldest_first.rows] == sorted(ids)[1:] and oldest_first.after is None
+    assert [t.pk for t in keyset_page(qs, after=f"x~{newest[2]}", size=3).rows] == newest[3:6]
+    for bad in ("garbage", "~x", "1" * 30, "-5", "٣"):
+        assert [t.pk for t in keyset_page(qs, after=bad, size=3).rows] == newest[:3], bad
+
+
+def test_a_pages_links_keep_its_filters_and_drop_its_cursors(rf):
+    from scheduler.console.views import query_with
+
+    request = rf.get("/tasks/", {"state": ["failed", "lost"], "after": "9", "page": "2"})
+    assert query_with(request, before="5") == "?state=failed&state=lost&page=2&before=5"
+    assert query_with(request, drop=(), page=None) == "?state=failed&state=lost&after=9"

@@ -105,8 +105,49 @@ class IdListField(forms.Field):
         return ids
 
 
-class JobActionForm(forms.Form):
-    """An operator action on one or many jobs, with the operator's reason."""
+def clean_reason_text(value: str) -> str:
+    """A reason the event log can store (PostgreSQL refuses NUL; no database takes a lone
+    surrogate), or a clear ValidationError."""
+    problem = text_problem(value)
+    if problem:
+        raise forms.ValidationError(f"The reason {problem}.")
+    return value
+
+
+class ReasonForm(forms.Form):
+    """Every console action's reason: one field, one limit (MAX_REASON), one cleaning. Required
+    here (cancel, switch-over); the jobs' actions make it optional."""
+
+    reason = forms.CharField(
+        max_length=MAX_REASON, strip=True, widget=forms.Textarea,
+        error_messages={
+            "required": "Give a reason: it is kept in the event log.",
+            "max_length": "The reason is too long (%(show_value)d characters, at most "
+                          "%(limit_value)d).",
+            "null_characters_not_allowed": "The reason contains a NUL character (\\x00), "
+                                           "which cannot be stored.",
+        })
+
+    def clean_reason(self) -> str:
+        return clean_reason_text(self.cleaned_data["reason"])
+
+    def problems(self) -> list[str]:
+        return [message for errors in self.errors.values() for message in errors]
+
+
+class CancelForm(ReasonForm):
+    """Cancel a task: why."""
+
+
+class SwitchoverForm(ReasonForm):
+    """Switch a passive cluster over: to which standby member (its pk; empty: the primary),
+    and why. The member itself is checked by the view (it needs the cluster)."""
+
+    target = forms.CharField(required=False, max_length=MAX_ID_DIGITS + 2, strip=True)
+
+
+class JobActionForm(ReasonForm):
+    """An operator action on one or many jobs, with the operator's reason (optional)."""
 
     ACTIONS = {
         # action: (label, verb in the report, what a job it did not change already was)
@@ -120,17 +161,12 @@ class JobActionForm(forms.Form):
                                                "action (pause, resume or run_now).",
                                                "required": "Choose an action."})
     job = IdListField(noun="job", limit=MAX_JOBS_PER_ACTION)
-    reason = forms.CharField(required=False, max_length=MAX_REASON, strip=True,
-                             widget=forms.Textarea)
     cluster = forms.CharField(required=False)
     next = forms.CharField(required=False, max_length=2000)
 
-    def clean_reason(self) -> str:
-        value = self.cleaned_data["reason"]
-        problem = text_problem(value)
-        if problem:
-            raise forms.ValidationError(f"The reason {problem}.")
-        return value
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["reason"].required = False
 
     def clean_cluster(self) -> int | None:
         text = (self.cleaned_data["cluster"] or "").strip()
@@ -160,6 +196,3 @@ class JobActionForm(forms.Form):
                     f"{'…' if len(strangers) > 10 else ''}.")
         data["jobs"] = [jobs[pk] for pk in ids]
         return data
-
-    def problems(self) -> list[str]:
-        return [message for errors in self.errors.values() for message in errors]

@@ -21,6 +21,8 @@ from django.db.models import F
 from django.utils.dateparse import parse_datetime
 
 from scheduler import eventlog, timing
+from scheduler.db import is_pg as _is_pg
+from scheduler.db import prepared as _prepared
 from scheduler.models import Job, Member, Task
 
 log = logging.getLogger("opscenter.ledger")
@@ -30,10 +32,6 @@ CHUNK = 500  # rows per multi-row statement; keeps SQLite under its variable lim
 
 
 # ---------------------------------------------------------------- small helpers
-
-
-def _is_pg() -> bool:
-    return connection.vendor == "postgresql"
 
 
 def _param(value: datetime | None):
@@ -236,19 +234,6 @@ JOBS_SQL = (
 # the member holding the lock has just started.
 RUNNING_SQL = ("SELECT job_id, count(*) FROM scheduler_task "
                "WHERE job_id {items} AND state = 'running' GROUP BY job_id")
-
-
-def _prepared(sql: str, params) -> list[tuple]:
-    """PostgreSQL: run a fixed-text statement prepared on the member's connection (a raw
-    psycopg cursor: server-side binding, planned once per connection, no ORM on the way)."""
-    import psycopg
-
-    # wrap_database_errors: a raw psycopg cursor bypasses Django's error mapping, and the node
-    # tells a lost connection (weather: reconnect, take the member lock again) from other
-    # failures by Django's OperationalError/InterfaceError.
-    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
-        cursor.execute(sql, params, prepare=True)
-        return cursor.fetchall()
 
 
 def _fetch(sql: str, before: list, items: list, after: list) -> list[tuple]:

@@ -20,6 +20,9 @@
       if (!isNaN(when)) el.textContent = formatter.format(when);
     });
   }
+  // For the pages' own scripts (e.g. rows moved in by hand in jobs.js).
+  window.opscenter = window.opscenter || {};
+  window.opscenter.formatTimes = formatTimes;
 
   // An element with data-age-since (ISO time on the DB clock) and data-db-now (the DB's now
   // when rendered) shows an age that ticks; data-late / data-dead (seconds) colour it.

@@ -4,19 +4,8 @@
 (function () {
   "use strict";
   var LABELS = {pause: "Pause", resume: "Resume", run_now: "Run now"};
-  var formatter = null;
-  try {
-    formatter = new Intl.DateTimeFormat("sv-SE", {timeZone: document.body.dataset.zone || "UTC",
-      year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit",
-      second: "2-digit", hour12: false});
-  } catch (e) { formatter = null; }
-
-  function formatTimes(root) {  // as console.js does, for rows moved in by hand
-    if (!formatter) return;
-    root.querySelectorAll("time[datetime]:not([data-fixed])").forEach(function (el) {
-      var when = new Date(el.getAttribute("datetime"));
-      if (!isNaN(when)) el.textContent = formatter.format(when);
-    });
+  function formatTimes(root) {  // console.js's, for rows moved in by hand
+    if (window.opscenter && window.opscenter.formatTimes) window.opscenter.formatTimes(root);
   }
 
   var pending = [];  // the ids the open dialog is about; sent as job=… when confirmed
@@ -131,10 +120,10 @@
       var oldBox = old.querySelector('input[name="job"]');
       var newBox = fresh.querySelector('input[name="job"]');
       if (oldBox && newBox) newBox.checked = oldBox.checked;
-      // Pushed rows carry no CSRF token: keep the page's own forms, swap the rest.
-      var oldForm = old.querySelector("form.row-actions");
-      var newForm = fresh.querySelector("form.row-actions");
-      if (oldForm && newForm) newForm.replaceWith(oldForm);
+      // Pushed rows carry no form (it would have no CSRF token): keep the row's own.
+      var oldActions = old.querySelector("td.c-actions");
+      var newActions = fresh.querySelector("td.c-actions");
+      if (oldActions && newActions) newActions.replaceWith(oldActions);
       old.replaceWith(fresh);
       formatTimes(fresh);
       if (window.htmx) window.htmx.process(fresh);

@@ -1,8 +1,22 @@
 // opscenter console: a task's log that tails live. Asks /tasks/<pk>/log/?cursor=<bytes> for
 // what came after the cursor, appends it as text (never as HTML), and keeps the view at the
 // bottom only while the viewer is there: scrolling up stops following, "Follow" resumes.
+// When the task has ended (the log says so, or the pushed #task-state) the Cancel form, which
+// is never pushed (it keeps the page's CSRF token), is hidden.
 (function () {
   "use strict";
+  function hideCancel() {
+    var actions = document.getElementById("task-actions");
+    if (!actions) return;
+    actions.querySelectorAll("form").forEach(function (form) {
+      form.hidden = true;
+      form.querySelectorAll("button, textarea").forEach(function (el) { el.disabled = true; });
+    });
+  }
+  document.addEventListener("htmx:wsAfterMessage", function () {
+    var state = document.getElementById("task-state");
+    if (state && state.dataset.ended === "true") hideCancel();
+  });
   var POLL_MS = 1000;
   var MAX_CHARS = 2000000; // the page keeps at most this much of a live log
   var pre = document.getElementById("task-log");
@@ -62,6 +76,7 @@
         if (wasFollowing) toBottom();
         if (body.ended) {
           ended = true;
+          hideCancel();
           if (status) status.textContent = "The task has ended (" + body.state + ").";
           showFollow();
           return;

@@ -109,14 +109,17 @@ def test_login_and_dashboard_pass_axe(login, check_page, cluster):
 def test_every_page_passes_axe(login, check_page, cluster, start_node):
     """Every page of the console with real content: axe-core finds nothing, in light and
     dark, and the browser logs no error."""
-    from scheduler.models import Job, JobChain, Member, Order, Task
+    from scheduler.models import ChainNode, Job, JobChain, Member, Order, Task
 
     job = add_job(cluster, "tick")
     add_interval(job, seconds=1)
     add_job(cluster, "hello", kind="shell", command="echo hello; echo line two")
     chain = JobChain.objects.create(cluster=cluster, name="etl", title="A chain")
-    Order.objects.create(chain=chain, order_id="order-1", initial_state="start",
-                         state="start", title="An order")
+    ChainNode.objects.create(chain=chain, state="start", job=job, next_state="done",
+                             error_state="done", position=0)
+    ChainNode.objects.create(chain=chain, state="done", position=1)
+    an_order = Order.add(chain, "order-1", title="An order",
+                         actor=Actor("tester", "cli", "axe test"))
     start_node("--cluster", "test", "--node", "n1", *FAST)
     shell_task = Job.objects.get(name="hello").run_now(Actor("tester", "cli", "axe test"))
     wait_for(lambda: Task.objects.filter(pk=shell_task.pk, state="succeeded").exists(),
@@ -135,6 +138,8 @@ def test_every_page_passes_axe(login, check_page, cluster, start_node):
         ("tasks", "/tasks/"),
         ("task", f"/tasks/{shell_task.pk}/"),
         ("chains", "/chains/"),
+        ("chain", f"/chains/{chain.pk}/"),
+        ("order", f"/orders/{an_order.pk}/"),
         ("audit", "/audit/"),
     ]
     failures = []

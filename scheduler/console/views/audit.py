@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlencode
-
 from django import forms
 from django.shortcuts import render
 from django.utils import timezone
@@ -11,6 +9,7 @@ from django.views.decorators.http import require_GET
 
 from scheduler.console.access import console_view, display_zone
 from scheduler.console.paging import keyset_page, page_size
+from scheduler.console.views import query_with
 from scheduler.models import Cluster, Event
 
 OPERATOR_KIND_CHOICES = [(kind, Event.Kind(kind).label) for kind in Event.OPERATOR_KINDS]
@@ -54,15 +53,6 @@ class AuditFilter(forms.Form):
         return qs
 
 
-def _query(request, **changes) -> str:
-    params = request.GET.copy()
-    for key in ("after", "before"):
-        params.pop(key, None)
-    for key, value in changes.items():
-        params[key] = value
-    return "?" + urlencode(list(params.lists()), doseq=True)
-
-
 @console_view
 @require_GET
 def audit(request):
@@ -76,13 +66,13 @@ def audit(request):
               .select_related("cluster", "job", "task", "member", "schedule"))
         if request.GET:
             qs = form.apply(qs)
-        page = keyset_page(qs, key="id", descending=True, after=request.GET.get("after"),
+        page = keyset_page(qs, descending=True, after=request.GET.get("after"),
                            before=request.GET.get("before"),
                            size=page_size(request.GET.get("size")))
     context = {
         "nav": "audit", "form": form, "page": page,
-        "next_query": _query(request, after=page.after) if page and page.after else None,
-        "prev_query": _query(request, before=page.before) if page and page.before else None,
+        "next_query": query_with(request, after=page.after) if page and page.after else None,
+        "prev_query": query_with(request, before=page.before) if page and page.before else None,
         "actors": (Event.objects.filter(kind__in=Event.OPERATOR_KINDS).exclude(actor="")
                    .order_by("actor").values_list("actor", flat=True).distinct()[:200]),
     }

@@ -14,9 +14,7 @@ from zoneinfo import ZoneInfo
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import Q
-from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
-from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
@@ -25,6 +23,7 @@ from django.views.decorators.http import require_GET, require_POST
 from scheduler.clock import db_now
 from scheduler.console import live
 from scheduler.console.access import can_switchover, console_actor, console_view, display_zone
+from scheduler.console.forms import SwitchoverForm
 from scheduler.console.paging import keyset_page, page_size
 from scheduler.membership import MemberRefused, request_switchover
 from scheduler.models import Cluster, Event, Member
@@ -32,7 +31,6 @@ from scheduler.models import Cluster, Event, Member
 # Stopped and dead members are listed for this long after their last heartbeat.
 RECENT = timedelta(hours=24)
 TIMELINE_SIZE = 25
-REASON_MAX = 500
 # Live states first, then the ended ones; each by name.
 STATE_ORDER = {"active": 0, "standby": 1, "stopping": 2, "stopped": 3, "dead": 4}
 
@@ -87,7 +85,7 @@ def cluster_context(cluster: Cluster, *, after: str | None = None, before: str |
         .filter(Q(state__in=Member.LIVE_STATES) | Q(heartbeat_at__gte=now - RECENT))
     )
     rows = member_rows(members, now, zone)
-    events = keyset_page(Event.objects.filter(cluster=cluster), key="id", descending=True,
+    events = keyset_page(Event.objects.filter(cluster=cluster), descending=True,
                          after=after, before=before, size=size)
     for event in events.rows:
         event.when = time_html(event.created_at, zone)
@@ -158,17 +156,18 @@ def switchover(request, cluster_id: int):
     if not can_switchover(request.user):
         raise PermissionDenied("Switching over needs the operator role.")
     cluster = _cluster(cluster_id)
-    raw_target = (request.POST.get("target") or "").strip()
-    reason = (request.POST.get("reason") or "").strip()
+    posted = SwitchoverForm(request.POST)
+    valid = posted.is_valid()
+    raw_target = posted.cleaned_data.get("target", "")
+    reason = posted.cleaned_data.get("reason", "")
+    # What the form shows again: only text that can be shown (not a NUL, not 10 MB).
     form = {"target": raw_target, "reason": reason, "error": ""}
     target_name: str | None = None
     if cluster.mode != Cluster.Mode.PASSIVE:
         form["error"] = (f"Cluster {cluster.name} is not a passive (fail-over) cluster: "
                          "there is nothing to switch over.")
-    elif not reason:
-        form["error"] = "Give a reason for the switch-over: it is kept in the event log."
-    elif len(reason) > REASON_MAX:
-        form["error"] = f"The reason is too long ({len(reason)} characters, at most {REASON_MAX})."
+    elif not valid:
+        form["error"] = " ".join(posted.problems())
     elif raw_target:
         try:
             target_pk = int(raw_target)
@@ -196,16 +195,15 @@ def switchover(request, cluster_id: int):
     return _page(request, cluster, status=400, form=form)
 
 
-@live.renderer("cluster")
-def render_cluster(topic_id: int | None, viewer: live.Viewer) -> str:
+@live.renderer("cluster", takes_id=True,
+               tables=("scheduler_member", "scheduler_cluster", "scheduler_event"))
+def render_cluster(topic_id: int | None, viewers: list[live.Viewer]) -> list[str]:
     """The pushed fragments of topic cluster:<pk>: the members table, the lease box and the
-    head of the timeline, from the page's own partials."""
-    if topic_id is None:
-        raise Http404("a cluster topic needs the cluster's id")
+    head of the timeline, from the page's own partials (no form: the switch-over form stays
+    as the page rendered it, with its CSRF token)."""
     cluster = Cluster.objects.select_related("lease_holder", "handover_to").filter(
         pk=topic_id).first()
     if cluster is None:
-        return ""
-    context = {**viewer.context(), **cluster_context(cluster), "oob": True}
-    return "".join(render_to_string(f"console/cluster.html#{part}", context)
-                   for part in ("members", "lease", "timeline"))
+        return [""] * len(viewers)
+    return live.render_parts("console/cluster.html", ("members", "lease", "timeline"),
+                             cluster_context(cluster), viewers)

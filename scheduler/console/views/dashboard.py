@@ -9,12 +9,12 @@ queries whatever the number of clusters, members and tasks; the page and the pus
 
 from __future__ import annotations
 
-from datetime import UTC, timedelta
+import threading
+from datetime import UTC, datetime, timedelta
 
 from django.db.models import Count, Q
 from django.db.models.functions import TruncMinute
 from django.shortcuts import render
-from django.template.loader import render_to_string
 from django.views.decorators.http import require_GET
 
 from scheduler.clock import db_now
@@ -31,6 +31,57 @@ EVENTS_SHOWN = 10
 RECENT = timedelta(hours=24)
 # The chart's geometry (SVG user units).
 BAR_W, CHART_H = 5, 50
+# A fire's task is created when it is due (created_at >= scheduled_for, give or take the
+# members' clock skew): the chart's query reads the tasks created since its first minute less
+# this, by the index task_created.
+CREATED_SLACK = timedelta(minutes=1)
+# A minute this long past its end gets no more fires: its counts are cached in the process.
+SETTLED_AFTER = timedelta(seconds=15)
+
+
+class FiresCache:
+    """Fires per (cluster, minute) of the chart's settled minutes, kept in the process: a
+    render queries only the minutes not cached yet (the current one, and the one before for
+    SETTLED_AFTER), not the last hour's tasks (3.6 M rows at 1,000 fires/s) on every render.
+    Filled once per minute; minutes that leave the chart are dropped."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.counts: dict[tuple[int, datetime], int] = {}
+        self.minutes: set[datetime] = set()  # the minutes cached (for every cluster)
+
+    def clear(self) -> None:
+        with self.lock:
+            self.counts.clear()
+            self.minutes.clear()
+
+    def fires(self, now: datetime, start: datetime) -> dict[int, dict[datetime, int]]:
+        minutes = [start + timedelta(minutes=i) for i in range(CHART_MINUTES)]
+        with self.lock:
+            self.minutes = {m for m in self.minutes if m >= start}
+            self.counts = {k: n for k, n in self.counts.items() if k[1] >= start}
+            missing = [m for m in minutes if m not in self.minutes]
+            out: dict[int, dict[datetime, int]] = {}
+            for (cluster_id, minute), n in self.counts.items():
+                out.setdefault(cluster_id, {})[minute] = n
+        first = missing[0]  # never none: the current minute is never settled
+        fresh: dict[tuple[int, datetime], int] = {}
+        for row in (Task.objects.filter(created_at__gte=first - CREATED_SLACK,
+                                        scheduled_for__gte=first, attempt=1)
+                    .annotate(minute=TruncMinute("scheduled_for", tzinfo=UTC))
+                    .values("cluster_id", "minute").annotate(n=Count("id"))):
+            minute = row["minute"].astimezone(UTC).replace(second=0, microsecond=0)
+            fresh[(row["cluster_id"], minute)] = row["n"]
+            out.setdefault(row["cluster_id"], {})[minute] = row["n"]
+        settled = {m for m in missing if m + timedelta(minutes=1) + SETTLED_AFTER <= now}
+        if settled:
+            with self.lock:
+                self.minutes |= settled
+                self.counts.update({k: n for k, n in fresh.items() if k[1] in settled})
+        return out
+
+
+FIRES = FiresCache()
 
 
 def _chart(counts: dict, start, zone) -> dict:
@@ -79,17 +130,11 @@ def dashboard_context(zone=UTC) -> dict:
                 .annotate(day=Count("id"), hour=Count("id", filter=Q(finished_at__gte=hour_ago)))):
         failures.setdefault(row["cluster_id"], {})[row["state"]] = (row["hour"], row["day"])
 
-    # Fires per minute over the last hour, per cluster: one grouped query on scheduled_for,
-    # bounded by created_at (index task_created) so it reads only the last hour's tasks.
+    # Fires per minute over the last hour, per cluster: the settled minutes from the
+    # process's cache, the others (normally the current one) with one grouped query.
     start = (now - timedelta(minutes=CHART_MINUTES - 1)).astimezone(UTC).replace(
         second=0, microsecond=0)
-    fires: dict[int, dict] = {}
-    for row in (Task.objects.filter(created_at__gte=start - timedelta(minutes=5),
-                                    scheduled_for__gte=start, attempt=1)
-                .annotate(minute=TruncMinute("scheduled_for", tzinfo=UTC))
-                .values("cluster_id", "minute").annotate(n=Count("id"))):
-        minute = row["minute"].astimezone(UTC).replace(second=0, microsecond=0)
-        fires.setdefault(row["cluster_id"], {})[minute] = row["n"]
+    fires = FIRES.fires(now, start)
 
     cards = []
     for c in clusters:
@@ -144,9 +189,11 @@ def dashboard(request):
     return render(request, template, context)
 
 
-@live.renderer("dashboard")
-def render_dashboard(topic_id: int | None, viewer: live.Viewer) -> str:
-    """The pushed fragments of topic `dashboard`: the cards, running tasks, recent events."""
-    context = {**viewer.context(), **dashboard_context(), "oob": True}
-    return "".join(render_to_string(f"console/dashboard.html#{part}", context)
-                   for part in ("cards", "running", "events"))
+@live.renderer("dashboard", takes_id=False, min_interval=2.0,
+               tables=("scheduler_member", "scheduler_cluster", "scheduler_task",
+                       "scheduler_event"))
+def render_dashboard(topic_id: int | None, viewers: list[live.Viewer]) -> list[str]:
+    """The pushed fragments of topic `dashboard`: the cards, running tasks, recent events.
+    At most one render every 2 s: it is the install's busiest page and its costliest render."""
+    return live.render_parts("console/dashboard.html", ("cards", "running", "events"),
+                             dashboard_context(), viewers)

@@ -18,7 +18,6 @@ from django.db.models import F, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.http import HttpResponseRedirect
 from django.shortcuts import get_object_or_404, render
-from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
@@ -30,6 +29,7 @@ from scheduler.console import live
 from scheduler.console.access import NOT_OPERATOR, can_operate, console_actor, console_view
 from scheduler.console.forms import JOB_SORTS, NEVER_RAN, JobActionForm, JobFilterForm
 from scheduler.console.paging import page_size
+from scheduler.console.views import query_with
 from scheduler.models import Cluster, Event, Job, Schedule, Task
 
 PREVIEW_COUNT = 10
@@ -85,17 +85,6 @@ def filtered_jobs(values: dict) -> QuerySet:
     return qs.order_by(order, "name", "pk")
 
 
-def _query(request, **changes) -> str:
-    query = request.GET.copy()
-    for name, value in changes.items():
-        if value is None:
-            query.pop(name, None)
-        else:
-            query[name] = str(value)
-    text = query.urlencode()
-    return f"?{text}" if text else "?"
-
-
 # ------------------------------------------------------------------------------ the list
 
 
@@ -121,9 +110,10 @@ def jobs(request):
         "total": total,
         "first": offset + 1 if rows else 0,
         "last": offset + len(rows),
-        "previous_url": _query(request, page=number - 1 if number > 2 else None)
+        "previous_url": query_with(request, drop=(), page=number - 1 if number > 2 else None)
         if number > 1 else None,
-        "next_url": _query(request, page=number + 1) if offset + size < total else None,
+        "next_url": query_with(request, drop=(), page=number + 1)
+        if offset + size < total else None,
         "cluster": cluster,
         "topic": f"jobs:{cluster.pk}" if cluster else "jobs",
         "next_url_here": request.get_full_path(),
@@ -251,24 +241,25 @@ def _recent_job_ids(cluster_id: int | None) -> list[int]:
     return list(ids)[:PUSH_ROWS]
 
 
-@live.renderer("jobs")
-def render_jobs(cluster_id: int | None, viewer: live.Viewer) -> str:
+@live.renderer("jobs", takes_id=None,
+               tables=("scheduler_job", "scheduler_schedule", "scheduler_task",
+                       "scheduler_event", "scheduler_cluster"))
+def render_jobs(cluster_id: int | None, viewers: list[live.Viewer]) -> list[str]:
     """The rows of the jobs that moved lately, in `#jobs-push`: jobs.js swaps each into the
-    list where that row is shown (the list's filters and page are the browser's own)."""
+    list where that row is shown (the list's filters and page are the browser's own). A pushed
+    row has no action form (it would have no CSRF token): jobs.js keeps the row's own."""
     ids = _recent_job_ids(cluster_id)
     rows = list(with_status(Job.objects.filter(pk__in=ids)).order_by("name", "pk")) if ids \
         else []
-    return render_to_string("console/jobs.html#push", {**viewer.context(), "rows": rows})
+    return live.render_parts("console/jobs.html", ("push",), {"rows": rows}, viewers)
 
 
-@live.renderer("job")
-def render_job(job_id: int | None, viewer: live.Viewer) -> str:
+@live.renderer("job", takes_id=True,
+               tables=("scheduler_job", "scheduler_schedule", "scheduler_task"))
+def render_job(job_id: int | None, viewers: list[live.Viewer]) -> list[str]:
     """One job's state, next fires and recent tasks."""
-    if job_id is None:
-        return ""
     found = Job.objects.filter(pk=job_id).first()
     if found is None:
-        return ""
-    context = {**viewer.context(), **job_context(found)}
-    return "".join(render_to_string(f"console/job.html#{name}", context)
-                   for name in ("state", "schedules", "recent_tasks"))
+        return [""] * len(viewers)
+    return live.render_parts("console/job.html", ("state", "schedules", "recent_tasks"),
+                             job_context(found), viewers)

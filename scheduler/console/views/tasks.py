@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
-from urllib.parse import urlencode
 
 from django import forms
 from django.contrib import messages
@@ -12,14 +11,15 @@ from django.core.exceptions import PermissionDenied
 from django.core.handlers.asgi import ASGIRequest
 from django.http import JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.template.loader import render_to_string
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from scheduler import tasklogs
 from scheduler.console import live
 from scheduler.console.access import can_operate, console_actor, console_view, display_zone
+from scheduler.console.forms import CancelForm
 from scheduler.console.paging import keyset_page, page_size
+from scheduler.console.views import query_with
 from scheduler.models import Cluster, Job, Member, Task
 
 # The live log asks for at most this much at a time; a gap bigger than the tail is skipped
@@ -95,15 +95,6 @@ def decorate(task: Task) -> Task:
     return task
 
 
-def _query(request, **changes) -> str:
-    params = request.GET.copy()
-    for key in ("after", "before"):
-        params.pop(key, None)
-    for key, value in changes.items():
-        params[key] = value
-    return "?" + urlencode(list(params.lists()), doseq=True)
-
-
 @console_view
 @require_GET
 def tasks(request):
@@ -117,15 +108,15 @@ def tasks(request):
             qs = form.apply(qs)
         # Newest first by id, the primary key's index: an index of its own for this list
         # would cost every fire's insert (see docs/performance.md, "fewer task indexes").
-        page = keyset_page(qs, key="id", descending=True,
+        page = keyset_page(qs, descending=True,
                            after=request.GET.get("after"), before=request.GET.get("before"),
                            size=page_size(request.GET.get("size")))
         for row in page.rows:
             decorate(row)
     context = {
         "nav": "tasks", "form": form, "page": page,
-        "next_query": _query(request, after=page.after) if page and page.after else None,
-        "prev_query": _query(request, before=page.before) if page and page.before else None,
+        "next_query": query_with(request, after=page.after) if page and page.after else None,
+        "prev_query": query_with(request, before=page.before) if page and page.before else None,
         "member_names": (Member.objects.order_by("name").values_list("name", flat=True)
                          .distinct()[:200]),
     }
@@ -165,6 +156,10 @@ def _task(task_id: int) -> Task:
 @console_view
 @require_GET
 def task(request, task_id: int):
+    return _task_page(request, task_id)
+
+
+def _task_page(request, task_id: int, status: int = 200):
     task = _task(task_id)
     log = tasklogs.head_and_tail(task.pk)
     context = {
@@ -177,7 +172,7 @@ def task(request, task_id: int):
         "parameters_json": json.dumps(task.parameters, indent=2, ensure_ascii=False),
         "data_map_json": json.dumps(task.job.data_map, indent=2, ensure_ascii=False),
     }
-    return render(request, "console/task.html", context)
+    return render(request, "console/task.html", context, status=status)
 
 
 class BadCursor(ValueError):
@@ -242,11 +237,11 @@ def task_cancel(request, task_id: int):
     if not can_operate(request.user):
         raise PermissionDenied("Cancelling a task needs the operator role.")
     task = get_object_or_404(Task.objects.select_related("job"), pk=task_id)
-    reason = (request.POST.get("reason") or "").strip()[:200]
-    if not reason:
-        messages.error(request, "Say why the task is cancelled: a reason is needed. "
-                                "Nothing was changed.")
-        return redirect("console:task", task_id=task.pk)
+    form = CancelForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, " ".join(form.problems()) + " Nothing was changed.")
+        return _task_page(request, task.pk, status=400)
+    reason = form.cleaned_data["reason"]
     if task.request_cancel(reason, console_actor(request, reason)):
         if task.state == Task.State.QUEUED:
             messages.success(request, f"Task {task.pk} cancelled before it started.")
@@ -259,14 +254,14 @@ def task_cancel(request, task_id: int):
     return redirect("console:task", task_id=task.pk)
 
 
-@live.renderer("task")
-def render_task(topic_id: int | None, viewer: live.Viewer) -> str:
-    """The task's state, times and exit code, swapped into its page by id."""
+@live.renderer("task", takes_id=True, tables=("scheduler_task",))
+def render_task(topic_id: int | None, viewers: list[live.Viewer]) -> list[str]:
+    """The task's state, times and exit code, swapped into its page by id. Never the Cancel
+    form (rendered without a request it would have no CSRF token): the page keeps its own,
+    and hides it when #task-state says the task has ended (tasklog.js)."""
     task = (Task.objects.select_related("job", "schedule", "member", "cluster", "retry_of")
             .filter(pk=topic_id).first())
     if task is None:
-        return ""
-    context = {**viewer.context(), "task": decorate(task),
-               "ended": task.state in Task.FINISHED_STATES}
-    return "".join(render_to_string(f"console/task.html#{name}", context)
-                   for name in ("state", "facts", "actions"))
+        return [""] * len(viewers)
+    context = {"task": decorate(task), "ended": task.state in Task.FINISHED_STATES}
+    return live.render_parts("console/task.html", ("state", "facts"), context, viewers)
