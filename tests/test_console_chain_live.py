@@ -75,8 +75,9 @@ def chain(cluster):
 
 
 def test_the_renderers_are_registered():
-    assert live.RENDERERS["chain"] is chain_views.render_chain
-    assert live.RENDERERS["order"] is chain_views.render_order
+    assert live.RENDERERS["chain"].render is chain_views.render_chain
+    assert live.RENDERERS["order"].render is chain_views.render_order
+    assert live.RENDERERS["order"].takes_id and "scheduler_task" in live.RENDERERS["order"].tables
     assert live.parse_topics("chain:3,order:4") == [("chain", 3), ("order", 4)]
 
 
@@ -88,7 +89,7 @@ def test_the_chain_push_replaces_elements_of_the_chain_page(operator, operator_c
     assert f'ws-connect="/ws/live/?topics=chain:{chain.pk}"' in page
     assert "<title>Chain etl · opscenter</title>" in page
     assert page.count('id="add-order"') == 1
-    html = chain_views.render_chain(chain.pk, live.Viewer(operator, False))
+    html = chain_views.render_chain(chain.pk, [live.Viewer(operator, False)])[0]
     ids = check_push(html, page)
     nodes = list(chain.nodes.all())
     assert set(ids) == {"chain-state", "chain-orders", *(f"node-{n.pk}-action" for n in nodes),
@@ -99,13 +100,13 @@ def test_the_chain_push_replaces_elements_of_the_chain_page(operator, operator_c
 def test_the_chain_push_follows_orders_and_nodes(chain):
     order = Order.add(chain, "o1", actor=OP)
     viewer = live.Viewer(False, False)
-    before = chain_views.render_chain(chain.pk, viewer)
+    before = chain_views.render_chain(chain.pk, [viewer])[0]
     extract = chain.nodes.get(state="extract")
     assert f'<span id="node-{extract.pk}-orders" data-live hx-swap-oob="true">1</span>' in before
     order.suspend(OP)
     extract.set_action("stopped", OP)
     chain.stop(OP)
-    after = chain_views.render_chain(chain.pk, viewer)
+    after = chain_views.render_chain(chain.pk, [viewer])[0]
     assert after != before
     assert "suspended by an operator" in after
     assert f'<span id="node-{extract.pk}-orders" data-live hx-swap-oob="true">0</span>' in after
@@ -118,7 +119,7 @@ def test_the_order_push_replaces_elements_of_the_order_page(operator_client, cha
     page = operator_client.get(url).content.decode()
     assert f'ws-connect="/ws/live/?topics=order:{order.pk}"' in page
     viewer = live.Viewer(True, False)
-    html = chain_views.render_order(order.pk, viewer)
+    html = chain_views.render_order(order.pk, [viewer])[0]
     assert check_push(html, page) == ["order-status", "order-facts", "order-steps",
                                       "order-events"]
     assert 'id="order-why"' in html and "No step yet." in html
@@ -127,17 +128,26 @@ def test_the_order_push_replaces_elements_of_the_order_page(operator_client, cha
                         scheduled_for=order.created_at, trigger="order", state="running",
                         order=order, order_step=1, order_state="extract")
     Order.objects.filter(pk=order.pk).update(status="running", step=1)
-    html = chain_views.render_order(order.pk, viewer)
+    html = chain_views.render_order(order.pk, [viewer])[0]
     assert "running the step of node extract" in html
     assert 'data-task-state="running"' in html
     check_push(html, operator_client.get(url).content.decode())
+
+
+def test_one_render_gives_each_tier_its_fragment(chain):
+    Order.add(chain, "o1", actor=OP)
+    viewers = [live.Viewer(False, False), live.Viewer(True, True)]
+    for render, topic_id in ((chain_views.render_chain, chain.pk),
+                             (chain_views.render_order, Order.objects.get().pk)):
+        fragments = render(topic_id, viewers)
+        assert len(fragments) == 2 and all(fragments)
 
 
 def test_unknown_or_removed_targets_push_nothing(chain):
     viewer = live.Viewer(False, False)
     order = Order.add(chain, "o1", actor=OP)
     order.remove(OP)
-    assert chain_views.render_order(order.pk, viewer) == ""
-    assert chain_views.render_order(None, viewer) == ""
-    assert chain_views.render_chain(999999, viewer) == ""
-    assert chain_views.render_chain(None, viewer) == ""
+    assert chain_views.render_order(order.pk, [viewer])[0] == ""
+    assert chain_views.render_order(None, [viewer])[0] == ""
+    assert chain_views.render_chain(999999, [viewer])[0] == ""
+    assert chain_views.render_chain(None, [viewer])[0] == ""

@@ -11,7 +11,7 @@ from django.contrib import messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Count, Q
 from django.shortcuts import get_object_or_404, redirect, render
-from django.template.loader import render_to_string
+from django.template.loader import get_template
 from django.views.decorators.http import require_GET, require_POST
 
 from scheduler import orderactions
@@ -147,34 +147,46 @@ def order(request, order_id: int):
 # the order's action forms stay out of them; only what the nodes change is pushed.
 
 
-@live.renderer("chain")
-def render_chain(chain_id: int | None, viewer: live.Viewer) -> str:
+CHAIN_TABLES = ("scheduler_order", "scheduler_jobchain", "scheduler_chainnode", "scheduler_job",
+                "scheduler_member")
+
+
+@live.renderer("chain", takes_id=True, tables=CHAIN_TABLES)
+def render_chain(chain_id: int | None, viewers: list[live.Viewer]) -> list[str]:
     """A chain's stopped badge, each node's action and count of orders there, and the orders
-    table (status, state, why each waits)."""
+    table (status, state, why each waits). "Waiting until" changes with time alone: the
+    relay's periodic render keeps it true."""
     found = JobChain.objects.select_related("cluster").filter(pk=chain_id).first() \
         if chain_id is not None else None
     if found is None:
-        return ""
-    context = {**viewer.context(), **chain_context(found)}
-    parts = [render_to_string("console/chain.html#chain_state", context)]
-    for node in context["nodes"]:
-        for name in ("node_action", "node_orders"):
-            parts.append(render_to_string(f"console/chain.html#{name}",
-                                          {**context, "node": node}))
-    parts.append(render_to_string("console/chain.html#orders", context))
-    return "".join(parts)
+        return [""] * len(viewers)
+    context = chain_context(found)
+    template = "console/chain.html"
+    head = [get_template(f"{template}#chain_state")]
+    per_node = [get_template(f"{template}#{name}") for name in ("node_action", "node_orders")]
+    tail = [get_template(f"{template}#orders")]
+    out = []
+    for viewer in viewers:
+        seen = {**context, **viewer.context()}
+        parts = [t.render(seen) for t in head]
+        for node in context["nodes"]:
+            parts += [t.render({**seen, "node": node}) for t in per_node]
+        parts += [t.render(seen) for t in tail]
+        out.append("".join(parts))
+    return out
 
 
-@live.renderer("order")
-def render_order(order_id: int | None, viewer: live.Viewer) -> str:
-    """An order's status, its facts (where it is and why it waits) and its step history and
-    events."""
+@live.renderer("order", takes_id=True,
+               tables=(*CHAIN_TABLES, "scheduler_task", "scheduler_event"))
+def render_order(order_id: int | None, viewers: list[live.Viewer]) -> list[str]:
+    """An order's status, its facts (where it is, why it waits, its repeats), its step history
+    and its events."""
     found = ORDERS.filter(pk=order_id).first() if order_id is not None else None
     if found is None:
-        return ""
-    context = {**viewer.context(), **order_context(found)}
-    return "".join(render_to_string(f"console/order.html#{name}", context)
-                   for name in ("status", "facts", "steps", "events_section"))
+        return [""] * len(viewers)
+    return live.render_parts("console/order.html", ("status", "facts", "steps",
+                                                    "events_section"),
+                             order_context(found), viewers)
 
 
 # ------------------------------------------------------------------------------ actions
