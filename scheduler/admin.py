@@ -890,6 +890,16 @@ class ChainNodeAdmin(OperatorActions, ActionsAdmin):
         self._set(request, queryset, "skipped")
 
 
+def repeat_arguments(order: Order) -> dict:
+    """The admin's repeat fields as Order.add takes them (a cron or an interval, not a kind):
+    the kind chosen decides which of the two counts (clean() refused a mismatch)."""
+    if order.repeat_kind == Order.Repeat.CRON:
+        return {"cron": order.cron, "timezone": order.timezone}
+    if order.repeat_kind == Order.Repeat.INTERVAL:
+        return {"interval_seconds": order.interval_seconds, "timezone": order.timezone}
+    return {}
+
+
 @admin.register(Order)
 class OrderAdmin(OperatorActions, ActionsAdmin):
     class Media:
@@ -902,11 +912,12 @@ class OrderAdmin(OperatorActions, ActionsAdmin):
     list_select_related = ("chain__cluster", "member")
     formfield_overrides = DATA_MAP_OVERRIDES
     fields = ("chain", "order_id", "title", "parameters", "priority", "initial_state",
-              "end_state", "state", "status", "waiting", "member", "version", "created_at",
-              "updated_at", "steps", "order_events")
+              "end_state", "repeat_kind", "cron", "timezone", "interval_seconds",
+              "next_start_at", "runs", "state", "status", "waiting", "member", "version",
+              "created_at", "updated_at", "steps", "order_events")
     # The daemon moves orders; an operator moves them with the actions (each an event).
-    readonly_fields = ("state", "status", "waiting", "member", "version", "created_at",
-                       "updated_at", "steps", "order_events")
+    readonly_fields = ("next_start_at", "runs", "state", "status", "waiting", "member",
+                       "version", "created_at", "updated_at", "steps", "order_events")
     actions = ["suspend_orders", "resume_orders", "reset_orders", "move_orders",
                "remove_orders"]
 
@@ -916,7 +927,7 @@ class OrderAdmin(OperatorActions, ActionsAdmin):
     def get_fields(self, request, obj=None):
         if obj is None:  # what an order is added with
             return ("chain", "order_id", "title", "parameters", "priority", "initial_state",
-                    "end_state")
+                    "end_state", "repeat_kind", "cron", "timezone", "interval_seconds")
         return self.fields
 
     def save_model(self, request, obj, form, change):
@@ -927,7 +938,8 @@ class OrderAdmin(OperatorActions, ActionsAdmin):
         added = orderactions.add_order(
             obj.chain, obj.order_id, actor=actor_of(request), title=obj.title,
             parameters=obj.parameters, priority=obj.priority,
-            initial_state=obj.initial_state, end_state=obj.end_state)
+            initial_state=obj.initial_state, end_state=obj.end_state,
+            **repeat_arguments(obj))
         obj.pk = added.pk
         obj._state.adding = False
 

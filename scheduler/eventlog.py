@@ -306,11 +306,16 @@ def order_moved(cluster_id: int, member_id: int | None, by: str, move: dict) -> 
     quarantined), and task and job when a step ended."""
     status = move["status"]
     kinds = _kind()
+    # A repeating order's run that ended (`run`: finished or failed): the run's event, though
+    # the order itself waits again at its initial state (`to`) until `next_start`.
     kind = {"finished": kinds.ORDER_FINISHED, "failed": kinds.ORDER_FAILED,
-            "suspended": kinds.ORDER_SUSPENDED}.get(status, kinds.ORDER_MOVED)
+            "suspended": kinds.ORDER_SUSPENDED}.get(move.get("run", status), kinds.ORDER_MOVED)
     step = f"step at {move['from']} {move['why']}" if move.get("task") else \
         f"node {move['from']}: {move['why']}"
-    if status in ("finished", "failed"):
+    if move.get("run"):
+        what = (f"run {move['run']} at {move['end']} ({step}); repeats: {status} at "
+                f"{move['to']} until {move['next_start']}")
+    elif status in ("finished", "failed"):
         what = f"{status} at {move['to']} ({step})"
     elif move["from"] == move["to"]:
         what = f"{status} at {move['to']} ({step})"
@@ -320,4 +325,5 @@ def order_moved(cluster_id: int, member_id: int | None, by: str, move: dict) -> 
     return build(cluster_id, kind, f"order {move['order_id']}: {what}", node(by) if by else NODE,
                  member_id=member_id, job_id=move.get("job"), task_id=move.get("task"),
                  data={k: move[k] for k in ("order", "order_id", "chain", "from", "to",
-                                             "status", "why") if k in move})
+                                             "status", "why", "run", "end", "next_start")
+                       if k in move})

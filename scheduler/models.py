@@ -860,6 +860,17 @@ class Order(models.Model):
     reached an end node or its end state), failed (it reached it after a step had failed: it
     took an error state on the way, `error_path`).
 
+    A repeating order (JobScheduler's permanent order with a run time) carries its own
+    schedule: cron in a time zone, or an interval in seconds (`repeat_kind`; the maths is
+    timing.py's, as for a job's schedule). It waits until `next_start_at` (the first due time
+    strictly after it was added: not at once), and when it reaches an end node, finished or
+    failed, it goes back to its initial state and waits until its next due time, with an
+    event for the run (ledger.orders). Runs missed while no member could take them (the
+    cluster was down, or a run lasted longer than the interval) are not owed one by one: the
+    order runs once at once, then at its next regular time after that run ends (the
+    `run_once` misfire policy of schedules). Suspend, resume, move and reset work as for any
+    order and leave the due time as it is.
+
     The nodes move it (scheduler/ledger/orders.py), guarded by its status and step; operators
     move it through the methods below, each guarded by its version. An order never leaves its
     state except through a recorded step or one of these.
@@ -872,7 +883,13 @@ class Order(models.Model):
         FINISHED = "finished", "finished"
         FAILED = "failed", "failed"
 
+    class Repeat(models.TextChoices):
+        NONE = "", "does not repeat"
+        CRON = "cron", "cron"
+        INTERVAL = "interval", "fixed interval"
+
     DONE_STATUSES = ("finished", "failed")
+    REPEAT_FIELDS = ("repeat_kind", "cron", "timezone", "interval_seconds")
 
     chain = models.ForeignKey(JobChain, on_delete=models.CASCADE, related_name="orders")
     order_id = models.CharField(max_length=100, validators=[validate_name])
@@ -894,14 +911,32 @@ class Order(models.Model):
     suspend_requested = models.BooleanField(default=False, editable=False)
     # A step failed since the order started (or was reset or moved): it ends failed.
     error_path = models.BooleanField(default=False, editable=False)
+    # A repeating order: its own schedule (see the class's text).
+    repeat_kind = models.CharField(
+        "repeats", max_length=10, choices=Repeat.choices, default="", blank=True,
+        help_text="A repeating order goes back to its initial state at the end of each run "
+                  "and starts again at its next due time.")
+    cron = models.CharField(
+        max_length=200, blank=True, validators=[validate_cron],
+        help_text="Repeats by cron: five fields, minute hour day-of-month month day-of-week.")
+    timezone = models.CharField(max_length=64, default="UTC", blank=True,
+                                validators=[validate_timezone],
+                                help_text="The cron expression's time zone (empty: UTC).")
+    interval_seconds = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)],
+        help_text="Repeats every this many seconds, counted from when it was set.")
+    # Interval runs are due at anchor + k * interval (no drift however long a run lasts).
+    repeat_anchor_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # When a repeating order may start its next run (null: whenever it can). The claim takes
+    # only orders whose next_start_at is null or has come (the database's clock).
+    next_start_at = models.DateTimeField(null=True, blank=True, editable=False)
+    runs = models.PositiveIntegerField(default=0, editable=False,
+                                       help_text="Runs of a repeating order that ended.")
     created_at = models.DateTimeField(db_default=Now(), editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ["chain", "-priority", "id"]
-        constraints = [
-            models.UniqueConstraint(fields=["chain", "order_id"], name="order_unique_id_in_chain")
-        ]
         indexes = [
             # ledger.orders.claim_steps: a chain's waiting orders by priority (partial: the
             # finished ones, most rows, never touch it).
@@ -910,6 +945,17 @@ class Order(models.Model):
             # ledger.orders (max_orders) and the console: a chain's running orders.
             models.Index(fields=["chain"], condition=Q(status="running"),
                          name="order_running"),
+            # ledger.orders.next_start (the node's wake-up): the earliest due time of a
+            # repeating order that waits (partial: other orders never touch it).
+            models.Index(fields=["next_start_at"],
+                         condition=Q(status="waiting", next_start_at__isnull=False),
+                         name="order_next_start"),
+        ]
+        constraints = [
+            models.UniqueConstraint(fields=["chain", "order_id"], name="order_unique_id_in_chain"),
+            models.CheckConstraint(
+                condition=Q(interval_seconds__isnull=True) | Q(interval_seconds__gte=1),
+                name="order_interval_positive"),
         ]
 
     def __str__(self) -> str:
@@ -930,12 +976,103 @@ class Order(models.Model):
             errors["end_state"] = f"'{self.end_state}' is not a state of chain {self.chain.name}."
         if self.state and self.state not in states:
             errors["state"] = f"'{self.state}' is not a state of chain {self.chain.name}."
+        errors.update(self.repeat_errors())
         if errors:
             raise ValidationError(errors)
 
+    def repeat_errors(self) -> dict[str, list[str]]:
+        """What is wrong with the order's own schedule, by field ({} when nothing): the
+        checks of a job's schedule (validators, timing.check)."""
+        errors: dict[str, list[str]] = {}
+        if not self.timezone:
+            self.timezone = "UTC"
+        kind = self.repeat_kind or ""
+        if kind not in self.Repeat.values:
+            return {"repeat_kind": [f"'{kind}' is not a way to repeat (cron or interval)."]}
+        if self.cron and self.interval_seconds is not None:
+            return {"interval_seconds": ["Give a cron expression or an interval, not both."]}
+        if kind == self.Repeat.CRON and not self.cron:
+            errors["cron"] = ["A repeating order by cron needs a cron expression."]
+        if kind == self.Repeat.INTERVAL and self.interval_seconds is None:
+            errors["interval_seconds"] = ["A repeating order by interval needs an interval "
+                                          "of at least 1 s."]
+        if kind != self.Repeat.CRON and self.cron:
+            errors["cron"] = ["A cron expression is only for an order that repeats by cron."]
+        if kind != self.Repeat.INTERVAL and self.interval_seconds is not None:
+            errors["interval_seconds"] = ["An interval is only for an order that repeats by "
+                                          "interval."]
+        if errors or not kind:
+            return errors
+        # The fields' own validators (validate_cron, validate_timezone) say what is wrong
+        # with a bad expression or zone; this says what timing.py would refuse beyond that.
+        try:
+            if kind == self.Repeat.CRON:
+                timing.validate_cron(self.cron)
+            timing.validate_timezone(self.timezone)
+        except timing.TimingError:
+            return errors
+        if kind == self.Repeat.INTERVAL and not (
+                isinstance(self.interval_seconds, int) and self.interval_seconds >= 1):
+            return errors
+        try:
+            t = self.repeat_timing(anchor=db_now())
+            timing.check(t)
+            if timing.next_fire(t, t.anchor) is None:
+                errors["cron" if kind == self.Repeat.CRON else "interval_seconds"] = [
+                    "This schedule never comes due."]
+        except timing.TimingError as exc:
+            errors["cron" if kind == self.Repeat.CRON else "interval_seconds"] = [str(exc)]
+        except OverflowError:
+            errors["interval_seconds"] = ["This interval is too long."]
+        return errors
+
+    @classmethod
+    def repeat_kind_of(cls, cron: str = "", interval_seconds: int | None = None) -> str:
+        """How an order given these repeats (the doors take a cron or an interval)."""
+        if cron:
+            return cls.Repeat.CRON
+        return cls.Repeat.INTERVAL if interval_seconds is not None else cls.Repeat.NONE
+
+    def repeat_timing(self, anchor=None) -> timing.Timing | None:
+        """The order's own schedule as timing.py reads it; None for an order that does not
+        repeat."""
+        if not self.repeat_kind:
+            return None
+        return timing.Timing(kind=self.repeat_kind, cron=self.cron or "",
+                             timezone=self.timezone or "UTC",
+                             interval_seconds=self.interval_seconds or 0,
+                             anchor=anchor or self.repeat_anchor_at)
+
+    def describe_repeat(self) -> str:
+        if self.repeat_kind == self.Repeat.CRON:
+            return f"cron '{self.cron}' {self.timezone}"
+        if self.repeat_kind == self.Repeat.INTERVAL:
+            return f"every {self.interval_seconds} s"
+        return ""
+
+    def _repeat_changed(self) -> bool:
+        if self.pk is None or self._state.adding:
+            return True
+        saved = Order.objects.filter(pk=self.pk).values(*self.REPEAT_FIELDS).first()
+        return saved is None or any(saved[f] != getattr(self, f) for f in self.REPEAT_FIELDS)
+
     def save(self, *args, **kwargs) -> None:
+        """A new or changed own schedule sets the next due time: the first strictly after
+        now (the database's clock), so a repeating order never starts at once."""
         if not self.state:
             self.state = self.initial_state
+        update_fields = kwargs.get("update_fields")
+        if (update_fields is None or set(update_fields) & set(self.REPEAT_FIELDS)) and \
+                self._repeat_changed():
+            if self.repeat_kind:
+                now = db_now()
+                self.repeat_anchor_at = now
+                self.next_start_at = timing.next_fire(self.repeat_timing(), now)
+            else:
+                self.repeat_anchor_at = self.next_start_at = None
+            if update_fields is not None:
+                kwargs["update_fields"] = sorted({*update_fields, "repeat_anchor_at",
+                                                  "next_start_at"})
         super().save(*args, **kwargs)
 
     # -- reading --
@@ -944,13 +1081,36 @@ class Order(models.Model):
     def is_done(self) -> bool:
         return self.status in self.DONE_STATUSES
 
-    def waiting_reason(self, nodes: dict | None = None, running: int | None = None) -> str:
+    def waiting_reason(self, nodes: dict | None = None, running: int | None = None,
+                       now=None) -> str:
         """Why a waiting order does not go on now ("" when nothing holds it, or it is not
-        waiting): the chain or its node is stopped, the node's job is paused, the chain is at
-        its limit of orders at once. For the console and the commands (a few queries; a page
-        of many orders passes the chain's nodes by state and its running orders' count)."""
+        waiting): a repeating order's next due time has not come ("waiting until <time>"),
+        the chain or its node is stopped, the node's job is paused, the chain is at its limit
+        of orders at once. For the console and the commands (a few queries; a page of many
+        orders passes the chain's nodes by state, its running orders' count and the database's
+        `now`)."""
         if self.status != self.Status.WAITING:
             return ""
+        held = self._held_reason(nodes, running)
+        if self.next_start_at is not None:
+            if now is None:
+                now = db_now()
+            if self.next_start_at > now:
+                until = f"waiting until {self.next_start_text()}"
+                return f"{until}; then: {held}" if held else until
+        return held
+
+    def next_start_text(self) -> str:
+        """The next due time in the order's zone (a cron's), e.g. 2026-03-29 03:00:00 CEST."""
+        if self.next_start_at is None:
+            return ""
+        try:
+            zone = timing.validate_timezone(self.timezone or "UTC")
+        except timing.TimingError:
+            zone = timing.validate_timezone("UTC")
+        return f"{self.next_start_at.astimezone(zone):%Y-%m-%d %H:%M:%S %Z}"
+
+    def _held_reason(self, nodes: dict | None, running: int | None) -> str:
         chain = self.chain
         if chain.stopped:
             return f"the job chain {chain.name} is stopped"
@@ -986,10 +1146,13 @@ class Order(models.Model):
     @classmethod
     def add(cls, chain: JobChain, order_id: str, *, title: str = "",
             parameters: dict | None = None, priority: int = 0, initial_state: str | None = None,
-            end_state: str = "", actor: Actor) -> Order:
+            end_state: str = "", cron: str = "", timezone: str = "UTC",
+            interval_seconds: int | None = None, actor: Actor) -> Order:
         """A new order, waiting at its initial state (by default the chain's first state in
-        graph order). Refused with a ValidationError when the chain is unsound, the id is
-        taken in the chain, or a field is invalid."""
+        graph order). With a `cron` expression (in `timezone`) or an `interval_seconds` it
+        repeats: it starts at its first due time, not at once (see the class's text). Refused
+        with a ValidationError when the chain is unsound, the id is taken in the chain, or a
+        field is invalid."""
         nodes = list(chain.nodes.all())
         problems = check_chain_graph(nodes)
         if problems:
@@ -999,7 +1162,9 @@ class Order(models.Model):
                     parameters={} if parameters is None else parameters, priority=priority,
                     initial_state=initial_state if initial_state is not None
                     else chaingraph.first_state(nodes),
-                    end_state=end_state or "")
+                    end_state=end_state or "", cron=cron or "", timezone=timezone or "UTC",
+                    interval_seconds=interval_seconds,
+                    repeat_kind=cls.repeat_kind_of(cron, interval_seconds))
         order.state = order.initial_state
         taken = ValidationError({"order_id": f"Job chain {chain.name} already has an order "
                                              f"'{order_id}'."})
@@ -1009,7 +1174,9 @@ class Order(models.Model):
         try:
             with transaction.atomic():
                 order.save(force_insert=True)
-                eventlog.order_action(order, "add", actor, f"added at {order.state}")
+                eventlog.order_action(order, "add", actor, f"added at {order.state}" + (
+                    f", repeating ({order.describe_repeat()}), first run at "
+                    f"{order.next_start_text()}" if order.repeat_kind else ""))
                 notify_nodes(chain.cluster_id)
         except IntegrityError:
             raise taken from None

@@ -444,8 +444,16 @@ class Node:
                 os.kill(os.getpid(), signal.SIGSTOP)
         for started in result.started:
             self._start(started)
-        self._orders_at = 0.0 if result.more else (
-            time.monotonic() + self.conf.heartbeat_interval)
+        if result.more:
+            self._orders_at = 0.0
+        else:
+            # Once a heartbeat at most, and at the next due time of a repeating order.
+            mono = time.monotonic()
+            wait = self.conf.heartbeat_interval
+            due = ledger.orders.next_start(self.member.cluster_id, self.clock.at(mono))
+            if due is not None:
+                wait = min(max(self.clock.seconds_until(due), 0.0), wait)
+            self._orders_at = mono + wait
         return bool(result.started) or result.more
 
     def _plan_next_claim(self, ahead: float) -> None:

@@ -77,9 +77,9 @@ def set_node_action(node: ChainNode, actor: Actor, *, action: str) -> bool:
 
 def create_order(chain: JobChain, order_id: str, *, title: str, parameters: dict | None,
                  priority: int, initial_state: str | None, end_state: str,
-                 actor: Actor) -> Order:
+                 actor: Actor, **repeat) -> Order:
     return Order.add(chain, order_id, title=title, parameters=parameters, priority=priority,
-                     initial_state=initial_state, end_state=end_state, actor=actor)
+                     initial_state=initial_state, end_state=end_state, actor=actor, **repeat)
 
 
 def order_steps(order: Order, limit: int = MAX_ORDER_ROWS):
@@ -178,14 +178,19 @@ def perform(action: str, target, actor: Actor, **args) -> Outcome:
 
 
 def new_order_errors(chain: JobChain, order_id, *, title="", parameters=None, priority=0,
-                     initial_state=None, end_state="") -> dict[str, list[str]]:
+                     initial_state=None, end_state="", cron="", timezone="UTC",
+                     interval_seconds=None) -> dict[str, list[str]]:
     """What is wrong with a new order, by field ({} when nothing): the model's own checks
-    (names, states of the chain, parameters, what a database can hold) and a free id."""
+    (names, states of the chain, parameters, its own schedule if it repeats — a cron in a
+    time zone or an interval, checked as a job's schedule is — what a database can hold) and
+    a free id."""
     first = chain.nodes.order_by("position", "id").values_list("state", flat=True).first()
     order = Order(chain=chain, order_id=order_id, title=title,
                   parameters={} if parameters is None else parameters, priority=priority,
                   initial_state=(first or "") if initial_state in (None, "") else initial_state,
-                  end_state=end_state or "")
+                  end_state=end_state or "", cron=cron or "", timezone=timezone or "UTC",
+                  interval_seconds=interval_seconds,
+                  repeat_kind=Order.repeat_kind_of(cron, interval_seconds))
     errors: dict[str, list[str]] = {}
     try:
         order.full_clean(exclude=["state", "status", "version"], validate_unique=False,
@@ -202,13 +207,17 @@ def new_order_errors(chain: JobChain, order_id, *, title="", parameters=None, pr
 
 def add_order(chain: JobChain, order_id: str, *, actor: Actor, title: str = "",
               parameters: dict | None = None, priority: int = 0,
-              initial_state: str | None = None, end_state: str = "") -> Order:
-    """A new order of `chain`, checked field by field first (ValidationError by field)."""
+              initial_state: str | None = None, end_state: str = "", cron: str = "",
+              timezone: str = "UTC", interval_seconds: int | None = None) -> Order:
+    """A new order of `chain`, checked field by field first (ValidationError by field). With
+    a `cron` (in `timezone`) or an `interval_seconds` it repeats (Order.add)."""
+    repeat = {"cron": cron or "", "timezone": timezone or "UTC",
+              "interval_seconds": interval_seconds}
     errors = new_order_errors(chain, order_id, title=title, parameters=parameters,
                               priority=priority, initial_state=initial_state,
-                              end_state=end_state)
+                              end_state=end_state, **repeat)
     if errors:
         raise ValidationError(errors)
     return create_order(chain, order_id, title=title, parameters=parameters,
                         priority=priority, initial_state=initial_state or None,
-                        end_state=end_state or "", actor=actor)
+                        end_state=end_state or "", actor=actor, **repeat)

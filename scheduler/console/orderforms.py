@@ -69,6 +69,18 @@ class AddOrderForm(forms.Form):
     priority = forms.IntegerField(required=False, min_value=-INT_LIMIT, max_value=INT_LIMIT,
                                   help_text="Higher first (default 0).")
     initial_state = forms.ChoiceField(label="Initial state", required=False)
+    # A repeating order: a cron in a zone or an interval (the model checks them as it checks a
+    # job's schedule; an error is shown by its field).
+    cron = forms.CharField(label="Repeat by cron", required=False, max_length=200, strip=True,
+                           help_text="Optional, five fields (e.g. 0 2 * * *): the order "
+                                     "starts at the next due time and, at the end of each "
+                                     "run, goes back to its initial state to wait for the "
+                                     "next one.")
+    timezone = forms.CharField(label="Time zone", required=False, max_length=64, strip=True,
+                               initial="UTC", help_text="The cron's IANA zone (default UTC).")
+    interval_seconds = forms.IntegerField(
+        label="Or repeat every (seconds)", required=False, min_value=-INT_LIMIT,
+        max_value=INT_LIMIT, help_text="Optional: the first run is this long from now.")
     reason = forms.CharField(required=False, max_length=MAX_REASON, strip=True,
                              widget=forms.Textarea(attrs={"rows": 2}))
 
@@ -95,6 +107,12 @@ class AddOrderForm(forms.Form):
     def clean_title(self) -> str:
         return self._text("title")
 
+    def clean_cron(self) -> str:
+        return self._text("cron")
+
+    def clean_timezone(self) -> str:
+        return self._text("timezone") or "UTC"
+
     def clean_reason(self) -> str:
         return clean_reason(self.cleaned_data["reason"])
 
@@ -119,7 +137,9 @@ class AddOrderForm(forms.Form):
         data = self.cleaned_data
         return {"title": data["title"], "parameters": data["parameters"],
                 "priority": data["priority"] or 0,
-                "initial_state": data["initial_state"] or None}
+                "initial_state": data["initial_state"] or None,
+                "cron": data["cron"], "timezone": data["timezone"] or "UTC",
+                "interval_seconds": data["interval_seconds"]}
 
     def add_model_errors(self, exc: ValidationError) -> None:
         """A model's errors by field, on this form's fields (the rest above the form)."""

@@ -29,13 +29,13 @@ from datetime import datetime
 
 from django.db import connection, transaction
 
-from scheduler import eventlog, ledger
+from scheduler import eventlog, ledger, timing
 from scheduler.chaingraph import Step, step_at
 
 log = logging.getLogger("opscenter.ledger.orders")
 
 ORDER_FIELDS = ["id", "version", "step", "state", "order_id", "parameters", "end_state",
-                "error_path", "chain_id", "job_id", "action", "next_state"]
+                "error_path", "chain_id", "job_id", "action", "next_state", "repeat_kind"]
 
 # {sticky}: in an active cluster, an order of a chain that is not distributed is taken only by
 # the member that holds it, or by any member once that one is no longer live (or never was).
@@ -43,12 +43,13 @@ ORDER_FIELDS = ["id", "version", "step", "state", "order_id", "parameters", "end
 # paused job, a job for other members, a chain at its limit), so they cannot fill the batch.
 CLAIM_SQL = (
     "SELECT o.id, o.version, o.step, o.state, o.order_id, o.parameters, o.end_state, "
-    "o.error_path, o.chain_id, n.job_id, n.action, n.next_state "
+    "o.error_path, o.chain_id, n.job_id, n.action, n.next_state, o.repeat_kind "
     "FROM scheduler_order o "
     "JOIN scheduler_jobchain c ON c.id = o.chain_id "
     "JOIN scheduler_chainnode n ON n.chain_id = o.chain_id AND n.state = o.state "
     "LEFT JOIN scheduler_job j ON j.id = n.job_id "
     "WHERE c.cluster_id = %s AND o.status = 'waiting' AND NOT c.stopped "
+    "AND (o.next_start_at IS NULL OR o.next_start_at <= %s) "  # a repeating order: due?
     "AND (n.job_id IS NULL OR n.state = o.end_state OR n.action = 'skipped' OR ("
     "n.action = 'active' AND NOT j.paused AND (j.affinity = '' OR j.affinity {items}) "
     "AND (c.max_orders IS NULL OR (SELECT count(*) FROM scheduler_order r "
@@ -97,7 +98,7 @@ def claim_steps(*, cluster_id: int, member_id: int, member_names: list[str], cap
         with transaction.atomic():
             now = ledger.check_fence(cluster_id, member_id, epoch, dead_after)
             rows = [dict(zip(ORDER_FIELDS, row, strict=True)) for row in _fetch(
-                CLAIM_SQL, [cluster_id], list(member_names), [limit],
+                CLAIM_SQL, [cluster_id, now], list(member_names), [limit],
                 sticky=member_id if sticky else None)]
             if not rows:
                 return result
@@ -112,10 +113,14 @@ def claim_steps(*, cluster_id: int, member_id: int, member_names: list[str], cap
             updates: list[tuple] = []   # (id, version, state, status, step)
             moves: list[dict] = []
             starts: list[dict] = []
+            repeats: list[tuple[dict, str]] = []  # repeating orders at the end of a run
             for row in rows:
                 step = row["step_at"]
                 if step == Step.END:
                     status = "failed" if row["error_path"] else "finished"
+                    if row["repeat_kind"]:
+                        repeats.append((row, status))
+                        continue
                     updates.append((row["id"], row["version"], row["state"], status,
                                     row["step"]))
                     moves.append(_move(row, row["state"], status, "end node" if not
@@ -144,7 +149,11 @@ def claim_steps(*, cluster_id: int, member_id: int, member_names: list[str], cap
             moves = [m for m in moves if m["order"] in moved]
             eventlog.write_all([eventlog.order_moved(cluster_id, member_id, "", m)
                                 for m in moves])
-            result.moved = len(moves)
+            result.moved = len(moves) + restart_repeating(cluster_id, member_id, now, [
+                {"row": row, "run": status, "end": row["state"], "error_path":
+                 bool(row["error_path"]), "why": "end node" if not row["job_id"]
+                 else "its end state", "guard": ("version", row["version"])}
+                for row, status in repeats])
             if moves:
                 result.more = True  # they wait at their next node now: take it at once
     except ledger.Fenced:
@@ -233,10 +242,11 @@ OUTCOMES = {"succeeded": NEXT, "failed": ERROR, "timed_out": ERROR, "lost": ERRO
             "quarantined": ERROR, "cancelled": STAY}
 
 AFTER_FIELDS = ["id", "step", "status", "state", "order_id", "chain_id", "suspend_requested",
-                "error_path", "end_state", "next_state", "error_state", "cluster_id"]
+                "error_path", "end_state", "next_state", "error_state", "cluster_id",
+                "repeat_kind"]
 AFTER_SQL = (
     "SELECT o.id, o.step, o.status, o.state, o.order_id, o.chain_id, o.suspend_requested, "
-    "o.error_path, o.end_state, n.next_state, n.error_state, c.cluster_id "
+    "o.error_path, o.end_state, n.next_state, n.error_state, c.cluster_id, o.repeat_kind "
     "FROM scheduler_order o JOIN scheduler_jobchain c ON c.id = o.chain_id "
     "LEFT JOIN scheduler_chainnode n ON n.chain_id = o.chain_id AND n.state = o.state "
     "WHERE o.id {items} ORDER BY o.id {lock_o}"
@@ -270,6 +280,7 @@ def after_steps(member_id: int | None, now: datetime, ends: list[StepEnd]) -> in
         NODES_SQL, [], sorted({o["chain_id"] for o in orders.values()}), [])}
     updates: list[tuple] = []   # (id, step, state, status, error_path)
     moves: list[tuple[int, dict]] = []
+    repeats: dict[int, list] = {}  # cluster -> repeating orders at the end of a run
     waiting = 0
     for e in ends:
         o = orders.get(e.order_id)
@@ -287,6 +298,13 @@ def after_steps(member_id: int | None, now: datetime, ends: list[StepEnd]) -> in
             to, status = o["state"], "suspended"
         elif way != STAY and step_at(target, o["end_state"]) == Step.END:
             status = "failed" if error_path else "finished"
+            if o["repeat_kind"]:
+                repeats.setdefault(o["cluster_id"], []).append({
+                    "row": o, "run": status, "end": to, "error_path": error_path,
+                    "why": e.outcome.replace("_", " "), "guard": ("step", e.order_step),
+                    "suspend": bool(o["suspend_requested"]), "task": e.task_id,
+                    "job": e.job_id})
+                continue
         elif way == STAY or o["suspend_requested"]:
             status = "suspended"
         else:
@@ -300,6 +318,8 @@ def after_steps(member_id: int | None, now: datetime, ends: list[StepEnd]) -> in
     moved = _update_running(member_id, now, updates)
     eventlog.write_all([eventlog.order_moved(cluster_id, member_id, "", m)
                         for cluster_id, m in moves if m["order"] in moved])
+    for cluster_id, ended in repeats.items():
+        restart_repeating(cluster_id, member_id, now, ended)
     return waiting
 
 
@@ -333,3 +353,85 @@ def _update_running(member_id: int | None, now: datetime, updates: list[tuple]) 
                 if cursor.rowcount == 1:
                     moved.add(oid)
     return moved
+
+
+# ---------------------------------------------------------------- repeating orders
+# (Order.repeat_kind: an order with its own schedule; see the Order model's text.)
+
+REPEAT_SQL = ("SELECT id, repeat_kind, cron, timezone, interval_seconds, repeat_anchor_at, "
+              "initial_state FROM scheduler_order WHERE id {items}")
+NEXT_START_SQL = (
+    "SELECT o.next_start_at FROM scheduler_order o "
+    "JOIN scheduler_jobchain c ON c.id = o.chain_id "
+    "WHERE o.status = 'waiting' AND o.next_start_at IS NOT NULL AND o.next_start_at > %s "
+    "AND c.cluster_id = %s AND NOT c.stopped ORDER BY o.next_start_at LIMIT 1"
+)
+RESTART_SQL = (
+    "UPDATE scheduler_order SET state = %s, status = %s, error_path = %s, next_start_at = %s, "
+    "runs = runs + 1, suspend_requested = %s, member_id = COALESCE(%s, member_id), "
+    "version = version + 1, updated_at = %s WHERE id = %s AND {guard}"
+)
+GUARDS = {"version": "version = %s AND status = 'waiting'",
+          "step": "step = %s AND status = 'running'"}
+
+
+def next_start(cluster_id: int, after: datetime) -> datetime | None:
+    """The earliest due time after `after` of a repeating order of the cluster that waits for
+    it (index order_next_start): the node's order claim sleeps until then at most."""
+    with connection.cursor() as cursor:
+        cursor.execute(NEXT_START_SQL, [ledger._param(after), cluster_id])
+        row = cursor.fetchone()
+    return ledger._as_dt(row[0]) if row else None
+
+
+def next_due(row, now: datetime) -> datetime | None:
+    """A repeating order's next due time: the first strictly after `now` (timing.next_fire).
+    Runs missed before `now` are not owed one by one (the run_once policy)."""
+    _, kind, cron, zone, seconds, anchor, _initial = row
+    try:
+        return timing.next_fire(timing.Timing(
+            kind=kind, cron=cron or "", timezone=zone or "UTC",
+            interval_seconds=seconds or 0, anchor=ledger._as_dt(anchor) or now), now)
+    except (timing.TimingError, OverflowError):
+        return None
+
+
+def restart_repeating(cluster_id: int, member_id: int | None, now: datetime,
+                      ended: list[dict]) -> int:
+    """Inside the caller's transaction: repeating orders at the end of a run (an end node or
+    their end state; `run` finished or failed) go back to their initial state, waiting (or
+    suspended, when asked to while their last step ran) until their next due time, their
+    error path forgotten; one event per run (order.finished / order.failed, naming the next
+    due time). Each update is guarded like the move it replaces: the version read by the
+    claim (`waiting`) or the step that ended (`running`). An order whose schedule has no
+    next due time ends as any order would. Returns how many orders moved."""
+    if not ended:
+        return 0
+    defs = {r[0]: r for r in ledger._fetch(REPEAT_SQL, [], sorted({e["row"]["id"]
+                                                                   for e in ended}), [])}
+    events = []
+    nowp = ledger._param(now)
+    with connection.cursor() as cursor:
+        for e in ended:
+            row, found = e["row"], defs.get(e["row"]["id"])
+            if found is None:
+                continue
+            due = next_due(found, now)
+            if due is None or not found[1]:  # nothing more to come: it ends here
+                state, status, error_path = e["end"], e["run"], e["error_path"]
+            else:
+                state, error_path = found[6], False
+                status = "suspended" if e.get("suspend") else "waiting"
+            guard, value = e["guard"]
+            cursor.execute(RESTART_SQL.format(guard=GUARDS[guard]), [
+                state, status, error_path, ledger._param(due) if status != e["run"] else None,
+                False, member_id, nowp, row["id"], value])
+            if cursor.rowcount != 1:
+                continue
+            move = _move(row, state, status, e["why"], end=e["end"], **(
+                {"task": e["task"], "job": e["job"]} if e.get("task") else {}))
+            if status != e["run"]:
+                move.update(run=e["run"], next_start=due.isoformat())
+            events.append(eventlog.order_moved(cluster_id, member_id, "", move))
+    eventlog.write_all(events)
+    return len(events)

@@ -11,9 +11,12 @@ from django.contrib import messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Count, Q
 from django.shortcuts import get_object_or_404, redirect, render
+from django.template.loader import get_template
 from django.views.decorators.http import require_GET, require_POST
 
 from scheduler import orderactions
+from scheduler.clock import db_now
+from scheduler.console import live
 from scheduler.console.access import NOT_OPERATOR, can_operate, console_actor, console_view
 from scheduler.console.orderforms import ActionForm, AddOrderForm
 from scheduler.models import ChainNode, Event, JobChain, Order
@@ -41,7 +44,7 @@ def graph_order(nodes: list[ChainNode]) -> list[ChainNode]:
 
 
 def why_waiting(order: Order, chain: JobChain, nodes: dict[str, ChainNode],
-                running: int | None = None) -> str:
+                running: int | None = None, now=None) -> str:
     """Where an order stands and why, in an operator's words (the model says what holds a
     waiting order: `Order.waiting_reason`)."""
     if order.status == Order.Status.FINISHED:
@@ -59,7 +62,7 @@ def why_waiting(order: Order, chain: JobChain, nodes: dict[str, ChainNode],
             "; suspended when it ends" if order.suspend_requested else "")
     if node.is_end:
         return "at an end node"
-    return order.waiting_reason(nodes, running) or WAITING_FOR_MEMBER
+    return order.waiting_reason(nodes, running, now=now) or WAITING_FOR_MEMBER
 
 
 @console_view
@@ -83,9 +86,10 @@ def chain_context(chain: JobChain) -> dict:
     by_state = {node.state: node for node in nodes}
     orders = list(chain.orders.select_related("member").order_by("-priority", "id")[:500])
     running = chain.orders.filter(status=Order.Status.RUNNING).count()
+    now = db_now()
     for order in orders:
         order.chain = chain
-        order.why = why_waiting(order, chain, by_state, running)
+        order.why = why_waiting(order, chain, by_state, running, now)
         order.node = by_state.get(order.state)
     waiting = {}
     for order in orders:
@@ -115,19 +119,74 @@ def order_events(order: Order):
             .select_related("member").order_by("-id")[:200])
 
 
+ORDERS = Order.objects.select_related("chain", "chain__cluster", "member")
+
+
+def order_context(order: Order) -> dict:
+    """What the order page and the order topic's pushes show (the same partials)."""
+    nodes = {node.state: node for node in order.chain.nodes.select_related("job")}
+    order.why = why_waiting(order, order.chain, nodes)
+    return {"order": order, "node": nodes.get(order.state), "events": order_events(order),
+            "steps": list(orderactions.order_steps(order)),
+            "states": [n.state for n in sorted(nodes.values(),
+                                               key=lambda n: (n.position, n.pk))]}
+
+
 @console_view
 @require_GET
 def order(request, order_id: int):
-    order = get_object_or_404(Order.objects.select_related("chain", "chain__cluster", "member"),
-                              pk=order_id)
-    nodes = {node.state: node for node in order.chain.nodes.select_related("job")}
-    order.why = why_waiting(order, order.chain, nodes)
+    order = get_object_or_404(ORDERS, pk=order_id)
     return render(request, "console/order.html", {
-        "nav": "chains", "order": order, "node": nodes.get(order.state),
+        **order_context(order), "nav": "chains",
         "parameters_json": json.dumps(order.parameters, indent=2, ensure_ascii=False),
-        "events": order_events(order), "steps": list(orderactions.order_steps(order)),
-        "states": [n.state for n in sorted(nodes.values(), key=lambda n: (n.position, n.pk))],
         "order_actions": orderactions.ORDER_ACTIONS})
+
+
+# ------------------------------------------------------------------------------ live
+# Pushed fragments carry no form (a push has no request, so no CSRF token): the chain's and
+# the order's action forms stay out of them; only what the nodes change is pushed.
+
+
+CHAIN_TABLES = ("scheduler_order", "scheduler_jobchain", "scheduler_chainnode", "scheduler_job",
+                "scheduler_member")
+
+
+@live.renderer("chain", takes_id=True, tables=CHAIN_TABLES)
+def render_chain(chain_id: int | None, viewers: list[live.Viewer]) -> list[str]:
+    """A chain's stopped badge, each node's action and count of orders there, and the orders
+    table (status, state, why each waits). "Waiting until" changes with time alone: the
+    relay's periodic render keeps it true."""
+    found = JobChain.objects.select_related("cluster").filter(pk=chain_id).first() \
+        if chain_id is not None else None
+    if found is None:
+        return [""] * len(viewers)
+    context = chain_context(found)
+    template = "console/chain.html"
+    head = [get_template(f"{template}#chain_state")]
+    per_node = [get_template(f"{template}#{name}") for name in ("node_action", "node_orders")]
+    tail = [get_template(f"{template}#orders")]
+    out = []
+    for viewer in viewers:
+        seen = {**context, **viewer.context()}
+        parts = [t.render(seen) for t in head]
+        for node in context["nodes"]:
+            parts += [t.render({**seen, "node": node}) for t in per_node]
+        parts += [t.render(seen) for t in tail]
+        out.append("".join(parts))
+    return out
+
+
+@live.renderer("order", takes_id=True,
+               tables=(*CHAIN_TABLES, "scheduler_task", "scheduler_event"))
+def render_order(order_id: int | None, viewers: list[live.Viewer]) -> list[str]:
+    """An order's status, its facts (where it is, why it waits, its repeats), its step history
+    and its events."""
+    found = ORDERS.filter(pk=order_id).first() if order_id is not None else None
+    if found is None:
+        return [""] * len(viewers)
+    return live.render_parts("console/order.html", ("status", "facts", "steps",
+                                                    "events_section"),
+                             order_context(found), viewers)
 
 
 # ------------------------------------------------------------------------------ actions

@@ -1,5 +1,6 @@
 """`manage.py addorder --cluster C CHAIN ORDER_ID [--title T] [--parameters JSON] [--priority N]
-[--state S] [--end-state S] [--actor A] [--reason R]`: add an order to a job chain."""
+[--state S] [--end-state S] [--cron EXPR [--timezone TZ] | --interval SECONDS] [--actor A]
+[--reason R]`: add an order to a job chain; with --cron or --interval it repeats."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from scheduler.validators import parse_parameters
 
 OPTIONS = {"order_id": "ORDER_ID", "title": "--title", "parameters": "--parameters",
            "priority": "--priority", "initial_state": "--state", "end_state": "--end-state",
-           "chain": "CHAIN"}
+           "chain": "CHAIN", "cron": "--cron", "timezone": "--timezone",
+           "interval_seconds": "--interval", "repeat_kind": "--cron/--interval"}
 
 
 class Command(OperatorCommand):
@@ -41,6 +43,16 @@ class Command(OperatorCommand):
                             help="The initial state (default: the chain's first node).")
         parser.add_argument("--end-state", metavar="STATE", default="",
                             help="The order ends when it reaches this state.")
+        repeat = parser.add_mutually_exclusive_group()
+        repeat.add_argument("--cron", metavar="EXPR", default="",
+                            help="Repeat the order by cron (five fields, in --timezone): it "
+                                 "starts at the next due time, and goes back to its initial "
+                                 "state at the end of each run to wait for the next one.")
+        repeat.add_argument("--interval", type=whole_number(MAX_COUNT), metavar="SECONDS",
+                            help="Repeat the order every SECONDS (counted from now): the "
+                                 "first run is SECONDS from now.")
+        parser.add_argument("--timezone", default="UTC",
+                            help="IANA zone of --cron (default UTC).")
         add_actor_arguments(parser)
 
     def handle(self, *args, **options):
@@ -57,8 +69,13 @@ class Command(OperatorCommand):
             order = orderactions.add_order(
                 chain, options["order_id"], actor=who, title=options["title"],
                 parameters=parameters, priority=options["priority"],
-                initial_state=options["state"], end_state=options["end_state"])
+                initial_state=options["state"], end_state=options["end_state"],
+                cron=options["cron"], timezone=options["timezone"],
+                interval_seconds=options["interval"])
         except ValidationError as exc:
             raise validation_error(exc, OPTIONS) from None
         self.stdout.write(f"order {chain.name}/{order.order_id} added to chain {chain.name} "
                           f"in cluster {cluster.name} at state {order.state}")
+        if order.repeat_kind:
+            self.stdout.write(f"it repeats ({order.describe_repeat()}): first run at "
+                              f"{order.next_start_text()}")
