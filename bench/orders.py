@@ -77,9 +77,10 @@ def add_orders(db: BenchDB, cluster_id: int, chain_id: int, n: int) -> datetime:
     added = db.now()
     db.q("INSERT INTO scheduler_order (chain_id, order_id, title, parameters, priority, "
          "initial_state, end_state, state, status, member_id, version, step, "
-         "suspend_requested, error_path, created_at, updated_at) "
+         "suspend_requested, error_path, repeat_kind, cron, timezone, runs, created_at, "
+         "updated_at) "
          "SELECT %s, 'o' || i, '', '{}', 0, 'one', '', 'one', 'waiting', NULL, 1, 0, false, "
-         "false, now(), now() FROM generate_series(1, %s) i", [chain_id, n])
+         "false, '', '', '', 0, now(), now() FROM generate_series(1, %s) i", [chain_id, n])
     db.q("ANALYZE scheduler_order")
     db.q("SELECT pg_notify('opscenter', %s)", [str(cluster_id)])
     return added

@@ -43,7 +43,8 @@ if env_bool("OPSCENTER_BEHIND_PROXY", False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 INSTALLED_APPS = [
-    "daphne",  # first: its runserver serves ASGI (the console's websockets) in development
+    # Not "daphne": as an app it imports Twisted into every process, nodes included (+25 MB
+    # each); the console is served by the daphne command (./run demo), not runserver.
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
