@@ -1,5 +1,5 @@
-"""Orders through real `runscheduler` processes on PostgreSQL: the error path, suspend while
-a step runs, 1,000 orders over three active members, kill -9 mid-step, a stalled member of a
+"""Orders through real `runscheduler` processes on PostgreSQL: the error path, stopped and
+skipped nodes, suspend while a step runs, 1,000 orders over three active members, kill -9 mid-step, a stalled member of a
 passive cluster fenced."""
 
 from __future__ import annotations
@@ -81,6 +81,31 @@ def test_suspend_while_a_step_runs_then_the_order_waits(cluster, start_node, tmp
     assert not Task.objects.filter(order=order, order_state="b").exists()
     order.resume(OP)
     wait_for(lambda: Order.objects.get(pk=order.pk).status == "finished", timeout=10)
+
+
+def test_a_stopped_node_holds_orders_and_a_skipped_node_lets_them_pass(cluster, start_node):
+    ok = add_job(cluster, "ok", kind="shell", command="true")
+    chain = chain_of(cluster, "gates", [("one", ok), ("two", ok), ("three", ok)])
+    chain.nodes.get(state="two").set_action("skipped", OP)
+    chain.nodes.get(state="three").set_action("stopped", OP)
+    order = Order.add(chain, "o1", actor=OP)
+    start_node("--cluster", "test", "--node", "n", *FAST)
+    # Step one runs, two is passed without a task, the order waits at the stopped three.
+    wait_for(lambda: Order.objects.get(pk=order.pk).state == "three", timeout=20,
+             message="the order reached the stopped node")
+    later = db_now() + timedelta(seconds=0.6)
+    wait_for(lambda: Member.objects.get(name="n").heartbeat_at > later, timeout=5)
+    order.refresh_from_db()
+    assert order.status == "waiting"
+    assert order.waiting_reason() == "node three is stopped"
+    assert list(Task.objects.filter(order=order).values_list("order_state", flat=True)) == [
+        "one"]
+    chain.nodes.get(state="three").set_action("active", OP)
+    wait_for(lambda: Order.objects.get(pk=order.pk).status == "finished", timeout=10,
+             message="the order went on once the node was active")
+    assert list(Task.objects.filter(order=order).order_by("id")
+                .values_list("order_state", flat=True)) == ["one", "three"]
+    assert_each_step_once()
 
 
 def test_a_thousand_orders_over_three_active_members_each_step_once(cluster, start_node):
