@@ -1,6 +1,6 @@
 """Orders through real `runscheduler` processes on PostgreSQL: the error path, stopped and
-skipped nodes, suspend while a step runs, 1,000 orders over three active members, kill -9 mid-step, a stalled member of a
-passive cluster fenced."""
+skipped nodes, suspend while a step runs, 1,000 orders over three active members, kill -9
+mid-step, a stalled member of a passive cluster fenced."""
 
 from __future__ import annotations
 
