@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 from django.core.exceptions import ValidationError
@@ -308,6 +309,63 @@ def test_max_orders_bounds_orders_at_once_and_priority_goes_first(cluster):
         RELEASE.set()
         n.stopping = True
         n.shutdown()
+
+
+def test_orders_blocked_by_their_jobs_max_parallel_are_claimed_at_the_heartbeat_rate(cluster):
+    """Orders waiting for a slot of their job (max_parallel) are not fetched by the claim: they
+    neither fill its batch nor make the node claim again at once (thousands of fenced claim
+    transactions a second, each SQLite's write lock, were seen)."""
+    from unittest import mock
+
+    chain = make_chain(cluster, steps=(("a", "hold"),))
+    job = chain.nodes.get(state="a").job
+    assert job.max_parallel == 1
+    for i in range(10):
+        Order.add(chain, f"o{i}", actor=OP)
+    n = make_node(workers=4)
+    calls = []
+    real = ledger.orders.claim_steps
+
+    def counting(**kw):
+        result = real(**kw)
+        calls.append(result)
+        return result
+
+    try:
+        drive(n, lambda: Task.objects.filter(state="running").exists(), message="one running")
+        with mock.patch.object(ledger.orders, "claim_steps", counting):
+            end = time.monotonic() + 1.0
+            while time.monotonic() < end:
+                n.tick()
+        # FAST: a heartbeat every 0.2 s.
+        assert len(calls) <= 8, f"{len(calls)} order claims in one second while blocked"
+        assert not any(c.more or c.started for c in calls)
+        assert Order.objects.filter(status="running").count() == 1
+        RELEASE.set()
+        drive(n, lambda: Order.objects.filter(status="finished").count() == 10, timeout=30,
+              message="all finished")
+    finally:
+        RELEASE.set()
+        n.stopping = True
+        n.shutdown()
+
+
+def test_a_claim_that_starts_nothing_does_not_ask_for_more(cluster):
+    chain = make_chain(cluster, steps=(("a", "hold"),))
+    for i in range(3):
+        Order.add(chain, f"o{i}", actor=OP)
+    me = Member.objects.create(cluster=cluster, name="me", mode="single", host="h", pid=1,
+                               version="x", state="active")
+
+    def claim(capacity):
+        return ledger.orders.claim_steps(
+            cluster_id=cluster.pk, member_id=me.pk, member_names=["me"], capacity=capacity,
+            epoch=None, dead_after=60, sticky=False)
+
+    first = claim(1)  # a full batch that started a step: there may be more
+    assert len(first.started) == 1 and first.more
+    blocked = claim(1)  # the job's only slot is taken: nothing fetched, nothing more
+    assert not blocked.started and not blocked.more
 
 
 def test_an_order_at_its_end_state_finishes_there(node, cluster):

@@ -40,8 +40,14 @@ ORDER_FIELDS = ["id", "version", "step", "state", "order_id", "parameters", "end
 # {sticky}: in an active cluster, an order of a chain that is not distributed is taken only by
 # the member that holds it, or by any member once that one is no longer live (or never was).
 # Rows that cannot go on for a reason known here are not fetched (a stopped chain or node, a
-# paused job, a job for other members, a chain at its limit), so they cannot fill the batch.
+# paused job, a job for other members, a job without a free slot, a chain at its limit), so they
+# cannot fill the batch, nor make the node claim again at once for nothing. The jobs without a
+# free slot are counted once per claim (busy_jobs: the cluster's running tasks, bounded by its
+# members' pools), not once per candidate row.
 CLAIM_SQL = (
+    "WITH busy_jobs AS (SELECT r.job_id FROM scheduler_task r "
+    "JOIN scheduler_job rj ON rj.id = r.job_id WHERE r.cluster_id = %s AND r.state = 'running' "
+    "GROUP BY r.job_id, rj.max_parallel HAVING count(*) >= rj.max_parallel) "
     "SELECT o.id, o.version, o.step, o.state, o.order_id, o.parameters, o.end_state, "
     "o.error_path, o.chain_id, n.job_id, n.action, n.next_state, o.repeat_kind "
     "FROM scheduler_order o "
@@ -52,6 +58,7 @@ CLAIM_SQL = (
     "AND (o.next_start_at IS NULL OR o.next_start_at <= %s) "  # a repeating order: due?
     "AND (n.job_id IS NULL OR n.state = o.end_state OR n.action = 'skipped' OR ("
     "n.action = 'active' AND NOT j.paused AND (j.affinity = '' OR j.affinity {items}) "
+    "AND n.job_id NOT IN (SELECT job_id FROM busy_jobs) "
     "AND (c.max_orders IS NULL OR (SELECT count(*) FROM scheduler_order r "
     "WHERE r.chain_id = o.chain_id AND r.status = 'running') < c.max_orders))) "
     "AND {sticky} "
@@ -70,7 +77,7 @@ class OrderClaim:
     started: list[ledger.Started] = field(default_factory=list)
     moved: int = 0          # orders passed through skipped nodes or ended at end nodes
     fenced: bool = False
-    more: bool = False      # the batch was full, or orders moved: claim again at once
+    more: bool = False      # orders moved, or a full batch started steps: claim again at once
 
 
 def _fetch(sql: str, before: list, items: list, after: list, sticky: int | None = None):
@@ -98,11 +105,10 @@ def claim_steps(*, cluster_id: int, member_id: int, member_names: list[str], cap
         with transaction.atomic():
             now = ledger.check_fence(cluster_id, member_id, epoch, dead_after)
             rows = [dict(zip(ORDER_FIELDS, row, strict=True)) for row in _fetch(
-                CLAIM_SQL, [cluster_id, now], list(member_names), [limit],
+                CLAIM_SQL, [cluster_id, cluster_id, now], list(member_names), [limit],
                 sticky=member_id if sticky else None)]
             if not rows:
                 return result
-            result.more = len(rows) >= limit
             for row in rows:
                 row["step_at"] = step_at({"state": row["state"], "job": row["job_id"],
                                           "action": row["action"]}, row["end_state"])
@@ -154,8 +160,10 @@ def claim_steps(*, cluster_id: int, member_id: int, member_names: list[str], cap
                  bool(row["error_path"]), "why": "end node" if not row["job_id"]
                  else "its end state", "guard": ("version", row["version"])}
                 for row, status in repeats])
-            if moves:
-                result.more = True  # they wait at their next node now: take it at once
+            # Claim again at once only after progress: orders moved (they wait at their next
+            # node now), or a full batch of which something started. A batch that started
+            # nothing (its rows lost a race for a slot) would be fetched again as it is.
+            result.more = bool(moves) or (len(rows) >= limit and bool(started))
     except ledger.Fenced:
         result.fenced = True
         return result
