@@ -938,10 +938,11 @@ class Order(models.Model):
     class Meta:
         ordering = ["chain", "-priority", "id"]
         indexes = [
-            # ledger.orders.claim_steps: a chain's waiting orders by priority (partial: the
-            # finished ones, most rows, never touch it).
-            models.Index(fields=["chain", "-priority", "id"], condition=Q(status="waiting"),
-                         name="order_waiting"),
+            # ledger.orders.claim_steps: waiting orders in the claim's order, across chains, so
+            # the claim's scan stops after its batch (partial: the finished ones, most rows,
+            # never touch it).
+            models.Index(fields=["-priority", "id"], condition=Q(status="waiting"),
+                         name="order_claim"),
             # ledger.orders (max_orders) and the console: a chain's running orders.
             models.Index(fields=["chain"], condition=Q(status="running"),
                          name="order_running"),

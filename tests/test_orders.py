@@ -454,6 +454,51 @@ def test_many_orders_each_step_once(cluster):
     assert Task.objects.filter(order__isnull=False).count() == 120
 
 
+def _plan_nodes(plan: dict):
+    yield plan
+    for child in plan.get("Plans", []):
+        yield from _plan_nodes(child)
+
+
+@pytest.mark.skipif(not is_postgres(), reason="PostgreSQL's plans")
+def test_the_order_claim_reads_its_batch_from_an_index_and_counts_chains_once(cluster):
+    """The claim's candidates come in its order (priority, id) from index order_claim, across
+    chains, so the scan stops after the batch (it read and sorted every waiting order of the
+    database: 100 ms a claim with 25,000); the running orders of chains with a limit are
+    counted once per claim, not once per candidate row."""
+    from django.db import connection
+    from django.utils import timezone
+
+    from scheduler.models import Job
+
+    chains = [make_chain(cluster, name=f"c{i}", steps=(("a", "ok"),), distributed=True,
+                         max_orders=5 if i % 2 else None) for i in range(6)]
+    Job.objects.update(max_parallel=100)
+    Order.objects.bulk_create([
+        Order(chain=chains[i % 6], order_id=f"o{i}", initial_state="a", state="a",
+              status="running" if i % 4 == 0 else "waiting", priority=i % 3, parameters={})
+        for i in range(3000)])
+    sql = (ledger.orders.CLAIM_SQL.replace("{sticky}", "TRUE").replace("{lock_o}", "")
+           .format(items="= ANY(%s)"))
+    before = [cluster.pk] * (sql.split("= ANY(%s)")[0].count("%s") - 1) + [timezone.now()]
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE scheduler_order")
+        # A table this small could be read whole; with 25,000 waiting orders it cannot. Only an
+        # index in the claim's order lets the plan do without a sort.
+        cursor.execute("SET LOCAL enable_sort = off")
+        cursor.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, [*before, ["n1"], 10])
+        plan = cursor.fetchone()[0]
+    plan = plan if isinstance(plan, list) else __import__("json").loads(plan)
+    nodes = list(_plan_nodes(plan[0]["Plan"]))
+    scans = [n for n in nodes if n.get("Relation Name") == "scheduler_order"
+             and n.get("Alias") == "o"]
+    assert [n.get("Index Name") for n in scans] == ["order_claim"], scans
+    assert not [n for n in nodes if n["Node Type"] == "Sort"]
+    assert scans[0]["Actual Rows"] <= 20
+    counts = [n for n in nodes if n.get("Index Name") == "order_running"]
+    assert counts and all(n["Actual Loops"] <= 3 for n in counts), counts  # 3 limited chains
+
+
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.skipif(not is_postgres(), reason="row lock modes are PostgreSQL's")
 def test_a_claims_job_lock_does_not_hold_back_a_commit_that_names_the_job(cluster):

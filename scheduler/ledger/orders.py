@@ -42,12 +42,20 @@ ORDER_FIELDS = ["id", "version", "step", "state", "order_id", "parameters", "end
 # Rows that cannot go on for a reason known here are not fetched (a stopped chain or node, a
 # paused job, a job for other members, a job without a free slot, a chain at its limit), so they
 # cannot fill the batch, nor make the node claim again at once for nothing. The jobs without a
-# free slot are counted once per claim (busy_jobs: the cluster's running tasks, bounded by its
-# members' pools), not once per candidate row.
+# free slot and the chains at their limit are counted once per claim, not once per candidate
+# row: busy_jobs counts the cluster's running tasks (bounded by its members' pools);
+# full_chains the running orders of its chains with a limit only (bounded by their limits;
+# index order_running). The candidates come in the claim's order from index order_claim
+# (priority DESC, id; waiting orders only), so the scan stops after the batch instead of
+# reading and sorting every waiting order of the database.
 CLAIM_SQL = (
     "WITH busy_jobs AS (SELECT r.job_id FROM scheduler_task r "
     "JOIN scheduler_job rj ON rj.id = r.job_id WHERE r.cluster_id = %s AND r.state = 'running' "
-    "GROUP BY r.job_id, rj.max_parallel HAVING count(*) >= rj.max_parallel) "
+    "GROUP BY r.job_id, rj.max_parallel HAVING count(*) >= rj.max_parallel), "
+    "full_chains AS (SELECT rc.id AS chain_id FROM scheduler_jobchain rc "
+    "WHERE rc.cluster_id = %s AND rc.max_orders IS NOT NULL AND (SELECT count(*) "
+    "FROM scheduler_order r WHERE r.chain_id = rc.id AND r.status = 'running') "
+    ">= rc.max_orders) "
     "SELECT o.id, o.version, o.step, o.state, o.order_id, o.parameters, o.end_state, "
     "o.error_path, o.chain_id, n.job_id, n.action, n.next_state, o.repeat_kind "
     "FROM scheduler_order o "
@@ -59,8 +67,7 @@ CLAIM_SQL = (
     "AND (n.job_id IS NULL OR n.state = o.end_state OR n.action = 'skipped' OR ("
     "n.action = 'active' AND NOT j.paused AND (j.affinity = '' OR j.affinity {items}) "
     "AND n.job_id NOT IN (SELECT job_id FROM busy_jobs) "
-    "AND (c.max_orders IS NULL OR (SELECT count(*) FROM scheduler_order r "
-    "WHERE r.chain_id = o.chain_id AND r.status = 'running') < c.max_orders))) "
+    "AND o.chain_id NOT IN (SELECT chain_id FROM full_chains))) "
     "AND {sticky} "
     "ORDER BY o.priority DESC, o.id LIMIT %s {lock_o}"
 )
@@ -105,7 +112,7 @@ def claim_steps(*, cluster_id: int, member_id: int, member_names: list[str], cap
         with transaction.atomic():
             now = ledger.check_fence(cluster_id, member_id, epoch, dead_after)
             rows = [dict(zip(ORDER_FIELDS, row, strict=True)) for row in _fetch(
-                CLAIM_SQL, [cluster_id, cluster_id, now], list(member_names), [limit],
+                CLAIM_SQL, [cluster_id, cluster_id, cluster_id, now], list(member_names), [limit],
                 sticky=member_id if sticky else None)]
             if not rows:
                 return result
