@@ -946,11 +946,11 @@ class Order(models.Model):
             # ledger.orders (max_orders) and the console: a chain's running orders.
             models.Index(fields=["chain"], condition=Q(status="running"),
                          name="order_running"),
-            # ledger.orders.next_start (the node's wake-up): the earliest due time of a
-            # repeating order that waits (partial: other orders never touch it).
-            models.Index(fields=["next_start_at"],
-                         condition=Q(status="waiting", next_start_at__isnull=False),
-                         name="order_next_start"),
+            # ledger.orders.probe and next_start (the node, before and after an order claim):
+            # per chain, is a waiting order due (next_start_at null, or come), and the
+            # earliest due time still to come of a repeating order.
+            models.Index(fields=["chain", "next_start_at"], condition=Q(status="waiting"),
+                         name="order_due"),
         ]
         constraints = [
             models.UniqueConstraint(fields=["chain", "order_id"], name="order_unique_id_in_chain"),

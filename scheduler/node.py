@@ -192,6 +192,11 @@ class Node:
         # When the next order claim is due (monotonic): once a heartbeat, or at once after an
         # order moved, a step of an order ended, or a NOTIFY (an order added or resumed).
         self._orders_at = 0.0
+        # Whether the next order claim may skip the probe (ledger.orders.probe): right after
+        # a claim that asked for more, or a step of an order ended here (its order most likely
+        # waits at its next node). Otherwise a cheap unlocked read comes first, and the fenced
+        # claim (on SQLite the write lock) only when an order is due.
+        self._orders_known = False
         self._listener: threading.Thread | None = None
         self.reaper: Reaper | None = None
         # Test hook: freeze this process (SIGSTOP) once, right after the first claim that
@@ -425,6 +430,13 @@ class Node:
         capacity = self.opts.workers - len(self.running)
         if capacity <= 0:
             return False
+        if not self._orders_known:
+            mono = time.monotonic()
+            due, upcoming = ledger.orders.probe(self.member.cluster_id)
+            if not due:
+                self._plan_next_order_claim(mono, upcoming)
+                return False
+        self._orders_known = False
         result = ledger.orders.claim_steps(
             cluster_id=self.member.cluster_id, member_id=self.member.pk,
             member_names=self.names, capacity=capacity, epoch=self.epoch,
@@ -446,15 +458,19 @@ class Node:
             self._start(started)
         if result.more:
             self._orders_at = 0.0
+            self._orders_known = True
         else:
-            # Once a heartbeat at most, and at the next due time of a repeating order.
             mono = time.monotonic()
-            wait = self.conf.heartbeat_interval
-            due = ledger.orders.next_start(self.member.cluster_id, self.clock.at(mono))
-            if due is not None:
-                wait = min(max(self.clock.seconds_until(due), 0.0), wait)
-            self._orders_at = mono + wait
+            self._plan_next_order_claim(mono, ledger.orders.next_start(
+                self.member.cluster_id, self.clock.at(mono)))
         return bool(result.started) or result.more
+
+    def _plan_next_order_claim(self, mono: float, upcoming: datetime | None) -> None:
+        """Once a heartbeat at most, and at the next due time of a repeating order."""
+        wait = self.conf.heartbeat_interval
+        if upcoming is not None:
+            wait = min(max(self.clock.seconds_until(upcoming), 0.0), wait)
+        self._orders_at = mono + wait
 
     def _plan_next_claim(self, ahead: float) -> None:
         """After a claim that took all it could: the next one `ahead` before the next fire is
@@ -499,6 +515,7 @@ class Node:
             self.running.pop(run.started.task_id, None)
             if run.started.order_id is not None:
                 self._orders_at = 0.0  # its order waits at its next node: take it now
+                self._orders_known = True
         # After the runs are gone: a failure here must not make a recorded task look
         # discarded at the next pass; what is not written yet is tried again then.
         self._record_ran_unowned(unowned)

@@ -350,6 +350,47 @@ def test_orders_blocked_by_their_jobs_max_parallel_are_claimed_at_the_heartbeat_
         n.shutdown()
 
 
+def test_without_a_due_order_the_order_claim_is_one_unlocked_read(cluster):
+    """A cluster with only fires (or orders not due) pays one indexed read per heartbeat for
+    the order claim: no fenced transaction (on SQLite the write lock of every member, every
+    second). An order added (the NOTIFY, or the next heartbeat) is taken at once."""
+    from unittest import mock
+
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    chain = make_chain(cluster)
+    later = Order.add(chain, "later", interval_seconds=3600, actor=OP)  # due in an hour
+    n = make_node()
+    calls = []
+    real = ledger.orders.claim_steps
+
+    def counting(**kw):
+        calls.append(1)
+        return real(**kw)
+
+    try:
+        with mock.patch.object(ledger.orders, "claim_steps", counting):
+            end = time.monotonic() + 0.6
+            while time.monotonic() < end:
+                n.tick()
+            assert calls == []
+            n._orders_at = 0.0
+            with CaptureQueriesContext(connection) as queries:
+                assert n.step_claim_orders() is False
+            sqls = [q["sql"] for q in queries.captured_queries]
+            assert len(sqls) == 1, sqls
+            assert "FOR SHARE" not in sqls[0] and "SAVEPOINT" not in sqls[0]
+            order = Order.add(chain, "now", actor=OP)
+            n._orders_at = 0.0  # what a NOTIFY does
+            n.tick()
+            assert calls and Task.objects.filter(order=order).exists()
+        assert Order.objects.get(pk=later.pk).status == "waiting"
+    finally:
+        n.stopping = True
+        n.shutdown()
+
+
 def test_a_claim_that_starts_nothing_does_not_ask_for_more(cluster):
     chain = make_chain(cluster, steps=(("a", "hold"),))
     for i in range(3):

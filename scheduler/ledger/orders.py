@@ -375,11 +375,25 @@ def _update_running(member_id: int | None, now: datetime, updates: list[tuple]) 
 
 REPEAT_SQL = ("SELECT id, repeat_kind, cron, timezone, interval_seconds, repeat_anchor_at, "
               "initial_state FROM scheduler_order WHERE id {items}")
-NEXT_START_SQL = (
-    "SELECT o.next_start_at FROM scheduler_order o "
-    "JOIN scheduler_jobchain c ON c.id = o.chain_id "
-    "WHERE o.status = 'waiting' AND o.next_start_at IS NOT NULL AND o.next_start_at > %s "
-    "AND c.cluster_id = %s AND NOT c.stopped ORDER BY o.next_start_at LIMIT 1"
+# Per chain of the cluster (index order_due: a chain's waiting orders by next_start_at): the
+# earliest due time still to come.
+UPCOMING = ("(SELECT o.next_start_at FROM scheduler_order o WHERE o.chain_id = c.id "
+            "AND o.status = 'waiting' AND o.next_start_at > {now} "
+            "ORDER BY o.next_start_at LIMIT 1)")
+NEXT_START_SQL = (f"SELECT min({UPCOMING}) FROM scheduler_jobchain c "
+                  "WHERE c.cluster_id = %s AND NOT c.stopped")
+# The node's probe before an order claim, unlocked and outside any transaction: does an order
+# of the cluster wait that is due (not a repeating order waiting for its next due time), and
+# when is the next repeating order due. A few index probes per chain of the cluster (index
+# order_due), where a claim is a fenced write transaction (on SQLite the database's write
+# lock). Whether a due order can really go on (its node, job, chain limit, member) is the
+# claim's to judge: the probe only spares the claim when no order could.
+PROBE_SQL = (
+    "SELECT max(CASE WHEN EXISTS (SELECT 1 FROM scheduler_order o WHERE o.chain_id = c.id "
+    "AND o.status = 'waiting' AND o.next_start_at IS NULL) OR EXISTS (SELECT 1 FROM "
+    "scheduler_order o WHERE o.chain_id = c.id AND o.status = 'waiting' "
+    "AND o.next_start_at <= {now}) THEN 1 ELSE 0 END), "
+    f"min({UPCOMING}) FROM scheduler_jobchain c WHERE c.cluster_id = %s AND NOT c.stopped"
 )
 RESTART_SQL = (
     "UPDATE scheduler_order SET state = %s, status = %s, error_path = %s, next_start_at = %s, "
@@ -392,11 +406,27 @@ GUARDS = {"version": "version = %s AND status = 'waiting'",
 
 def next_start(cluster_id: int, after: datetime) -> datetime | None:
     """The earliest due time after `after` of a repeating order of the cluster that waits for
-    it (index order_next_start): the node's order claim sleeps until then at most."""
+    it (index order_due): the node's order claim sleeps until then at most."""
     with connection.cursor() as cursor:
-        cursor.execute(NEXT_START_SQL, [ledger._param(after), cluster_id])
+        cursor.execute(NEXT_START_SQL.format(now="%s"), [ledger._param(after), cluster_id])
         row = cursor.fetchone()
     return ledger._as_dt(row[0]) if row else None
+
+
+def probe(cluster_id: int) -> tuple[bool, datetime | None]:
+    """Whether an order of the cluster waits that is due now (on the database's clock), and
+    the earliest due time still to come of a repeating order (PROBE_SQL). One statement."""
+    with connection.cursor() as cursor:
+        if ledger._is_pg():
+            # statement_timestamp(): the database's time, and stable (an index condition).
+            cursor.execute(PROBE_SQL.format(now="statement_timestamp()"), [cluster_id])
+        else:
+            now = ledger._param(ledger._utcnow())
+            cursor.execute(PROBE_SQL.format(now="%s"), [now, now, cluster_id])
+        row = cursor.fetchone()
+    if row is None:
+        return False, None
+    return bool(row[0]), ledger._as_dt(row[1])
 
 
 def next_due(row, now: datetime) -> datetime | None:
