@@ -215,6 +215,12 @@ class Node:
     def is_passive(self) -> bool:
         return self.opts.mode == Cluster.Mode.PASSIVE
 
+    @property
+    def _sticky(self) -> bool:
+        """An active cluster: orders of chains that are not distributed, their steps' retries
+        and recoveries included, stay with the member that holds them."""
+        return self.opts.mode == Cluster.Mode.ACTIVE
+
     def may_run(self) -> bool:
         """Active members claim work; a passive cluster's standbys only watch."""
         if self.stopping or self.member is None:
@@ -398,7 +404,7 @@ class Node:
             cluster_id=self.member.cluster_id, member_id=self.member.pk,
             member_names=self.names, capacity=capacity, epoch=self.epoch,
             dead_after=self.conf.dead_after, cache=self.cache, batch_limit=self.conf.batch_limit,
-            ahead=self.conf.start_ahead,
+            ahead=self.conf.start_ahead, sticky=self._sticky,
         )
         self.stats.claims += 1
         self.stats.claim_seconds += time.perf_counter() - began
@@ -440,7 +446,7 @@ class Node:
         result = ledger.orders.claim_steps(
             cluster_id=self.member.cluster_id, member_id=self.member.pk,
             member_names=self.names, capacity=capacity, epoch=self.epoch,
-            dead_after=self.conf.dead_after, sticky=self.opts.mode == Cluster.Mode.ACTIVE,
+            dead_after=self.conf.dead_after, sticky=self._sticky,
             batch_limit=self.conf.batch_limit,
         )
         if result.fenced:
@@ -475,7 +481,8 @@ class Node:
     def _plan_next_claim(self, ahead: float) -> None:
         """After a claim that took all it could: the next one `ahead` before the next fire is
         due (at its due instant when this claim left a fire due that soon for then)."""
-        due = ledger.next_wake(self.member.cluster_id, self.names)
+        due = ledger.next_wake(self.member.cluster_id, self.names,
+                               self.member.pk if self._sticky else None)
         wait = self.conf.heartbeat_interval
         if due is not None:
             wait = min(max(self.clock.seconds_until(due) - ahead, 0.0), wait)

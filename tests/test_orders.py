@@ -10,6 +10,7 @@ from django.core.exceptions import ValidationError
 from django.db.models import Count
 
 from scheduler import chaingraph, ledger
+from scheduler.clock import db_now
 from scheduler.eventlog import Actor
 from scheduler.models import ChainNode, Event, JobChain, Member, Order, Task
 from tests.conftest import add_job, database_url, is_postgres
@@ -455,6 +456,47 @@ def test_orders_of_a_live_member_stay_with_it_unless_the_chain_is_distributed(cl
         cluster_id=cluster.pk, member_id=me.pk, member_names=["me"], capacity=5, epoch=None,
         dead_after=60, sticky=True)
     assert [s.order_id for s in result.started] == [mine.pk]
+
+
+def test_a_retry_of_a_step_stays_with_the_live_member_holding_the_order(cluster):
+    """Active cluster, a chain that is not distributed: the retry of a step (like its recovery)
+    is the holder's while it is live; another member neither takes it (the order would then
+    move to it for good) nor wakes for it in a loop. Once the holder is dead, any member."""
+    chain = make_chain(cluster, steps=(("a", "boom"), ("b", "ok")))
+    job = chain.nodes.get(state="a").job
+    job.max_retries, job.retry_backoff_seconds = 1, 0.0
+    job.save()
+    holder = Member.objects.create(cluster=cluster, name="holder", mode="active", host="h",
+                                   pid=1, version="x", state="active")
+    order = Order.add(chain, "o1", actor=OP)
+    s = ledger.orders.claim_steps(cluster_id=cluster.pk, member_id=holder.pk,
+                                  member_names=["holder"], capacity=5, epoch=None,
+                                  dead_after=60, sticky=True).started[0]
+    ledger.record_finished(cluster.pk, holder.pk, [ledger.Finished(
+        task_id=s.task_id, job=s.job, schedule_id=None, scheduled_for=s.scheduled_for,
+        attempt=1, parameters={}, state="failed", exit_code=1, error="x", data=None,
+        order_id=s.order_id, order_step=s.order_step, order_state=s.order_state)], [])
+    retry = Task.objects.get(order=order, attempt=2)
+    assert retry.state == "queued"
+    other = make_node(name="other", mode="active")
+    try:
+        end = time.monotonic() + 0.6
+        while time.monotonic() < end:
+            Member.objects.filter(pk=holder.pk).update(heartbeat_at=db_now())
+            other.tick()
+        assert Task.objects.get(pk=retry.pk).state == "queued"
+        assert other.stats.claims <= 8, other.stats.claims  # FAST: a heartbeat every 0.2 s
+        assert ledger.next_wake(cluster.pk, ["other"], other.member.pk) is None
+        assert ledger.next_wake(cluster.pk, ["holder"], holder.pk) is not None
+        Member.objects.filter(pk=holder.pk).update(state="dead")
+        drive(other, lambda: Order.objects.get(pk=order.pk).status == "failed",
+              message="the order taken by the other member")
+    finally:
+        other.stopping = True
+        other.shutdown()
+    assert Task.objects.get(pk=retry.pk).member_id == other.member.pk
+    assert steps_of(order) == [("a", 1, "failed"), ("a", 2, "failed")]
+    assert Order.objects.get(pk=order.pk).member_id == other.member.pk
 
 
 def test_a_fenced_member_claims_no_order_step(cluster):

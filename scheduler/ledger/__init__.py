@@ -213,11 +213,27 @@ QUEUED_SQL = (
     "t.order_id, t.order_step, t.order_state "
     "FROM scheduler_task t JOIN scheduler_job j ON j.id = t.job_id "
     "WHERE t.cluster_id = %s AND t.state = 'queued' AND t.not_before <= %s AND NOT j.paused "
-    "AND (j.affinity = '' OR j.affinity {items}) "
+    "AND (j.affinity = '' OR j.affinity {items}) {sticky_t}"
     # Only tasks whose job has a free slot: blocked ones must not fill the batch.
     f"AND {_RUNNING.format(job='t.job_id')} < j.max_parallel "
     "ORDER BY t.not_before LIMIT %s {lock_t}"
 )
+# In an active cluster (ledger.orders.STICKY for the steps' claim): a retry or recovery of a
+# step of an order whose chain is not distributed is taken only by the member that holds the
+# order while that member is live, else by any (the order is then moved to it for good). A
+# task without an order stops at its first test: fires and runs pay nothing for it.
+STICKY_T = ("AND (t.order_id IS NULL OR NOT EXISTS (SELECT 1 FROM scheduler_order so "
+            "JOIN scheduler_jobchain sc ON sc.id = so.chain_id "
+            "JOIN scheduler_member sm ON sm.id = so.member_id "
+            "WHERE so.id = t.order_id AND NOT sc.distributed AND sm.id <> %s "
+            "AND sm.state IN ('active', 'standby', 'stopping'))) ")
+
+
+def _sticky(sql: str, after: list, member_id: int | None) -> tuple[str, list]:
+    """The statement with the sticky predicate (and its member before `after`) or without."""
+    if member_id is None or "{sticky_t}" not in sql:
+        return sql.replace("{sticky_t}", ""), after
+    return sql.replace("{sticky_t}", STICKY_T), [member_id, *after]
 DUE_SQL = (
     "SELECT " + ", ".join(f"s.{f}" for f in SCHEDULE_FIELDS) + " "
     "FROM scheduler_schedule s JOIN scheduler_job j ON j.id = s.job_id "
@@ -288,6 +304,7 @@ def claim(
     cache: TimingCache,
     batch_limit: int = 1000,
     ahead: float = 0.0,
+    sticky: bool = False,
 ) -> ClaimResult:
     """Take what this member can start now: ready queued tasks first, then due fires.
 
@@ -296,7 +313,9 @@ def claim(
     before the due instant and the member enters their jobs on time (it waits for the
     instant). Only fires that can start at once are taken early: a fire that would be
     queued, skipped or would replace a run is left for its due instant, where the overlap
-    policy judges it as it always did. Misfires are judged on the real time.
+    policy judges it as it always did. Misfires are judged on the real time. `sticky` (an
+    active cluster): retries and recoveries of steps of orders of chains that are not
+    distributed stay with the member holding the order (STICKY_T).
     """
     result = ClaimResult()
     if capacity <= 0:
@@ -307,8 +326,9 @@ def claim(
             now = check_fence(cluster_id, member_id, epoch, dead_after)
             horizon = now + timedelta(seconds=ahead)
             names = list(member_names)
+            queued_sql, after = _sticky(QUEUED_SQL, [limit], member_id if sticky else None)
             queued = [dict(zip(QUEUED_FIELDS, row, strict=True))
-                      for row in _fetch(QUEUED_SQL, [cluster_id, now], names, [limit])]
+                      for row in _fetch(queued_sql, [cluster_id, now], names, after)]
             due = []
             if len(queued) < limit:
                 due = [dict(zip(SCHEDULE_FIELDS, row, strict=True)) for row in
@@ -918,19 +938,22 @@ NEXT_FIRE_SQL = (
 NEXT_QUEUED_SQL = (
     "SELECT t.not_before FROM scheduler_task t JOIN scheduler_job j ON j.id = t.job_id "
     "WHERE t.cluster_id = %s AND t.state = 'queued' AND NOT j.paused "
-    "AND (j.affinity = '' OR j.affinity {items}) "
+    "AND (j.affinity = '' OR j.affinity {items}) {sticky_t}"
     f"AND {_RUNNING.format(job='t.job_id')} < j.max_parallel "
     "ORDER BY t.not_before LIMIT 1"
 )
 
 
-def next_wake(cluster_id: int, member_names: list[str]) -> datetime | None:
+def next_wake(cluster_id: int, member_names: list[str],
+              sticky_member: int | None = None) -> datetime | None:
     """The earliest time something claimable by this member becomes due: an ordered index
     scan that stops at the first row, and queued tasks only when their job has a free slot
-    (a blocked one would wake the node in a loop)."""
+    and (`sticky_member`, an active cluster) they are not another live member's steps (a
+    blocked one would wake the node in a loop)."""
     candidates = []
     for sql in (NEXT_FIRE_SQL, NEXT_QUEUED_SQL):
-        rows = _fetch(sql.replace("{lock}", ""), [cluster_id], list(member_names), [])
+        sql, after = _sticky(sql, [], sticky_member)
+        rows = _fetch(sql.replace("{lock}", ""), [cluster_id], list(member_names), after)
         if rows and rows[0][0] is not None:
             candidates.append(_as_dt(rows[0][0]))
     return min(candidates) if candidates else None
