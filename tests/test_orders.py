@@ -499,6 +499,32 @@ def test_a_retry_of_a_step_stays_with_the_live_member_holding_the_order(cluster)
     assert Order.objects.get(pk=order.pk).member_id == other.member.pk
 
 
+def test_overlap_policy_replace_does_not_cancel_a_running_step_of_the_job(cluster):
+    from datetime import timedelta
+
+    from tests.conftest import add_interval
+
+    chain = make_chain(cluster, steps=(("a", "hold"),))
+    job = chain.nodes.get(state="a").job
+    job.overlap_policy = "replace"
+    job.save()
+    me = Member.objects.create(cluster=cluster, name="me", mode="single", host="h", pid=1,
+                               version="x", state="active")
+    order = Order.add(chain, "o1", actor=OP)
+    step = ledger.orders.claim_steps(cluster_id=cluster.pk, member_id=me.pk,
+                                     member_names=["me"], capacity=5, epoch=None,
+                                     dead_after=60, sticky=False).started[0]
+    schedule = add_interval(job, seconds=60)
+    schedule.__class__.objects.filter(pk=schedule.pk).update(
+        next_fire_at=db_now() - timedelta(seconds=1))
+    fired = ledger.claim(cluster_id=cluster.pk, member_id=me.pk, member_names=["me"],
+                         capacity=5, epoch=None, dead_after=60, cache=ledger.TimingCache())
+    assert fired.fired and not fired.started  # the job is busy: the fire waits (queued)
+    assert Task.objects.filter(schedule=schedule, state="queued").exists()
+    assert Task.objects.get(pk=step.task_id).cancel_reason == ""
+    assert Order.objects.get(pk=order.pk).status == "running"
+
+
 def test_a_fenced_member_claims_no_order_step(cluster):
     chain = make_chain(cluster)
     order = Order.add(chain, "o1", actor=OP)

@@ -422,8 +422,11 @@ def claim(
                     for sid, job_id, why in parked
                 ])
             if replace_jobs:
+                # Runs of the schedule's job, not steps of orders that use the same job: a
+                # step is no earlier fire of this schedule, and cancelling it would leave its
+                # order suspended.
                 Task.objects.filter(job_id__in=replace_jobs, state=Task.State.RUNNING,
-                                    cancel_reason="").update(
+                                    cancel_reason="", order__isnull=True).update(
                     cancel_reason="replaced by a newer run (overlap policy replace)")
     except Fenced:
         result.fenced = True
@@ -658,6 +661,17 @@ def record_finished(cluster_id: int, member_id: int, finished: list[Finished],
         if retries:
             Task.objects.bulk_create(retries, ignore_conflicts=True)
         if step_ends:
+            # Not fenced by check_fence, although DESIGN asks that an active member's writes
+            # be: safe because every step end here is of a task _finish_rows kept, in this
+            # transaction, by an UPDATE conditioned on the task still running, still this
+            # member's, and the member live (LIVE_MEMBER). A member declared dead (or whose
+            # tasks were declared lost) keeps nothing, so moves nothing; a recovery that races
+            # with us waits for the task rows we hold and then finds them ended. A live member
+            # that lost the passive cluster's lease still owns its running tasks (they are lost
+            # only with a death), so their results are its to write, and nobody else can have
+            # run those steps: an order running a step is claimed by no one. after_steps is
+            # further guarded by the order's status `running` and step number (one move per
+            # step), and only sets orders waiting: their next step needs a fenced claim.
             _orders.after_steps(member_id, now, step_ends)
     return discarded
 
