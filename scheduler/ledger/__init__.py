@@ -234,6 +234,8 @@ def _sticky(sql: str, after: list, member_id: int | None) -> tuple[str, list]:
     if member_id is None or "{sticky_t}" not in sql:
         return sql.replace("{sticky_t}", ""), after
     return sql.replace("{sticky_t}", STICKY_T), [member_id, *after]
+
+
 DUE_SQL = (
     "SELECT " + ", ".join(f"s.{f}" for f in SCHEDULE_FIELDS) + " "
     "FROM scheduler_schedule s JOIN scheduler_job j ON j.id = s.job_id "
