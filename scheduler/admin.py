@@ -789,6 +789,19 @@ def action_field_name(request) -> str:
     return on_page if on_page in request.POST else "action"
 
 
+def unfinished_orders(orders) -> list[str]:
+    """Orders not done (waiting, running a step, suspended), each named with where it is."""
+    return [f"order {o.chain.name}/{o.order_id} ({o.get_status_display()} at {o.state})"
+            for o in orders.exclude(status__in=Order.DONE_STATUSES).select_related("chain")
+            .order_by("chain__name", "order_id")]
+
+
+# Deleted with their chain: its nodes, and its orders once they are all done (finished or
+# failed). The permission asked is the user's model permission (the nodes' and orders' own
+# admin pages delete nothing: the chain's page edits nodes, the Remove action removes orders).
+WITH_THE_CHAIN = {ChainNode: "scheduler.delete_chainnode", Order: "scheduler.delete_order"}
+
+
 @admin.register(JobChain)
 class JobChainAdmin(OperatorActions, ActionsAdmin):
     class Media:
@@ -809,6 +822,30 @@ class JobChainAdmin(OperatorActions, ActionsAdmin):
     def get_readonly_fields(self, request, obj=None):
         # Its nodes' jobs belong to its cluster. Stopping is an operator action (an event).
         return ("cluster", "stopped", "node_actions") if obj else ("stopped",)
+
+    def get_deleted_objects(self, objs, request):
+        """A chain (its delete page, or the delete action on the list) is refused while it
+        has orders that are not done: each is listed as what protects the chain; they must
+        be removed first (or run to their end). A running step's task would else lose its
+        order under it, and a waiting one vanish with no event."""
+        deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
+        for model, perm in WITH_THE_CHAIN.items():
+            if request.user.has_perm(perm):
+                perms_needed.discard(model._meta.verbose_name)
+        chains = [obj.pk for obj in objs]
+        return deleted, counts, perms_needed, [
+            *protected, *unfinished_orders(Order.objects.filter(chain__in=chains))]
+
+    def delete_model(self, request, obj):
+        self.delete_queryset(request, JobChain.objects.filter(pk=obj.pk))
+
+    def delete_queryset(self, request, queryset):
+        # Checked again at the moment of deleting (an order may have been added meanwhile).
+        with transaction.atomic():
+            left = unfinished_orders(Order.objects.filter(chain__in=queryset))
+            if left:
+                raise PermissionDenied("Orders not done: " + ", ".join(left))
+            super().delete_queryset(request, queryset)
 
     @admin.display(description="nodes", ordering="nodes_n")
     def node_count(self, obj):
@@ -923,6 +960,11 @@ class OrderAdmin(OperatorActions, ActionsAdmin):
 
     def get_readonly_fields(self, request, obj=None):
         return self.readonly_fields + (("chain",) if obj else ())
+
+    def has_delete_permission(self, request, obj=None):
+        # No plain delete (the delete page, the delete action): it would take a running
+        # order from under its step's task, with no event. The Remove action is the door.
+        return False
 
     def get_fields(self, request, obj=None):
         if obj is None:  # what an order is added with
