@@ -731,6 +731,17 @@ class ChainNodeFormSet(BaseInlineFormSet):
         problems = check_chain_graph(nodes)
         if problems:
             raise ValidationError(problems)
+        # A saved node deleted or renamed: no order that is not done may be left at it, or
+        # start (reset, a repeating order's next run) or end there.
+        kept = {node["state"] for node in nodes}
+        gone = {form.initial["state"] for form in self.initial_forms
+                if form.initial.get("state")} - kept
+        using = self.instance.orders_using(gone) if self.instance.pk else []
+        if using:
+            raise ValidationError(
+                "A node whose state orders that are not done still use cannot be deleted or "
+                f"renamed: {'; '.join(using)}. Move or remove those orders first (or let them "
+                "end); nothing was saved.")
 
 
 class ChainNodeInline(admin.TabularInline):

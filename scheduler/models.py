@@ -782,10 +782,23 @@ class JobChain(models.Model):
         """What is wrong with the saved nodes' graph (chaingraph.check_chain_graph); []: sound."""
         return check_chain_graph(self.nodes.all())
 
-    def nodes_in_graph_order(self) -> list[ChainNode]:
-        nodes = list(self.nodes.select_related("job"))
-        by_state = {n.state: n for n in nodes}
-        return [by_state[s] for s in chaingraph.graph_order(nodes)]
+    def orders_using(self, states) -> list[str]:
+        """Why nodes of these states may not be deleted or renamed: the chain's orders that
+        are not done and sit at one of them, start from it (their initial state: a reset, a
+        repeating order's next run) or end at it, each named with the state; [] when none.
+        Every door that edits a chain's nodes asks this first."""
+        states = set(states)
+        if not states:
+            return []
+        found = []
+        for order in (self.orders.exclude(status__in=Order.DONE_STATUSES)
+                      .filter(Q(state__in=states) | Q(initial_state__in=states)
+                              | Q(end_state__in=states)).order_by("order_id")):
+            uses = [f"{what} {state}" for what, state in (
+                ("at", order.state), ("starting from", order.initial_state),
+                ("ending at", order.end_state)) if state in states]
+            found.append(f"order {self.name}/{order.order_id} ({', '.join(uses)})")
+        return found
 
     # -- operator actions: a conditional update plus an event, safe from any door --
 
@@ -1287,6 +1300,11 @@ class Order(models.Model):
         with transaction.atomic():
             fresh = self._locked()
             self._refuse_running(fresh, "reset", "reset")
+            if not fresh.chain.nodes.filter(state=fresh.initial_state).exists():
+                raise ValidationError(
+                    f"Order {fresh.order_id}'s initial state '{fresh.initial_state}' is no "
+                    f"longer a state of job chain {fresh.chain.name}: move it to a state "
+                    "instead.")
             status = self._settled(fresh)
             if (fresh.state, fresh.status, fresh.error_path, fresh.member_id) == (
                     fresh.initial_state, status, False, None):
