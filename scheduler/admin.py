@@ -1076,7 +1076,7 @@ class OrderAdmin(OperatorActions, ActionsAdmin):
                                     f"{len(chains)} chains); nothing was changed.")
             return None
         chain = orders[0].chain
-        states = list(chain.nodes.order_by("position", "id").values_list("state", flat=True))
+        states = orderactions.states_in_graph_order(chain)
         if "apply" in request.POST:
             run_actions(request, "move", orders, "order", state=request.POST.get("state", ""))
             return None
