@@ -34,7 +34,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
-from scheduler import orderactions, timing
+from scheduler import eventlog, orderactions, timing
 from scheduler.eventlog import Actor
 from scheduler.forms import PREVIEW_COUNT, DataMapField, preview_for_query, saved_preview
 from scheduler.membership import MemberRefused, request_switchover
@@ -104,14 +104,14 @@ def admin_link(obj, text=None):
     return format_html('<a href="{}">{}</a>', url, text if text is not None else obj)
 
 
-def save_changed(obj, form, change: bool) -> None:
+def save_changed(obj, form, change: bool, also: list[str] = ()) -> None:
     """Save only the fields the operator changed: the daemon writes other fields of the same
     row meanwhile (a stateful job's data map, an order's state), and a full save would put
     back the values read when the page was loaded. (Fields with a callable default, such as
     the data maps, carry their initial value in the form, so "changed" means changed by the
     operator since the page was loaded.)"""
     if change:
-        obj.save(update_fields=[*form.changed_data, "updated_at"])
+        obj.save(update_fields=[*form.changed_data, "updated_at", *also])
     else:
         obj.save()
 
@@ -985,7 +985,17 @@ class OrderAdmin(OperatorActions, ActionsAdmin):
 
     def save_model(self, request, obj, form, change):
         if change:
-            save_changed(obj, form, change)
+            # Only the fields changed (the nodes move the order meanwhile), with its version
+            # bumped (a claim that read the row before guards its update by the version it
+            # read: it takes the order again, as it is now) and an event naming the user.
+            fields = list(form.changed_data)
+            if not fields:
+                return
+            with transaction.atomic():
+                obj.version = F("version") + 1
+                save_changed(obj, form, change, also=["version"])
+                obj.refresh_from_db(fields=["version"])
+                eventlog.order_changed(obj, fields, actor_of(request))
             return
         # A new order is added through Order.add (its event names the user).
         added = orderactions.add_order(

@@ -1350,7 +1350,7 @@ OPERATOR_EVENT_KINDS = (
     "job.paused", "job.resumed", "job.run_now", "schedule.created", "schedule.changed",
     "schedule.paused", "schedule.resumed", "task.cancel", "switchover.requested",
     "order.returned", "order.add", "order.suspend", "order.resume", "order.reset", "order.move",
-    "order.remove", "chain.stop", "chain.unstop", "node.action",
+    "order.remove", "order.changed", "chain.stop", "chain.unstop", "node.action",
 )
 
 
@@ -1393,6 +1393,7 @@ class Event(models.Model):
         ORDER_RESET = "order.reset"
         ORDER_MOVE = "order.move"
         ORDER_REMOVE = "order.remove"
+        ORDER_CHANGED = "order.changed"  # its definition edited (title, parameters, ...)
         CHAIN_STOP = "chain.stop"
         CHAIN_UNSTOP = "chain.unstop"
         NODE_ACTION = "node.action"

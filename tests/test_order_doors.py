@@ -290,6 +290,23 @@ def test_an_order_added_in_the_admin_is_recorded(admin_client, chain):
     assert last_event(chain).source == "admin"
 
 
+def test_an_order_edited_in_the_admin_is_versioned_and_audited(admin_client, order):
+    Order.objects.filter(pk=order.pk).update(version=7)  # the nodes moved it meanwhile
+    response = admin_client.post(admin_url(Order, "change", order.pk), {
+        "order_id": "o1", "title": "Rerun", "parameters": '{"day": "2026-03-02"}',
+        "priority": "5", "initial_state": "extract", "end_state": "", "repeat_kind": "",
+        "cron": "", "timezone": "UTC", "interval_seconds": ""})
+    assert response.status_code == 302, page_text(response)
+    order.refresh_from_db()
+    assert (order.title, order.priority, order.parameters, order.version) == (
+        "Rerun", 5, {"day": "2026-03-02"}, 8)
+    event = last_event(order.chain)
+    assert (event.kind, event.actor, event.source) == ("order.changed", "admin", "admin")
+    assert event.data["fields"] == ["title", "parameters", "priority"]
+    assert "changed title, parameters, priority" in event.message
+    assert Event.objects.filter(kind__in=Event.OPERATOR_KINDS, pk=event.pk).exists()
+
+
 def test_the_admin_offers_no_plain_delete_of_an_order(admin_client, order):
     Order.objects.filter(pk=order.pk).update(status="running")
     page = admin_client.get(admin_url(Order, "changelist"))
