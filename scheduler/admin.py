@@ -34,7 +34,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
-from scheduler import orderactions, timing
+from scheduler import eventlog, orderactions, timing
 from scheduler.eventlog import Actor
 from scheduler.forms import PREVIEW_COUNT, DataMapField, preview_for_query, saved_preview
 from scheduler.membership import MemberRefused, request_switchover
@@ -104,14 +104,14 @@ def admin_link(obj, text=None):
     return format_html('<a href="{}">{}</a>', url, text if text is not None else obj)
 
 
-def save_changed(obj, form, change: bool) -> None:
+def save_changed(obj, form, change: bool, also: list[str] = ()) -> None:
     """Save only the fields the operator changed: the daemon writes other fields of the same
     row meanwhile (a stateful job's data map, an order's state), and a full save would put
     back the values read when the page was loaded. (Fields with a callable default, such as
     the data maps, carry their initial value in the form, so "changed" means changed by the
     operator since the page was loaded.)"""
     if change:
-        obj.save(update_fields=[*form.changed_data, "updated_at"])
+        obj.save(update_fields=[*form.changed_data, "updated_at", *also])
     else:
         obj.save()
 
@@ -731,6 +731,17 @@ class ChainNodeFormSet(BaseInlineFormSet):
         problems = check_chain_graph(nodes)
         if problems:
             raise ValidationError(problems)
+        # A saved node deleted or renamed: no order that is not done may be left at it, or
+        # start (reset, a repeating order's next run) or end there.
+        kept = {node["state"] for node in nodes}
+        gone = {form.initial["state"] for form in self.initial_forms
+                if form.initial.get("state")} - kept
+        using = self.instance.orders_using(gone) if self.instance.pk else []
+        if using:
+            raise ValidationError(
+                "A node whose state orders that are not done still use cannot be deleted or "
+                f"renamed: {'; '.join(using)}. Move or remove those orders first (or let them "
+                "end); nothing was saved.")
 
 
 class ChainNodeInline(admin.TabularInline):
@@ -789,6 +800,19 @@ def action_field_name(request) -> str:
     return on_page if on_page in request.POST else "action"
 
 
+def unfinished_orders(orders) -> list[str]:
+    """Orders not done (waiting, running a step, suspended), each named with where it is."""
+    return [f"order {o.chain.name}/{o.order_id} ({o.get_status_display()} at {o.state})"
+            for o in orders.exclude(status__in=Order.DONE_STATUSES).select_related("chain")
+            .order_by("chain__name", "order_id")]
+
+
+# Deleted with their chain: its nodes, and its orders once they are all done (finished or
+# failed). The permission asked is the user's model permission (the nodes' and orders' own
+# admin pages delete nothing: the chain's page edits nodes, the Remove action removes orders).
+WITH_THE_CHAIN = {ChainNode: "scheduler.delete_chainnode", Order: "scheduler.delete_order"}
+
+
 @admin.register(JobChain)
 class JobChainAdmin(OperatorActions, ActionsAdmin):
     class Media:
@@ -809,6 +833,30 @@ class JobChainAdmin(OperatorActions, ActionsAdmin):
     def get_readonly_fields(self, request, obj=None):
         # Its nodes' jobs belong to its cluster. Stopping is an operator action (an event).
         return ("cluster", "stopped", "node_actions") if obj else ("stopped",)
+
+    def get_deleted_objects(self, objs, request):
+        """A chain (its delete page, or the delete action on the list) is refused while it
+        has orders that are not done: each is listed as what protects the chain; they must
+        be removed first (or run to their end). A running step's task would else lose its
+        order under it, and a waiting one vanish with no event."""
+        deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
+        for model, perm in WITH_THE_CHAIN.items():
+            if request.user.has_perm(perm):
+                perms_needed.discard(model._meta.verbose_name)
+        chains = [obj.pk for obj in objs]
+        return deleted, counts, perms_needed, [
+            *protected, *unfinished_orders(Order.objects.filter(chain__in=chains))]
+
+    def delete_model(self, request, obj):
+        self.delete_queryset(request, JobChain.objects.filter(pk=obj.pk))
+
+    def delete_queryset(self, request, queryset):
+        # Checked again at the moment of deleting (an order may have been added meanwhile).
+        with transaction.atomic():
+            left = unfinished_orders(Order.objects.filter(chain__in=queryset))
+            if left:
+                raise PermissionDenied("Orders not done: " + ", ".join(left))
+            super().delete_queryset(request, queryset)
 
     @admin.display(description="nodes", ordering="nodes_n")
     def node_count(self, obj):
@@ -924,6 +972,11 @@ class OrderAdmin(OperatorActions, ActionsAdmin):
     def get_readonly_fields(self, request, obj=None):
         return self.readonly_fields + (("chain",) if obj else ())
 
+    def has_delete_permission(self, request, obj=None):
+        # No plain delete (the delete page, the delete action): it would take a running
+        # order from under its step's task, with no event. The Remove action is the door.
+        return False
+
     def get_fields(self, request, obj=None):
         if obj is None:  # what an order is added with
             return ("chain", "order_id", "title", "parameters", "priority", "initial_state",
@@ -932,7 +985,17 @@ class OrderAdmin(OperatorActions, ActionsAdmin):
 
     def save_model(self, request, obj, form, change):
         if change:
-            save_changed(obj, form, change)
+            # Only the fields changed (the nodes move the order meanwhile), with its version
+            # bumped (a claim that read the row before guards its update by the version it
+            # read: it takes the order again, as it is now) and an event naming the user.
+            fields = list(form.changed_data)
+            if not fields:
+                return
+            with transaction.atomic():
+                obj.version = F("version") + 1
+                save_changed(obj, form, change, also=["version"])
+                obj.refresh_from_db(fields=["version"])
+                eventlog.order_changed(obj, fields, actor_of(request))
             return
         # A new order is added through Order.add (its event names the user).
         added = orderactions.add_order(
@@ -1023,7 +1086,7 @@ class OrderAdmin(OperatorActions, ActionsAdmin):
                                     f"{len(chains)} chains); nothing was changed.")
             return None
         chain = orders[0].chain
-        states = list(chain.nodes.order_by("position", "id").values_list("state", flat=True))
+        states = orderactions.states_in_graph_order(chain)
         if "apply" in request.POST:
             run_actions(request, "move", orders, "order", state=request.POST.get("state", ""))
             return None

@@ -286,6 +286,14 @@ def order_action(order: Order, action: str, actor: Actor | str, what: str) -> Ev
                   data=_order_data(order))
 
 
+def order_changed(order: Order, fields: list[str], actor: Actor | str) -> Event:
+    """An operator edited an order's definition (the admin's form): which fields."""
+    return _write(order.chain.cluster_id, _kind().ORDER_CHANGED,
+                  f"order {order.order_id} of chain {order.chain.name}: changed "
+                  f"{', '.join(fields)} (version {order.version})", actor,
+                  data=_order_data(order, fields=fields, version=order.version))
+
+
 def chain_stopped(chain, stopped: bool, actor: Actor | str) -> Event:
     kind = _kind().CHAIN_STOP if stopped else _kind().CHAIN_UNSTOP
     return _write(chain.cluster_id, kind,

@@ -668,7 +668,14 @@ class Task(models.Model):
         return "".join(self.log_chunks.order_by("id").values_list("text", flat=True))
 
     def request_cancel(self, reason: str, actor: Actor | str = "") -> bool:
-        """Ask the member running this task to stop it (a queued one is cancelled at once)."""
+        """Ask the member running this task to stop it (a queued one is cancelled at once).
+
+        A queued step of an order (a retry or a recovery) ends its step here, as a cancelled
+        running step does when its member records it: in the same transaction, the order
+        stays at its node, suspended (ledger.orders.after_steps; nothing else would move it,
+        since no member ever records a task that never ran)."""
+        from scheduler import ledger
+
         with transaction.atomic():
             queued = Task.objects.filter(pk=self.pk, state=Task.State.QUEUED).update(
                 state=Task.State.CANCELLED, finished_at=Now(), error=f"cancelled: {reason}"
@@ -681,6 +688,12 @@ class Task(models.Model):
             if queued or running:
                 notify_nodes(self.cluster_id)
                 eventlog.task_cancel(self, reason, actor)
+            step = Task.objects.filter(pk=self.pk).values_list(
+                "order_id", "order_step", "job_id").first() if queued else None
+            if step is not None and step[0] is not None:
+                ledger.orders.after_steps(None, ledger._db_now_in_tx(), [ledger.orders.StepEnd(
+                    order_id=step[0], order_step=step[1], outcome=Task.State.CANCELLED,
+                    task_id=self.pk, job_id=step[2])])
         return bool(queued or running)
 
 
@@ -769,10 +782,23 @@ class JobChain(models.Model):
         """What is wrong with the saved nodes' graph (chaingraph.check_chain_graph); []: sound."""
         return check_chain_graph(self.nodes.all())
 
-    def nodes_in_graph_order(self) -> list[ChainNode]:
-        nodes = list(self.nodes.select_related("job"))
-        by_state = {n.state: n for n in nodes}
-        return [by_state[s] for s in chaingraph.graph_order(nodes)]
+    def orders_using(self, states) -> list[str]:
+        """Why nodes of these states may not be deleted or renamed: the chain's orders that
+        are not done and sit at one of them, start from it (their initial state: a reset, a
+        repeating order's next run) or end at it, each named with the state; [] when none.
+        Every door that edits a chain's nodes asks this first."""
+        states = set(states)
+        if not states:
+            return []
+        found = []
+        for order in (self.orders.exclude(status__in=Order.DONE_STATUSES)
+                      .filter(Q(state__in=states) | Q(initial_state__in=states)
+                              | Q(end_state__in=states)).order_by("order_id")):
+            uses = [f"{what} {state}" for what, state in (
+                ("at", order.state), ("starting from", order.initial_state),
+                ("ending at", order.end_state)) if state in states]
+            found.append(f"order {self.name}/{order.order_id} ({', '.join(uses)})")
+        return found
 
     # -- operator actions: a conditional update plus an event, safe from any door --
 
@@ -1202,8 +1228,26 @@ class Order(models.Model):
             notify_nodes(self.chain.cluster_id)
         return True
 
+    @staticmethod
+    def _stuck(fresh: Order) -> bool:
+        """Running, with no task of its step queued or running: nothing will ever move it
+        (older data, or a step whose last task ended without moving it). An operator's
+        action may then act on it as on a suspended order (suspended, if that was asked)."""
+        return fresh.status == Order.Status.RUNNING and not Task.objects.filter(
+            order_id=fresh.pk, order_step=fresh.step,
+            state__in=Task.UNFINISHED_STATES).exists()
+
+    @classmethod
+    def _settled(cls, fresh: Order) -> str:
+        """The status a reset or a move leaves: suspended stays suspended (as does a stuck
+        order asked to suspend); anything else waits."""
+        if fresh.status == cls.Status.SUSPENDED or (
+                fresh.status == cls.Status.RUNNING and fresh.suspend_requested):
+            return cls.Status.SUSPENDED
+        return cls.Status.WAITING
+
     def _refuse_running(self, fresh: Order, done: str, do: str) -> None:
-        if fresh.status == self.Status.RUNNING:
+        if fresh.status == self.Status.RUNNING and not self._stuck(fresh):
             raise ValidationError(
                 f"Order {fresh.order_id} is running a step at {fresh.state}: it cannot be "
                 f"{done} now. Suspend it, and {do} it once the step has ended (the order then "
@@ -1217,6 +1261,10 @@ class Order(models.Model):
             if fresh.is_done:
                 raise ValidationError(f"Order {fresh.order_id} has {fresh.status}: there is "
                                       "nothing to suspend (reset it or move it to run it again).")
+            if self._stuck(fresh):
+                return self._apply(fresh, "suspend", actor, f"suspended at {fresh.state} (no "
+                                   "task of its step was left)", status=self.Status.SUSPENDED,
+                                   suspend_requested=False)
             if fresh.status == self.Status.SUSPENDED or fresh.suspend_requested:
                 return False
             if fresh.status == self.Status.RUNNING:
@@ -1233,6 +1281,10 @@ class Order(models.Model):
             if fresh.is_done:
                 raise ValidationError(f"Order {fresh.order_id} has {fresh.status}: there is "
                                       "nothing to resume (reset it or move it to run it again).")
+            if self._stuck(fresh):
+                return self._apply(fresh, "resume", actor, f"resumed at {fresh.state} (no "
+                                   "task of its step was left)", wake=True,
+                                   status=self.Status.WAITING, suspend_requested=False)
             if fresh.status == self.Status.RUNNING and fresh.suspend_requested:
                 return self._apply(fresh, "resume", actor, "no longer to be suspended after "
                                    "its step", suspend_requested=False)
@@ -1244,24 +1296,30 @@ class Order(models.Model):
     def reset(self, actor: Actor) -> bool:
         """Back to its initial state, to run the chain again from there: a finished or failed
         order waits again, a suspended one stays suspended; its error path is forgotten and
-        any member may take it. Refused while a step runs (suspend it first)."""
+        any member may take it. Refused while a step runs (a task of its step queued or running:
+        suspend it first); an order `running` with no such task left is freed (_stuck)."""
         with transaction.atomic():
             fresh = self._locked()
             self._refuse_running(fresh, "reset", "reset")
-            status = (self.Status.SUSPENDED if fresh.status == self.Status.SUSPENDED
-                      else self.Status.WAITING)
+            if not fresh.chain.nodes.filter(state=fresh.initial_state).exists():
+                raise ValidationError(
+                    f"Order {fresh.order_id}'s initial state '{fresh.initial_state}' is no "
+                    f"longer a state of job chain {fresh.chain.name}: move it to a state "
+                    "instead.")
+            status = self._settled(fresh)
             if (fresh.state, fresh.status, fresh.error_path, fresh.member_id) == (
                     fresh.initial_state, status, False, None):
                 return False
             return self._apply(fresh, "reset", actor,
                                f"reset from {fresh.state} to {fresh.initial_state}",
                                wake=status == self.Status.WAITING, state=fresh.initial_state,
-                               status=status, error_path=False, member=None)
+                               status=status, error_path=False, member=None,
+                               suspend_requested=False)
 
     def move(self, state: str, actor: Actor) -> bool:
         """To another state of its chain, to go on from there: a finished or failed order
         waits again, a suspended one stays suspended; its error path is forgotten. Refused
-        while a step runs, and for a state that is not one of the chain's."""
+        while a step runs (as reset), and for a state that is not one of the chain's."""
         with transaction.atomic():
             fresh = self._locked()
             states = list(fresh.chain.nodes.values_list("state", flat=True))
@@ -1269,23 +1327,19 @@ class Order(models.Model):
                 raise ValidationError(f"'{state}' is not a state of job chain "
                                       f"{fresh.chain.name} (states: {', '.join(states)}).")
             self._refuse_running(fresh, "moved", "move")
-            status = (self.Status.SUSPENDED if fresh.status == self.Status.SUSPENDED
-                      else self.Status.WAITING)
+            status = self._settled(fresh)
             if (fresh.state, fresh.status) == (state, status):
                 return False
             return self._apply(fresh, "move", actor, f"moved from {fresh.state} to {state}",
                                wake=status == self.Status.WAITING, state=state, status=status,
-                               error_path=False)
+                               error_path=False, suspend_requested=False)
 
     def remove(self, actor: Actor) -> bool:
         """Delete the order (its steps' tasks stay in the ledger, no longer linked). Refused
-        while a step runs: suspend it, and remove it once the step has ended."""
+        while a step runs (as reset): suspend it, and remove it once the step has ended."""
         with transaction.atomic():
             fresh = self._locked()
-            if fresh.status == self.Status.RUNNING:
-                raise ValidationError(
-                    f"Order {fresh.order_id} is running a step at {fresh.state}: it cannot be "
-                    "removed now. Suspend it, and remove it once the step has ended.")
+            self._refuse_running(fresh, "removed", "remove")
             eventlog.order_action(fresh, "remove", actor, f"removed at {fresh.state} "
                                   f"({fresh.status})")
             fresh.delete()
@@ -1297,7 +1351,7 @@ OPERATOR_EVENT_KINDS = (
     "job.paused", "job.resumed", "job.run_now", "schedule.created", "schedule.changed",
     "schedule.paused", "schedule.resumed", "task.cancel", "switchover.requested",
     "order.returned", "order.add", "order.suspend", "order.resume", "order.reset", "order.move",
-    "order.remove", "chain.stop", "chain.unstop", "node.action",
+    "order.remove", "order.changed", "chain.stop", "chain.unstop", "node.action",
 )
 
 
@@ -1340,6 +1394,7 @@ class Event(models.Model):
         ORDER_RESET = "order.reset"
         ORDER_MOVE = "order.move"
         ORDER_REMOVE = "order.remove"
+        ORDER_CHANGED = "order.changed"  # its definition edited (title, parameters, ...)
         CHAIN_STOP = "chain.stop"
         CHAIN_UNSTOP = "chain.unstop"
         NODE_ACTION = "node.action"

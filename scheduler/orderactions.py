@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from django.core.exceptions import ValidationError
 
+from scheduler import chaingraph
 from scheduler.eventlog import Actor
 from scheduler.models import ChainNode, JobChain, Order, Task
 from scheduler.validators import text_for_message
@@ -158,7 +159,7 @@ def check(action: str, target, **args) -> Action:
 
 
 def check_state(chain: JobChain, state) -> None:
-    states = list(chain.nodes.order_by("position", "id").values_list("state", flat=True))
+    states = states_in_graph_order(chain)
     if not isinstance(state, str) or state not in states:
         raise ValidationError(
             f"'{text_for_message(state)[:100]}' is not a state of chain {chain.name} "
@@ -177,6 +178,12 @@ def perform(action: str, target, actor: Actor, **args) -> Outcome:
 # ------------------------------------------------------------------ adding an order
 
 
+def states_in_graph_order(chain: JobChain) -> list[str]:
+    """The chain's states as an order travels them (chaingraph.graph_order); the first is
+    where a new order starts unless it names its initial state (Order.add)."""
+    return chaingraph.graph_order(chain.nodes.order_by("position", "id"))
+
+
 def new_order_errors(chain: JobChain, order_id, *, title="", parameters=None, priority=0,
                      initial_state=None, end_state="", cron="", timezone="UTC",
                      interval_seconds=None) -> dict[str, list[str]]:
@@ -184,7 +191,7 @@ def new_order_errors(chain: JobChain, order_id, *, title="", parameters=None, pr
     (names, states of the chain, parameters, its own schedule if it repeats — a cron in a
     time zone or an interval, checked as a job's schedule is — what a database can hold) and
     a free id."""
-    first = chain.nodes.order_by("position", "id").values_list("state", flat=True).first()
+    first = next(iter(states_in_graph_order(chain)), None)  # where Order.add starts it
     order = Order(chain=chain, order_id=order_id, title=title,
                   parameters={} if parameters is None else parameters, priority=priority,
                   initial_state=(first or "") if initial_state in (None, "") else initial_state,

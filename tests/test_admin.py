@@ -10,11 +10,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from django.core.exceptions import ValidationError
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
+from scheduler.eventlog import Actor
 from scheduler.models import (
     ChainNode,
     Cluster,
@@ -528,6 +530,44 @@ def test_deleting_the_end_node_of_a_chain_is_refused(admin_client, world):
     response = admin_client.post(url(JobChain, "change", world.chain.pk), data)
     assert "Node 'load': next state 'done' is not a state of this chain." in text(response)
     assert world.chain.nodes.count() == 3
+
+
+def edit_nodes(admin_client, chain, change: dict, delete=()):
+    """Post the chain's page with its nodes as saved, `change` applied ({state: fields})
+    and the nodes of `delete` deleted."""
+    nodes = list(chain.nodes.order_by("position"))
+    data = chain_form(chain.cluster, [
+        {"id": str(n.pk), "chain": str(chain.pk), "state": n.state,
+         "job": str(n.job_id or ""), "next_state": n.next_state, "error_state": n.error_state,
+         **change.get(n.state, {})}
+        for n in nodes
+    ], **{"nodes-INITIAL_FORMS": str(len(nodes))})
+    del data["cluster"]
+    for i, n in enumerate(nodes):
+        if n.state in delete:
+            data[f"nodes-{i}-DELETE"] = "on"
+    return admin_client.post(url(JobChain, "change", chain.pk), data)
+
+
+def test_a_node_that_orders_use_is_not_deleted_or_renamed(admin_client, world):
+    states = sorted(world.chain.nodes.values_list("state", flat=True))
+    response = edit_nodes(admin_client, world.chain, {"load": {"state": "extract"}})
+    assert response.status_code == 200
+    assert ("cannot be deleted or renamed: order etl/o1 (at load, starting from load)"
+            in html.unescape(text(response)))
+    Order.objects.filter(pk=world.order.pk).update(state="error", status="suspended")
+    response = edit_nodes(admin_client, world.chain, {"load": {"error_state": "done"}},
+                          delete=("error",))
+    assert "order etl/o1 (at error)" in html.unescape(text(response))
+    assert sorted(world.chain.nodes.values_list("state", flat=True)) == states
+    # Once the order is done, the node is renamed; the order cannot be reset to a state that
+    # is gone, and is moved instead.
+    Order.objects.filter(pk=world.order.pk).update(state="done", status="finished")
+    response = edit_nodes(admin_client, world.chain, {"load": {"state": "extract"}})
+    assert response.status_code == 302, text(response)
+    with pytest.raises(ValidationError, match="initial state 'load' is no longer a state"):
+        world.order.reset(Actor("otto"))
+    assert world.order.move("extract", Actor("otto")) is True
 
 
 def test_a_chain_node_with_a_job_of_another_cluster_is_refused(admin_client, cluster):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from django.urls import reverse
 
+from scheduler import orderactions
 from scheduler.models import ChainNode, Event, Job, JobChain, Order
 
 pytestmark = pytest.mark.django_db
@@ -52,7 +53,7 @@ def test_the_chain_shows_nodes_in_graph_order_and_why_orders_wait(viewer_client,
     at_stopped = order(chain, "o2", "load")
     done = order(chain, "o3", "done", status="finished")
     response = viewer_client.get(reverse("console:chain", args=[chain.pk]))
-    assert [n.state for n in response.context["nodes"]] == ["extract", "load", "failed", "done"]
+    assert [n.state for n in response.context["nodes"]] == ["extract", "load", "done", "failed"]
     why = {o.pk: o.why for o in response.context["orders"]}
     assert why[waiting.pk] == "waiting for a member with free capacity to take its step"
     assert why[at_stopped.pk] == "node load is stopped"
@@ -64,6 +65,23 @@ def test_the_chain_shows_nodes_in_graph_order_and_why_orders_wait(viewer_client,
     response = viewer_client.get(reverse("console:chain", args=[chain.pk]))
     assert {o.pk: o.why for o in response.context["orders"]}[waiting.pk] == (
         f"the job chain {chain.name} is stopped")
+
+
+def test_the_add_form_names_the_state_a_new_order_really_starts_at(operator_client, chain):
+    """All positions 0: the first node by position (done) is not where Order.add starts an
+    order (the first in graph order, extract); every door says the one it uses."""
+    ChainNode.objects.filter(chain=chain).update(position=0)
+    page = reverse("console:chain", args=[chain.pk])
+    response = operator_client.get(page)
+    assert [n.state for n in response.context["nodes"]] == ["extract", "load", "done", "failed"]
+    choices = list(response.context["add_form"].fields["initial_state"].choices)
+    assert choices[0] == ("", "the first node (extract)")
+    assert [value for value, _ in choices[1:]] == ["extract", "load", "done", "failed"]
+    assert orderactions.new_order_errors(chain, "o9") == {}
+    response = operator_client.post(reverse("console:add_order", args=[chain.pk]),
+                                     {"add-order_id": "o9", "add-timezone": "UTC"})
+    assert response.status_code == 302
+    assert Order.objects.get(order_id="o9").state == "extract"
 
 
 def test_the_order_page_shows_parameters_and_its_events(viewer_client, chain, cluster):

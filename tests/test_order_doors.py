@@ -290,6 +290,56 @@ def test_an_order_added_in_the_admin_is_recorded(admin_client, chain):
     assert last_event(chain).source == "admin"
 
 
+def test_an_order_edited_in_the_admin_is_versioned_and_audited(admin_client, order):
+    Order.objects.filter(pk=order.pk).update(version=7)  # the nodes moved it meanwhile
+    response = admin_client.post(admin_url(Order, "change", order.pk), {
+        "order_id": "o1", "title": "Rerun", "parameters": '{"day": "2026-03-02"}',
+        "priority": "5", "initial_state": "extract", "end_state": "", "repeat_kind": "",
+        "cron": "", "timezone": "UTC", "interval_seconds": ""})
+    assert response.status_code == 302, page_text(response)
+    order.refresh_from_db()
+    assert (order.title, order.priority, order.parameters, order.version) == (
+        "Rerun", 5, {"day": "2026-03-02"}, 8)
+    event = last_event(order.chain)
+    assert (event.kind, event.actor, event.source) == ("order.changed", "admin", "admin")
+    assert event.data["fields"] == ["title", "parameters", "priority"]
+    assert "changed title, parameters, priority" in event.message
+    assert Event.objects.filter(kind__in=Event.OPERATOR_KINDS, pk=event.pk).exists()
+
+
+def test_the_admin_offers_no_plain_delete_of_an_order(admin_client, order):
+    Order.objects.filter(pk=order.pk).update(status="running")
+    page = admin_client.get(admin_url(Order, "changelist"))
+    assert "delete_selected" not in dict(page.context["action_form"].fields["action"].choices)
+    assert admin_client.get(admin_url(Order, "delete", order.pk)).status_code == 403
+    assert admin_client.post(admin_url(Order, "delete", order.pk),
+                             {"post": "yes"}).status_code == 403
+    admin_client.post(admin_url(Order, "changelist"), {
+        "action": "delete_selected", "post": "yes", "_selected_action": [order.pk]})
+    assert Order.objects.filter(pk=order.pk).exists()
+
+
+def test_a_chain_is_not_deleted_while_it_has_orders_not_done(admin_client, order):
+    chain = order.chain
+    Order.objects.filter(pk=order.pk).update(status="running")
+    Order.objects.create(chain=chain, order_id="o2", initial_state="load", status="finished")
+    page = said(admin_client.get(admin_url(JobChain, "delete", chain.pk)))
+    assert "cannot delete job chain" in page
+    assert "order etl/o1 (running a step at extract)" in page and "etl/o2" not in page
+    response = admin_client.post(admin_url(JobChain, "delete", chain.pk), {"post": "yes"})
+    assert "order etl/o1 (running a step at extract)" in said(response)
+    response = admin_client.post(admin_url(JobChain, "changelist"), {
+        "action": "delete_selected", "post": "yes", "_selected_action": [chain.pk]})
+    assert "order etl/o1 (running a step at extract)" in said(response)
+    assert Order.objects.count() == 2 and JobChain.objects.filter(pk=chain.pk).exists()
+    # Once its orders are done, the chain goes, with its nodes and its orders.
+    Order.objects.filter(pk=order.pk).update(status="failed")
+    response = admin_client.post(admin_url(JobChain, "delete", chain.pk), {"post": "yes"})
+    assert response.status_code == 302
+    assert not JobChain.objects.exists() and not ChainNode.objects.exists()
+    assert not Order.objects.exists()
+
+
 # ------------------------------------------------------------------ commands
 
 

@@ -72,6 +72,17 @@ def make_chain(cluster, name="etl", steps=(("a", "ok"), ("b", "ok"), ("c", "ok")
     return chain
 
 
+def start_a_step(order, state="running") -> Task:
+    """As a claim does: the order runs its next step, whose task is `state` (queued: a retry
+    or a recovery of it)."""
+    Order.objects.filter(pk=order.pk).update(status="running", step=order.step + 1)
+    order.refresh_from_db()
+    return Task.objects.create(
+        cluster_id=order.chain.cluster_id, job=order.chain.nodes.get(state=order.state).job,
+        scheduled_for=order.created_at, trigger="order", state=state, order=order,
+        order_step=order.step, order_state=order.state)
+
+
 def steps_of(order):
     return list(Task.objects.filter(order=order).order_by("id")
                 .values_list("order_state", "attempt", "state"))
@@ -149,8 +160,7 @@ def test_operator_actions_change_once_and_refuse_the_impossible(cluster):
     assert order.resume(OP) is False
     assert order.reset(OP) is True and order.state == "a"
     assert order.reset(OP) is False
-    Order.objects.filter(pk=order.pk).update(status="running")
-    order.refresh_from_db()
+    start_a_step(order)
     with pytest.raises(ValidationError, match="running a step at a: it cannot be moved"):
         order.move("b", OP)
     with pytest.raises(ValidationError, match="cannot be reset"):
@@ -288,6 +298,57 @@ def test_a_cancelled_step_leaves_its_order_suspended_at_the_node(node, cluster):
     Task.objects.get(order=order).request_cancel("enough", OP)
     drive(node, lambda: Order.objects.get(pk=order.pk).status == "suspended", message="suspended")
     assert Order.objects.get(pk=order.pk).state == "a"
+
+
+def test_cancelling_a_queued_retry_leaves_its_order_suspended_at_the_node(node, cluster):
+    chain = make_chain(cluster, steps=(("a", "boom"), ("b", "ok")))
+    chain.nodes.get(state="a").job.__class__.objects.update(max_retries=1,
+                                                            retry_backoff_seconds=3600.0)
+    order = Order.add(chain, "o1", actor=OP)
+    drive(node, lambda: Task.objects.filter(order=order, state="queued").exists(),
+          message="retry queued")
+    assert Task.objects.get(order=order, state="queued").request_cancel("not needed", OP)
+    order.refresh_from_db()  # at once, in the cancel's transaction
+    assert (order.state, order.status, order.suspend_requested) == ("a", "suspended", False)
+    moved = Event.objects.filter(kind="order.suspended").latest("id")
+    assert (moved.data["to"], moved.data["why"]) == ("a", "was cancelled")
+    assert order.move("b", OP) is True and order.resume(OP) is True
+    drive(node, lambda: Order.objects.get(pk=order.pk).status == "finished", message="finished")
+    assert steps_of(order) == [("a", 1, "failed"), ("a", 2, "cancelled"), ("b", 1, "succeeded")]
+
+
+def test_cancelling_a_queued_recovery_of_a_step_suspends_its_order(cluster):
+    order = Order.add(make_chain(cluster), "o1", actor=OP)
+    recovery = start_a_step(order, state="queued")
+    Order.objects.filter(pk=order.pk).update(suspend_requested=True)
+    assert recovery.request_cancel("no", OP)
+    order.refresh_from_db()
+    assert (order.state, order.status, order.suspend_requested) == ("a", "suspended", False)
+    assert recovery.request_cancel("again", OP) is False  # already cancelled: nothing moves
+
+
+def test_a_running_order_with_no_task_left_is_healed_by_an_operator(cluster):
+    """Older data: an order `running` whose step has no queued or running task. No member
+    will ever move it; the operator's actions are no longer refused."""
+    chain = make_chain(cluster)
+    orders = [Order.add(chain, f"o{i}", actor=OP) for i in range(5)]
+    for order in orders:
+        start_a_step(order, state="cancelled")
+    o0, o1, o2, o3, o4 = orders
+    assert o0.reset(OP) is True and (o0.state, o0.status) == ("a", "waiting")
+    assert o1.move("b", OP) is True and (o1.state, o1.status) == ("b", "waiting")
+    assert o2.remove(OP) is True and not Order.objects.filter(pk=o2.pk).exists()
+    assert o3.suspend(OP) is True and (o3.status, o3.suspend_requested) == ("suspended", False)
+    assert o4.resume(OP) is True and o4.status == "waiting"
+    # Asked to suspend before it got stuck: a move leaves it suspended.
+    start_a_step(o1, state="cancelled")
+    Order.objects.filter(pk=o1.pk).update(suspend_requested=True)
+    assert o1.move("c", OP) is True
+    assert (o1.state, o1.status, o1.suspend_requested) == ("c", "suspended", False)
+    # A step in flight (a queued retry) is still waited for.
+    start_a_step(o0, state="queued")
+    with pytest.raises(ValidationError, match="running a step at a: it cannot be reset"):
+        o0.reset(OP)
 
 
 def test_max_orders_bounds_orders_at_once_and_priority_goes_first(cluster):

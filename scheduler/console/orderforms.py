@@ -87,7 +87,9 @@ class AddOrderForm(forms.Form):
     def __init__(self, data=None, *, chain: JobChain):
         super().__init__(data, prefix="add")
         self.chain = chain
-        states = list(chain.nodes.order_by("position", "id").values_list("state", flat=True))
+        # Where Order.add starts an order that names no initial state: the first in graph
+        # order (chaingraph), the order the states are offered in.
+        states = orderactions.states_in_graph_order(chain)
         self.fields["initial_state"].choices = [
             ("", f"the first node ({states[0]})" if states else "the first node"),
             *[(s, s) for s in states]]

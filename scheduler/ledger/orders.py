@@ -253,8 +253,9 @@ def _insert_steps(cluster_id: int, member_id: int, now: datetime,
 NEXT = "next"
 ERROR = "error"
 STAY = "stay"
-OUTCOMES = {"succeeded": NEXT, "failed": ERROR, "timed_out": ERROR, "lost": ERROR,
-            "quarantined": ERROR, "cancelled": STAY}
+# (A lost step never ends here: it is recovered; quarantined is how one ends for good.)
+OUTCOMES = {"succeeded": NEXT, "failed": ERROR, "timed_out": ERROR, "quarantined": ERROR,
+            "cancelled": STAY}
 
 AFTER_FIELDS = ["id", "step", "status", "state", "order_id", "chain_id", "suspend_requested",
                 "error_path", "end_state", "next_state", "error_state", "cluster_id",

@@ -14,7 +14,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import get_template
 from django.views.decorators.http import require_GET, require_POST
 
-from scheduler import orderactions
+from scheduler import chaingraph, orderactions
 from scheduler.clock import db_now
 from scheduler.console import live
 from scheduler.console.access import NOT_OPERATOR, can_operate, console_actor, console_view
@@ -22,25 +22,6 @@ from scheduler.console.orderforms import ActionForm, AddOrderForm
 from scheduler.models import ChainNode, Event, JobChain, Order
 
 WAITING_FOR_MEMBER = "waiting for a member with free capacity to take its step"
-
-
-def graph_order(nodes: list[ChainNode]) -> list[ChainNode]:
-    """Nodes as an order travels them: from the first node (by position), next states before
-    error states, breadth first; nodes no path reaches come last, in position order."""
-    by_state = {node.state: node for node in nodes}
-    ordered: list[ChainNode] = []
-    seen: set[str] = set()
-    queue = [nodes[0].state] if nodes else []
-    while queue:
-        state = queue.pop(0)
-        if state in seen or state not in by_state:
-            continue
-        seen.add(state)
-        node = by_state[state]
-        ordered.append(node)
-        queue.extend(s for s in (node.next_state, node.error_state) if s)
-    ordered.extend(node for node in nodes if node.state not in seen)
-    return ordered
 
 
 def why_waiting(order: Order, chain: JobChain, nodes: dict[str, ChainNode],
@@ -95,7 +76,7 @@ def chain_context(chain: JobChain) -> dict:
     for order in orders:
         if order.status in (Order.Status.WAITING, Order.Status.RUNNING):
             waiting[order.state] = waiting.get(order.state, 0) + 1
-    ordered = graph_order(nodes)
+    ordered = [by_state[state] for state in chaingraph.graph_order(nodes)]
     for node in ordered:
         node.order_count = waiting.get(node.state, 0)
     return {"nav": "chains", "chain": chain, "nodes": ordered, "orders": orders,
@@ -128,8 +109,8 @@ def order_context(order: Order) -> dict:
     order.why = why_waiting(order, order.chain, nodes)
     return {"order": order, "node": nodes.get(order.state), "events": order_events(order),
             "steps": list(orderactions.order_steps(order)),
-            "states": [n.state for n in sorted(nodes.values(),
-                                               key=lambda n: (n.position, n.pk))]}
+            "states": chaingraph.graph_order(sorted(nodes.values(),
+                                                    key=lambda n: (n.position, n.pk)))}
 
 
 @console_view
