@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('scheduler', '0014_permanent_orders'),
+        ('scheduler', '0015_order_claim'),
     ]
 
     operations = [
