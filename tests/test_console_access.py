@@ -58,3 +58,9 @@ def test_a_display_zone_is_kept_and_used_on_every_page(viewer_client):
     page = viewer_client.get(reverse("console:dashboard")).content.decode()
     assert 'data-zone="Europe/Berlin"' in page
     assert 'data-theme="dark"' in page
+
+
+def test_the_favicon_that_browsers_ask_for_is_the_consoles():
+    response = Client().get("/favicon.ico")
+    assert response.status_code == 301
+    assert response["Location"].endswith("console/favicon.svg")

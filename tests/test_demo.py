@@ -28,8 +28,12 @@ def test_loaddemo_makes_a_passive_and_an_active_cluster():
         assert follow.kind == "shell" and "sleep 1" in follow.command
         assert jobs.filter(name="flaky-import").exists()  # a job that fails now and then
         assert Schedule.objects.filter(job__in=jobs, kind="interval").count() >= 3
-    assert Order.objects.filter(chain__cluster__name="demo-passive",
-                                chain__name="nightly-etl").count() == 1
+    orders = Order.objects.filter(chain__cluster__name="demo-passive", chain__name="nightly-etl")
+    assert sorted(orders.values_list("order_id", "repeat_kind", "interval_seconds")) == [
+        ("every-minute", "interval", 60), ("order-1", "", None)]
+    # The repeating order waits for its first due time (within the minute), not for ever.
+    every = orders.get(order_id="every-minute")
+    assert every.next_start_at is not None
 
 
 def test_loaddemo_again_changes_nothing():

@@ -119,7 +119,14 @@ CHAIN_NODES = [
     ("done", None, "", ""),
     ("failed", None, "", ""),
 ]
-ORDERS = [("order-1", "extract", {"date": "today", "order": "order-1"})]
+# (id, initial state, parameters, repeat every N seconds or None, title). The repeating order
+# goes through the chain once a minute, so a newcomer always has an order to watch move.
+ORDERS = [
+    ("order-1", "extract", {"date": "today", "order": "order-1"}, None,
+     "The demo's first order"),
+    ("every-minute", "extract", {"date": "today", "order": "every-minute"}, 60,
+     "A repeating order: through the chain once a minute"),
+]
 
 
 class Command(OperatorCommand):
@@ -220,14 +227,16 @@ class Command(OperatorCommand):
             status = "updated"
         graph = " -> ".join(s for s, *_ in CHAIN_NODES[:4]) + " (error: failed)"
         self._say(status, "job chain", CHAIN, graph)
-        for order_id, state, parameters in ORDERS:
+        for order_id, state, parameters, every, title in ORDERS:
             order = Order.objects.filter(chain=chain, order_id=order_id).first()
             if order is not None:
                 # An order moves on its own; reloading the demo does not put it back.
                 self._say("unchanged", "order", order_id, f"at {order.state} ({order.status})")
                 continue
             order = Order(chain=chain, order_id=order_id, initial_state=state, state=state,
-                          parameters=parameters, title="The demo's first order")
+                          parameters=parameters, title=title,
+                          repeat_kind=Order.repeat_kind_of("", every),
+                          interval_seconds=every)
             self._validate(order, f"order {order_id}")
             order.save()
             self._say("created", "order", order_id, f"at {order.state}")
