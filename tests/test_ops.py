@@ -219,3 +219,42 @@ def test_a_metrics_port_out_of_range_is_refused(cluster, start_node):
     node = start_node("--cluster", "test", "--node", "n2", env={"OPSCENTER_METRICS_PORT": "x"})
     assert node.wait(30) != 0
     assert "OPSCENTER_METRICS_PORT='x' is not a whole number" in node.output()
+
+
+def test_member_metrics_count_lease_changes_claims_and_outcomes(cluster):
+    """A passive member in this process: taking the lease, firing, and losing it to a newer
+    epoch show in the member's own registry (read as deltas: it is process-wide)."""
+    from datetime import timedelta
+
+    from scheduler.clock import db_now
+    from scheduler.models import Cluster, Schedule
+    from scheduler.ops.member_metrics import REGISTRY
+    from tests.test_node import drive, finished, make_node
+
+    def value(name, **labels):
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    taken, lost = (value("opscenter_member_lease_changes_total", change=c)
+                   for c in ("taken", "lost"))
+    fires = value("opscenter_member_fires_claimed_total")
+    node = make_node(mode="passive", role="primary")
+    try:
+        drive(node, lambda: node.epoch is not None, message="the primary takes the lease")
+        assert value("opscenter_member_lease_changes_total", change="taken") == taken + 1
+        job = add_job(cluster, "leased")
+        schedule = add_interval(job)
+        drive(node, finished(job, 1))
+        assert value("opscenter_member_fires_claimed_total") >= fires + 1
+        assert value("opscenter_member_task_outcomes_total", job="leased",
+                     state="succeeded") >= 1
+        Cluster.objects.filter(pk=cluster.pk).update(lease_epoch=node.epoch + 1)
+        Schedule.objects.filter(pk=schedule.pk).update(
+            next_fire_at=db_now() - timedelta(seconds=1))
+        node._next_beat = float("inf")
+        node._claim_at = 0.0
+        node.step_claim()
+        assert node.epoch is None
+        assert value("opscenter_member_lease_changes_total", change="lost") == lost + 1
+    finally:
+        node.stopping = True
+        node.shutdown()
