@@ -16,7 +16,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from scheduler.env import env_bool, env_int, env_number, env_str, install_secret_key
+from scheduler.env import (
+    env_bool,
+    env_int,
+    env_networks,
+    env_number,
+    env_str,
+    install_secret_key,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -165,11 +172,20 @@ LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
 if LOG_LEVEL.strip().upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
     raise ImproperlyConfigured(f"LOG_LEVEL={LOG_LEVEL!r} is not a log level: use DEBUG, INFO, "
                                "WARNING, ERROR or CRITICAL.")
+# plain: as always; json: one object per line with time, level, logger, message and the
+# cluster, member, job and task a line is about where known (scheduler/ops/logcontext.py).
+LOG_FORMAT = env_str("OPSCENTER_LOG_FORMAT", "plain").strip().lower() or "plain"
+if LOG_FORMAT not in ("plain", "json"):
+    raise ImproperlyConfigured(f"OPSCENTER_LOG_FORMAT={LOG_FORMAT!r} is not a log format: use "
+                               "plain or json.")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"context": {"()": "scheduler.ops.logcontext.ContextFilter"}},
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+                   "json": {"()": "scheduler.ops.logcontext.JsonFormatter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT,
+                             "filters": ["context"]}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL.strip().upper()},
     "loggers": {"django.db.backends": {"level": "INFO"}},
 }
@@ -185,3 +201,13 @@ OPSCENTER = {
     "TASK_RETENTION_DAYS": env_number("task_retention_days", 30),
     "EVENT_RETENTION_DAYS": env_number("event_retention_days", 30),
 }
+
+# The console's /metrics (scheduler/ops/views.py): a scrape is let in from these client
+# addresses or networks (comma-separated, REMOTE_ADDR: behind a proxy, the proxy's), or with
+# `Authorization: Bearer <OPSCENTER_METRICS_TOKEN>` when that is set; else 403.
+METRICS_ALLOW = env_networks("OPSCENTER_METRICS_ALLOW", "127.0.0.1,::1")
+METRICS_TOKEN = env_str("OPSCENTER_METRICS_TOKEN", "").strip()
+if METRICS_TOKEN and len(METRICS_TOKEN) < 16:
+    raise ImproperlyConfigured("OPSCENTER_METRICS_TOKEN is too short: use at least 16 "
+                               "characters (e.g. python3 -c 'import secrets; "
+                               "print(secrets.token_urlsafe())').")

@@ -8,6 +8,7 @@ opscenter/settings.py imports it.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 from pathlib import Path
@@ -55,6 +56,21 @@ def env_int(name: str, default: int, low: int, high: int) -> int:
         raise ImproperlyConfigured(f"{name}={value!r}: allowed is a whole number from {low} "
                                    f"to {high}.")
     return number
+
+
+def env_networks(name: str, default: str) -> tuple:
+    """Comma-separated IP addresses or networks (CIDR); empty: none."""
+    value = os.environ.get(name, default)
+    networks = []
+    for item in (x.strip() for x in value.split(",")):
+        if not item:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ImproperlyConfigured(f"{name}={value!r}: {item!r} is not an IP address or "
+                                       "network: use e.g. 127.0.0.1,::1,10.0.0.0/8.") from None
+    return tuple(networks)
 
 
 def install_secret_key(var_dir: Path) -> str:

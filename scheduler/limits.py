@@ -60,6 +60,8 @@ BOUNDS: dict[str, Bound] = {
     "log_limit_bytes": Bound(1_000, 1_000_000_000, "bytes", whole=True),
     "task_retention_days": Bound(1, 36_500, "days", whole=True),
     "event_retention_days": Bound(1, 36_500, "days", whole=True),
+    # 0: no metrics server (the default); else the member's own /metrics port.
+    "metrics_port": Bound(0, 65_535, "", whole=True),
 }
 
 # The same setting at its two doors, for messages that name both.
@@ -70,6 +72,7 @@ OPTIONS = {
     "stop_grace": "--stop-grace",
     "workers": "--workers",
     "backup_precedence": "--backup-precedence",
+    "metrics_port": "--metrics-port",
 }
 
 

@@ -25,6 +25,8 @@ from scheduler import eventlog, executors, ledger, membership, text, validators
 from scheduler.clock import db_now
 from scheduler.limits import BOUNDS, door_names
 from scheduler.models import Cluster, Member, Task
+from scheduler.ops import logcontext
+from scheduler.ops import member_metrics as metrics
 from scheduler.reaper import TOKEN_VAR, Reaper
 
 log = logging.getLogger("opscenter.node")
@@ -281,6 +283,8 @@ class Node:
                                           self.conf.heartbeat_interval)
         self._owned_since(before)
         self._prestart_pool()
+        logcontext.set_member(self.opts.cluster, self.member.name)
+        metrics.member_started(self.opts.cluster, self.member.name, self.opts.mode)
         log.info("member %s joined cluster %s as %s (pid %d, %d workers)", self.member.name,
                  self.opts.cluster, self.opts.mode, os.getpid(), self.opts.workers)
         # Joining judged the others already; only a reconnect calls for a wait (see
@@ -416,6 +420,7 @@ class Node:
             self._claim_at = time.monotonic() + self.conf.heartbeat_interval
             return False
         self.stats.misfired += result.misfired
+        metrics.claimed(result.fired, len(result.started), result.misfired)
         if result.started and self._stop_after_claim:
             self._stop_after_claim = False
             os.kill(os.getpid(), signal.SIGSTOP)
@@ -456,6 +461,7 @@ class Node:
             self._next_beat = 0.0
             self._orders_at = time.monotonic() + self.conf.heartbeat_interval
             return False
+        metrics.order_steps_claimed(len(result.started))
         if result.started and self._stop_after_order_claims and not self.running:
             self._stop_after_order_claims -= 1
             if not self._stop_after_order_claims:
@@ -527,6 +533,11 @@ class Node:
         # discarded at the next pass; what is not written yet is tried again then.
         self._record_ran_unowned(unowned)
         self.stats.finished += len(finished)
+        metrics.outcomes((f.job.name, f.state) for f in finished)
+        metrics.lateness((f.started_at, f.scheduled_for) for f, run in zip(finished, done,
+                                                                           strict=True)
+                         if not run.start_saved and f.started_at is not None
+                         and run.started.trigger == Task.Trigger.SCHEDULE)
         if len(self.running) + len(finished) >= self.opts.workers:
             self._claim_at = 0.0  # the pool was full: what is due can start now
         return True
@@ -632,6 +643,9 @@ class Node:
             self.running[task_id].unsaved_log = ""
         for run in entered:
             run.start_saved = True
+        metrics.lateness((at, run.started.scheduled_for)
+                         for run, (_, at) in zip(entered, starts, strict=True)
+                         if run.started.trigger == Task.Trigger.SCHEDULE)
         return False
 
     def _write_logs_one_by_one(self, logs: list[tuple[int, str]]) -> None:
@@ -714,7 +728,8 @@ class Node:
 
     def _execute(self, run: Running, task_run: executors.TaskRun) -> None:
         try:
-            run.outcome = executors.execute(task_run, run.log, run.cancel, entry=run.entry)
+            with logcontext.task_context(task_run.job_name, task_run.task_id):
+                run.outcome = executors.execute(task_run, run.log, run.cancel, entry=run.entry)
         except BaseException as exc:  # execute never raises; this is the last line of defence
             run.outcome = executors.Outcome("failed", None, f"executor error: {exc!r}")
         finally:
@@ -836,11 +851,13 @@ class Node:
             if membership.hand_over_if_asked(self.member, self.epoch, self.conf.dead_after):
                 log.warning("handed the lease over on request; now standby")
                 self.epoch = None
+                metrics.lease("lost")
             return
         epoch = membership.seek_lease(self.member, self.conf.dead_after, self.conf.dead_after,
                                       self.conf.takeover_stagger)
         if epoch is not None:
             self.epoch = epoch
+            metrics.lease("taken")
             self._claim_at = 0.0
             self._orders_at = 0.0
             log.warning("member %s is now active (epoch %d)", self.member.name, epoch)
@@ -850,6 +867,7 @@ class Node:
             return
         log.error("lease lost: %s; standing by", why)
         self.epoch = None
+        metrics.lease("lost")
         if membership.set_state(self.member, Member.State.STANDBY):
             eventlog.lease_lost(self.member, why)
 
@@ -861,6 +879,8 @@ class Node:
         and join again."""
         log.error("this member was declared dead by the cluster; stopping its tasks and "
                   "joining again")
+        if self.epoch is not None:
+            metrics.lease("lost")
         self.epoch = None
         self._drop_unowned()
         before = time.monotonic()

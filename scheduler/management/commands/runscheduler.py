@@ -104,6 +104,12 @@ class Command(OperatorCommand):
         parser.add_argument("--stop-grace", type=_bounded("stop_grace"), default=None,
                             help="On SIGTERM, seconds running tasks may finish before they are "
                                  "stopped (env OPSCENTER_STOP_GRACE, default 30).")
+        parser.add_argument("--metrics-port", type=_bounded("metrics_port"), default=None,
+                            help="Serve this member's Prometheus metrics on this port at "
+                                 "/metrics (env OPSCENTER_METRICS_PORT; default 0: off).")
+        parser.add_argument("--metrics-host", default=_env("OPSCENTER_METRICS_HOST", "127.0.0.1"),
+                            help="Address the metrics port listens on (env "
+                                 "OPSCENTER_METRICS_HOST, default 127.0.0.1; 0.0.0.0 for all).")
 
     def handle(self, *args, **opts):
         for option in ("exclusive", "backup", "reclaim", "distributed_orders"):
@@ -151,6 +157,11 @@ class Command(OperatorCommand):
             labels=tuple(opts["label"]), workers=workers,
         )
         logging.getLogger("opscenter").setLevel(logging.INFO)
+        port = opts["metrics_port"]
+        if port is None:
+            port = _env_number("metrics_port", 0)
+        if port:
+            self._serve_metrics(port, opts["metrics_host"])
         runner = Node(member_opts, conf)
         runner.install_signal_handlers()
         runner.start_reaper()
@@ -172,3 +183,17 @@ class Command(OperatorCommand):
             logging.shutdown()
             sys.stdout.flush()
             os._exit(0)
+
+    def _serve_metrics(self, port: int, host: str) -> None:
+        """Before the member joins: a port that is taken ends the command at once (status 2),
+        so a supervisor's restart loop or the operator sees it, rather than a member that runs
+        on unwatched while its scrape target silently reports down."""
+        from scheduler.ops import member_metrics
+
+        try:
+            member_metrics.serve(port, host)
+        except (OSError, ValueError) as exc:
+            raise CommandError(f"cannot serve metrics on {host}:{port}: "
+                               f"{exc.strerror if isinstance(exc, OSError) else exc}",
+                               returncode=2) from None
+        logging.getLogger("opscenter.node").info("metrics on http://%s:%d/metrics", host, port)

@@ -1,0 +1,1 @@
+"""Operations: health check, Prometheus metrics (console and member) and structured logs."""
