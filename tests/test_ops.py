@@ -221,15 +221,18 @@ def test_a_metrics_port_out_of_range_is_refused(cluster, start_node):
     assert "OPSCENTER_METRICS_PORT='x' is not a whole number" in node.output()
 
 
-def test_member_metrics_count_lease_changes_claims_and_outcomes(cluster):
+def test_member_metrics_count_lease_changes_claims_and_outcomes(cluster, monkeypatch):
     """A passive member in this process: taking the lease, firing, and losing it to a newer
     epoch show in the member's own registry (read as deltas: it is process-wide)."""
     from datetime import timedelta
 
     from scheduler.clock import db_now
     from scheduler.models import Cluster, Schedule
+    from scheduler.ops import member_metrics
     from scheduler.ops.member_metrics import REGISTRY
     from tests.test_node import drive, finished, make_node
+
+    monkeypatch.setattr(member_metrics, "ENABLED", True)  # as when the member serves them
 
     def value(name, **labels):
         return REGISTRY.get_sample_value(name, labels) or 0.0

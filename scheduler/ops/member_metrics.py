@@ -46,16 +46,26 @@ for _change in ("taken", "lost"):
     LEASE.labels(_change)
 
 
+# Counting costs a few microseconds a fire; a member that serves no metrics pays nothing.
+ENABLED = False
+
+
 def serve(port: int, host: str) -> None:
     """Serve REGISTRY on host:port in a daemon thread; OSError when the port is taken."""
+    global ENABLED
     start_http_server(port, addr=host, registry=REGISTRY)
+    ENABLED = True
 
 
 def member_started(cluster: str, member: str, mode: str) -> None:
+    if not ENABLED:
+        return
     INFO.labels(cluster, member, mode).set(1)
 
 
 def claimed(fired: int, started: int, misfired: int) -> None:
+    if not ENABLED:
+        return
     CLAIMS.inc()
     if fired:
         FIRES.inc(fired)
@@ -66,21 +76,29 @@ def claimed(fired: int, started: int, misfired: int) -> None:
 
 
 def order_steps_claimed(n: int) -> None:
+    if not ENABLED:
+        return
     if n:
         ORDER_STEPS.inc(n)
 
 
 def outcomes(pairs: Iterable[tuple[str, str]]) -> None:
     """(job name, state) of a batch of recorded results: one increment per pair seen."""
+    if not ENABLED:
+        return
     for (job, state), n in Tally(pairs).items():
         OUTCOMES.labels(job, state).inc(n)
 
 
 def lateness(pairs: Iterable[tuple[datetime, datetime]]) -> None:
     """(started_at, scheduled_for) of a batch of written starts."""
+    if not ENABLED:
+        return
     for started_at, scheduled_for in pairs:
         LATENESS.observe(max((started_at - scheduled_for).total_seconds(), 0.0))
 
 
 def lease(change: str) -> None:
+    if not ENABLED:
+        return
     LEASE.labels(change).inc()
