@@ -248,6 +248,45 @@ def test_deep_json_and_huge_numbers_are_a_400(operator, shell_job):
     assert not Task.objects.exists()
 
 
+@pytest.mark.parametrize(("url", "body"), [
+    ("/api/jobs/", {"cluster": 10**25, "name": "a", "command": "true"}),
+    ("/api/jobs/", {"cluster": "x", "name": "a", "command": "true"}),
+    ("/api/jobs/", {"name": "a", "command": "true", "timeout_seconds": 10**30}),
+    ("/api/jobs/", {"name": "a", "command": "true", "max_retries": 2**40}),
+        ("/api/jobs/", {"name": "a", "command": "t\x00rue"}),
+    ("/api/jobs/", {"name": "a", "command": "true", "parameters": {"PATH": "x"}}),
+    ("/api/jobs/", {"name": "a", "command": "true", "data_map": None}),
+    ("/api/schedules/", {"job": 10**25, "kind": "interval", "interval_seconds": 5}),
+    ("/api/schedules/", {"job": "JOB", "kind": "once", "run_at": "0001-01-01T00:00:00Z"}),
+    ("/api/schedules/", {"job": "JOB", "kind": "once", "run_at": "9999-12-31T23:59:59Z"}),
+    ("/api/schedules/", {"job": "JOB", "kind": "interval", "interval_seconds": 5,
+                         "start_at": "9999-12-31T23:59:59+14:00"}),
+    ("/api/schedules/", {"job": "JOB", "kind": "cron", "cron": "0 0 30 2 *"}),
+    ("/api/orders/", {"chain": 10**25, "order_id": "x"}),
+    ("/api/jobs/", {"name": "a", "frequency": 10**30, "script": "x"}),
+    ("/api/jobs/", {"name": "a", "frequency": "999999999w", "script": "x", "repeat": False}),
+    ("/api/jobs/", {"name": "a", "frequency": "5", "script": "x",
+                    "startDate": "9999-12-31T23:59:59Z", "repeat": False}),
+])
+def test_wrong_types_huge_numbers_and_odd_dates_are_a_400(admin, cluster, shell_job, url, body):
+    body = {k: (shell_job.pk if v == "JOB" else v) for k, v in body.items()}
+    if url == "/api/jobs/" and "cluster" not in body:
+        body["cluster"] = cluster.pk
+    before = (Job.objects.count(), Schedule.objects.count(), Order.objects.count())
+    response = post(admin, url, body)
+    assert response.status_code == 400, response.json()
+    assert response.json()["errors"]
+    assert (Job.objects.count(), Schedule.objects.count(), Order.objects.count()) == before
+
+
+def test_a_float_beyond_the_double_range_is_a_400(admin, cluster):
+    response = admin.post("/api/jobs/", f'{{"cluster": {cluster.pk}, "name": "a", '
+                          '"command": "true", "retry_backoff_seconds": 1e400}',
+                          content_type="application/json")
+    assert response.status_code == 400
+    assert "retry_backoff_seconds" in response.json()["errors"]
+
+
 def test_unknown_paths_and_ids_are_json_404(viewer, shell_job):
     for url in ("/api/nope/", "/api/jobs/99999999999999999999999/", "/api/jobs/12345/"):
         response = viewer.get(url)
