@@ -416,6 +416,16 @@ def test_chains_are_read(viewer, chain):
     assert [n["state"] for n in body["nodes"]] == ["extract", "load", "done", "failed"]
 
 
+def test_chains_stop_and_start(operator, viewer, chain):
+    assert post(viewer, f"/api/chains/{chain.pk}/stop/").status_code == 403
+    response = post(operator, f"/api/chains/{chain.pk}/stop/", {"reason": "deploy"})
+    assert response.json()["changed"] is True and response.json()["chain"]["stopped"]
+    event = last_event("chain.stop")
+    assert (event.source, event.reason) == ("api", "deploy")
+    assert post(operator, f"/api/chains/{chain.pk}/stop/").json()["changed"] is False
+    assert post(operator, f"/api/chains/{chain.pk}/start/").json()["changed"] is True
+
+
 def test_add_an_order(operator, viewer, chain):
     assert post(viewer, "/api/orders/", {"chain": chain.pk, "order_id": "o9"}).status_code == 403
     response = post(operator, "/api/orders/", {"chain": chain.pk, "order_id": "o9",

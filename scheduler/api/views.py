@@ -271,11 +271,36 @@ class TaskViewSet(FilteredMixin, viewsets.ReadOnlyModelViewSet):
                          "task": s.TaskSerializer(task).data})
 
 
+CHAIN_ACTION = inline_serializer("ChainActionResult", {
+    "changed": serializers.BooleanField(), "detail": serializers.CharField(),
+    "chain": s.JobChainSerializer()})
+
+
 @extend_schema_view(list=extend_schema(parameters=[CLUSTER]))
 class JobChainViewSet(FilteredMixin, viewsets.ReadOnlyModelViewSet):
     queryset = JobChain.objects.prefetch_related("nodes").order_by("id")
     serializer_class = s.JobChainSerializer
+    operate_actions = ("stop", "start")
     filters = {"cluster": ("id", "cluster_id")}
+
+    def _perform(self, request, name: str):
+        chain = self.get_object()
+        reason = body(s.ReasonSerializer, request)["reason"]
+        outcome = orderactions.perform(name, chain, actor(request, reason))
+        chain.refresh_from_db()
+        return Response({"changed": outcome.changed, "detail": outcome.message,
+                         "chain": s.JobChainSerializer(chain).data})
+
+    @extend_schema(request=s.ReasonSerializer, responses=CHAIN_ACTION)
+    @action(detail=True, methods=["post"])
+    def stop(self, request, pk=None):
+        """No order of the chain starts a step or moves on its own."""
+        return self._perform(request, "stop")
+
+    @extend_schema(request=s.ReasonSerializer, responses=CHAIN_ACTION)
+    @action(detail=True, methods=["post"])
+    def start(self, request, pk=None):
+        return self._perform(request, "start")
 
 
 ORDER_ACTION = inline_serializer("OrderActionResult", {
