@@ -60,6 +60,9 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "channels",
     "django_htmx",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
     "scheduler",
 ]
 
@@ -163,6 +166,36 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 # serves them instead sets STATIC_ROOT and runs collectstatic.
 WHITENOISE_USE_FINDERS = True
 STATIC_ROOT = env_str("STATIC_ROOT", "") or None
+
+# The REST API (scheduler/api/): session (the console's login) or token
+# (`manage.py drf_create_token <user>`); the console's roles (api/permissions.py); JSON errors
+# that name the field (api/errors.py); bounded pages.
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        # Token first: an anonymous request gets 401 with a WWW-Authenticate header.
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["scheduler.api.permissions.RolePermission"],
+    "DEFAULT_PAGINATION_CLASS": "scheduler.api.pagination.Pagination",
+    "DEFAULT_PARSER_CLASSES": ["scheduler.api.errors.SafeJSONParser"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer",
+                                 "rest_framework.renderers.BrowsableAPIRenderer"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "scheduler.api.errors.handle",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "opscenter API",
+    "DESCRIPTION": "Clusters, members, jobs, schedules, tasks, job chains, orders and events "
+                   "of the opscenter scheduler. Every change is recorded in the event log "
+                   "with the source \"api\".",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    # The schema is public (it says what exists, not what is in it).
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SERVE_AUTHENTICATION": [],
+    "COMPONENT_SPLIT_REQUEST": True,
+}
 
 LOGIN_URL = "console:login"
 LOGIN_REDIRECT_URL = "console:dashboard"

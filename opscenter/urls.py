@@ -12,5 +12,6 @@ urlpatterns = [
     # Operations (scheduler/ops): health for load balancers, metrics for Prometheus.
     path("healthz", ops_views.healthz, name="healthz"),
     path("metrics", ops_views.metrics, name="metrics"),
+    path("api/", include("scheduler.api.urls")),
     path("", include("scheduler.console.urls")),
 ]
