@@ -1,6 +1,6 @@
 """The demo's python jobs (loaded by `manage.py loaddemo`, run by `./run demo`).
 
-Each callable receives a `JobContext` (see scheduler/executors.py): `ctx.parameters`, the job
+Each callable receives a `JobContext` (see scheduler/executors/): `ctx.parameters`, the job
 data map `ctx.data`, `ctx.logger` (writes into the task's log), `ctx.task_id`, `ctx.attempt`.
 They only log what they would do; nothing here touches files or the network.
 """

@@ -1,4 +1,4 @@
-"""The child process of a python job with isolation "process" (started by executors.py).
+"""The child process of a python job with isolation "process" (started by scheduler/executors/).
 
 It reads the task (JSON) on stdin, sets Django up (so the job may use the ORM), calls the
 callable with the same `ctx` as a job in a thread of the node, and writes the outcome as JSON
