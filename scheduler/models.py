@@ -172,6 +172,7 @@ class Job(models.Model):
 
     class Executor(models.TextChoices):
         NODE = "node", "node worker pool"
+        CELERY = "celery", "Celery queue"
 
     class Isolation(models.TextChoices):
         THREAD = "thread", "a thread of the node"
@@ -222,6 +223,11 @@ class Job(models.Model):
         help_text="Run only on the member of this name or on members with this --label.",
     )
     executor = models.CharField(max_length=10, choices=Executor.choices, default="node")
+    # executor "celery": the Celery queue the node sends the job's tasks to (scheduler/executors/
+    # celery_executor.py); empty: Celery's default queue "celery".
+    celery_queue = models.CharField(
+        max_length=100, blank=True, default="", db_default="",
+        help_text="Executor celery: the Celery queue to send the work to (empty: 'celery').")
     isolation = models.CharField(
         max_length=10, choices=Isolation.choices, default="thread",
         help_text="python jobs: run in a thread of the node (fast), or in a process of their "
@@ -616,6 +622,10 @@ class Task(models.Model):
                               related_name="steps", db_index=False)
     order_state = models.CharField(max_length=100, blank=True, default="", db_default="")
     order_step = models.PositiveIntegerField(null=True, blank=True)
+    # Executor celery: the worker's lease on the running task (database time), set when a
+    # Celery worker takes the task and renewed while it runs; the node declares the task lost
+    # when it is not renewed in time (scheduler/executors/celery_executor.py).
+    celery_seen_at = models.DateTimeField(null=True, blank=True)
 
     objects = TaskQuerySet.as_manager()
 

@@ -498,6 +498,14 @@ class Node:
         """Record every task whose executor has finished. Driven from the running table, not
         from a queue, so a failed write is simply tried again at the next pass."""
         done = [run for run in self.running.values() if run.outcome is not None]
+        # --- executor celery: a run its worker recorded itself leaves without a write
+        for run in [r for r in done if r.outcome.state == "recorded"]:
+            self.running.pop(run.started.task_id, None)
+            self.stats.finished += 1
+            done.remove(run)
+            if run.started.order_id is not None:
+                self._orders_at = 0.0
+        # --- end executor celery
         if not done:
             if self._ran_unowned:
                 self._record_ran_unowned([])
@@ -729,7 +737,19 @@ class Node:
     def _execute(self, run: Running, task_run: executors.TaskRun) -> None:
         try:
             with logcontext.task_context(task_run.job_name, task_run.task_id):
-                run.outcome = executors.execute(task_run, run.log, run.cancel, entry=run.entry)
+                # --- executor celery: the work is sent to a Celery worker (celery_executor)
+                if run.started.job.executor == "celery":
+                    from scheduler.executors import celery_executor
+
+                    run.outcome = celery_executor.send_and_wait(
+                        task_run, run.log, run.cancel, run.entry,
+                        cluster_id=self.member.cluster_id, member_id=self.member.pk,
+                        queue=run.started.job.celery_queue,
+                        to_mono=lambda at: at.timestamp() - self.clock.offset)
+                # --- end executor celery
+                else:
+                    run.outcome = executors.execute(task_run, run.log, run.cancel,
+                                                    entry=run.entry)
         except BaseException as exc:  # execute never raises; this is the last line of defence
             run.outcome = executors.Outcome("failed", None, f"executor error: {exc!r}")
         finally:

@@ -75,6 +75,8 @@ class JobSnapshot:
     overlap_policy: str
     recover_lost: bool
     isolation: str
+    executor: str = "node"
+    celery_queue: str = ""
 
 
 JOB_FIELDS = [f.name for f in JobSnapshot.__dataclass_fields__.values()]

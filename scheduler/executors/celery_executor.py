@@ -1,0 +1,243 @@
+"""The `celery` executor: a job's tasks run on a Celery worker instead of the node's pool.
+
+Supports: shell and python jobs (python in a thread of the worker or, with isolation
+"process", a process of its own), timeouts, cancel, logs while running, stateful data maps,
+retries and order steps (the worker records through ledger.record_finished).
+
+How it goes. The cluster fires the job exactly as any other (same claim, same task row, owned
+by the node that claimed it). The node's pool thread passes the start fence, then sends
+`opscenter.run_task` (opscenter/celery.py) to the job's queue with the task id, the member it
+belongs to and what to run, and keeps the task in its running set. A worker takes it:
+
+- Start, guarded: it sets the task's `started_at` and its lease `celery_seen_at` only if the
+  task is still `running`, still the sending member's, and not started by a worker yet; else it
+  runs nothing. A message delivered twice (acks_late) or a task declared lost meanwhile is
+  never started.
+- While the job runs (the same executors code as on a node: `executors.execute`), once a
+  second: renews its lease and appends the log, under the same guard. When the guard fails
+  (the task was declared lost, cancelled, or its member stopped) it cancels its job.
+- At the end: `ledger.record_finished` for the sending member, which writes state, end, exit
+  code, error, the last log chunk, data map, retries and order moves only if the task is still
+  running, still that member's, and the member live: a task declared lost is not overwritten.
+
+The node's pool thread watches the task row once every POLL seconds: once it is no longer
+running and the member's, the worker (or a recovery) has recorded it, and the node forgets the
+run without a write (outcome RECORDED). Loss: if the worker's lease is older than
+LEASE_TIMEOUT (the worker died, froze or lost the database), the node ends the task `lost`
+through its normal recording, and the task is run again like any lost task (its job's
+`recover_lost`). If the node dies, the others declare its tasks lost as always; the worker's
+next renewal fails and it stops the job. A cancel on the node (operator, overlap `replace`,
+the node's stop) ends the task on the node; the worker notices at its next renewal.
+
+Not covered: a message that no worker consumes (no worker on the queue, broker down after the
+send) keeps the task running on its node until an operator cancels it; a worker killed after
+taking the message but before starting the job gives the message back to the broker only after
+the broker's visibility timeout (Redis; RabbitMQ at once when the connection drops).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from scheduler import executors
+
+log = logging.getLogger("opscenter.celery")
+
+NAME = "opscenter.run_task"
+DEFAULT_QUEUE = "celery"
+# The outcome of a run the worker recorded itself (or that someone else ended): the node
+# forgets it without a write.
+RECORDED = "recorded"
+POLL = 0.5  # seconds between the node's looks at a task row
+RENEW = 1.0  # seconds between the worker's lease renewals (and log flushes)
+
+
+def lease_timeout() -> float:
+    """How old a worker's lease may be before the node declares its task lost."""
+    try:
+        return max(float(os.environ.get("OPSCENTER_CELERY_LEASE_TIMEOUT", "10")), 2 * RENEW)
+    except ValueError:
+        return 10.0
+
+
+# --------------------------------------------------------------------------------------------
+# The node's side (a pool thread)
+
+
+def send_and_wait(run: executors.TaskRun, log_buffer: executors.LogBuffer,
+                  cancel: executors.Cancel, entry: executors.Entry, *, cluster_id: int,
+                  member_id: int, queue: str, to_mono: Callable[[datetime], float]) -> \
+        executors.Outcome:
+    """Send `run` to a Celery worker and wait until its task row says it ended. Never raises."""
+    try:
+        refusal = entry.refusal(cancel)
+        if refusal is not None:
+            return refusal
+        payload = {"task_id": run.task_id, "cluster_id": cluster_id, "member_id": member_id,
+                   "run": _run_to_json(run)}
+        try:
+            from opscenter.celery import app
+
+            app.send_task(NAME, args=[payload], queue=queue or DEFAULT_QUEUE)
+        except Exception as exc:  # the broker is down, a bad URL
+            return executors.Outcome("failed", None,
+                                     f"could not send the task to Celery: {_describe(exc)}")
+        log_buffer.write(f"[opscenter] sent to Celery queue {queue or DEFAULT_QUEUE!r}\n")
+        return _wait(run.task_id, member_id, cancel, entry, to_mono)
+    except Exception as exc:  # the daemon's contract: never raise
+        return executors.Outcome("failed", None, f"celery executor error: {_describe(exc)}")
+
+
+def _wait(task_id: int, member_id: int, cancel: executors.Cancel, entry: executors.Entry,
+          to_mono: Callable[[datetime], float]) -> executors.Outcome:
+    from scheduler.clock import db_now
+    from scheduler.models import Task
+
+    bound = lease_timeout()
+    while True:
+        if cancel.requested:
+            return executors.Outcome("cancelled", None, f"cancelled: {cancel.reason}"
+                                     if cancel.reason else "cancelled")
+        row = Task.objects.filter(pk=task_id).values_list(
+            "state", "member_id", "started_at", "celery_seen_at").first()
+        if row is None or row[0] != Task.State.RUNNING or row[1] != member_id:
+            return executors.Outcome(RECORDED, None)
+        _state, _member, started_at, seen_at = row
+        if started_at is not None and entry.at is None:
+            entry.at = to_mono(started_at)
+        if seen_at is not None:
+            age = (db_now() - seen_at).total_seconds()
+            if age > bound:
+                return executors.Outcome(
+                    "lost", None, f"lost: the Celery worker did not renew its lease for "
+                    f"{age:.1f} s (it died, froze or lost the database)")
+        cancel._event.wait(POLL)
+
+
+def _run_to_json(run: executors.TaskRun) -> dict:
+    return {
+        "job_name": run.job_name, "kind": run.kind, "command": run.command,
+        "working_directory": run.working_directory, "parameters": run.parameters,
+        "data": run.data, "timeout": run.timeout,
+        "scheduled_for": run.scheduled_for.isoformat() if run.scheduled_for else None,
+        "attempt": run.attempt, "cluster": run.cluster, "member": run.member,
+        "isolation": run.isolation, "stateful": run.stateful,
+    }
+
+
+def _run_from_json(task_id: int, value: dict) -> executors.TaskRun:
+    value = dict(value)
+    when = value.pop("scheduled_for", None)
+    return executors.TaskRun(task_id=task_id, scheduled_for=datetime.fromisoformat(when)
+                             if when else None, **value)
+
+
+# --------------------------------------------------------------------------------------------
+# The worker's side (opscenter.run_task)
+
+
+def run_on_worker(payload: dict) -> str:
+    """Run the task in `payload` if it is still the sending member's and not started yet;
+    write its start, lease, log and end to its task row. Returns the state it ended in, or
+    "refused"."""
+    from django.db import transaction
+    from django.db.models.functions import Now
+
+    from scheduler import ledger, text
+    from scheduler.models import Task
+
+    task_id, member_id = int(payload["task_id"]), int(payload["member_id"])
+    mine = Task.objects.filter(pk=task_id, state=Task.State.RUNNING, member_id=member_id)
+    if not mine.filter(celery_seen_at__isnull=True).update(started_at=Now(),
+                                                           celery_seen_at=Now()):
+        log.warning("task %s: not started, it is no longer running on its member or was "
+                    "started already", task_id)
+        return "refused"
+    run = _run_from_json(task_id, payload["run"])
+    buffer = executors.LogBuffer()
+    cancel = executors.Cancel()
+    result: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            result["outcome"] = executors.execute(run, buffer, cancel)
+        finally:
+            from django.db import connections
+
+            connections.close_all()  # a python job may have used the ORM in this thread
+
+    thread = threading.Thread(target=target, name=f"opscenter-celery-{task_id}", daemon=True)
+    thread.start()
+    pending = ""
+    while thread.is_alive():
+        thread.join(RENEW)
+        if not thread.is_alive():
+            break
+        pending += text.storable_text(buffer.drain())
+        with transaction.atomic():
+            ours = mine.update(celery_seen_at=Now())
+            if ours and pending:
+                ledger.write_logs([(task_id, pending)])
+        if ours:
+            pending = ""
+        elif not cancel.requested:
+            log.warning("task %s: no longer this worker's; stopping its job", task_id)
+            cancel.request("the task was declared lost, cancelled or its member stopped")
+    outcome: executors.Outcome = result.get("outcome") or executors.Outcome(
+        "failed", None, "executor error: no outcome")
+    pending += text.storable_text(buffer.drain())
+    finished = _finished(task_id, outcome)
+    if finished is None:
+        return "refused"
+    discarded = ledger.record_finished(int(payload["cluster_id"]), member_id, [finished],
+                                       [(task_id, pending)])
+    if discarded:
+        log.warning("task %s: its result was discarded (no longer its member's)", task_id)
+        return "discarded"
+    return finished.state
+
+
+def _finished(task_id: int, outcome: executors.Outcome):
+    """The ledger's Finished for the task row as it is now (None: the row is gone)."""
+    from scheduler import ledger, text, validators
+    from scheduler.models import Job, Task
+
+    row = Task.objects.filter(pk=task_id).values(
+        "job_id", "schedule_id", "scheduled_for", "attempt", "parameters", "started_at",
+        "order_id", "order_step", "order_state").first()
+    if row is None:
+        return None
+    job = Job.objects.filter(pk=row["job_id"]).values(*ledger.JOB_FIELDS).first()
+    if job is None:
+        return None
+    snapshot = ledger.JobSnapshot(**job)
+    state, error, data, code = outcome.state, outcome.error, outcome.data, outcome.exit_code
+    if code is not None and not -(2**31 - 1) <= code <= 2**31 - 1:
+        error = f"{error} (exit code {code} out of range)".strip()
+        code = 2**31 - 1 if code > 0 else -(2**31 - 1)
+    if data is not None and snapshot.stateful:
+        try:
+            data = text.storable_data(data)
+            validators.validate_data_map(data)
+            validators.json_text(data)
+        except Exception as exc:
+            state, error, data = "failed", f"the data map the run left is not JSON data: {exc}", \
+                None
+    return ledger.Finished(
+        task_id=task_id, job=snapshot, schedule_id=row["schedule_id"],
+        scheduled_for=row["scheduled_for"], attempt=row["attempt"],
+        parameters=row["parameters"], state=state, exit_code=code,
+        error=text.storable_text(error), data=data,
+        started_at=row["started_at"],
+        order_id=row["order_id"], order_step=row["order_step"], order_state=row["order_state"],
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    message = str(exc)
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__

@@ -1,0 +1,143 @@
+"""The celery executor: a real node sends the work to a real Celery worker (local Redis)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from scheduler.models import Task
+from tests.conftest import ROOT, add_job, database_url, wait_for
+
+pytestmark = [pytest.mark.processes, pytest.mark.django_db(transaction=True)]
+
+FAST = ["--heartbeat-interval", "0.2", "--dead-after", "1.5"]
+BROKER = os.environ.get("OPSCENTER_CELERY_BROKER", "redis://127.0.0.1:6379/0")
+
+
+def _redis_up() -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", 6379), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+if not BROKER.startswith("redis://127.0.0.1") or not _redis_up():
+    pytest.skip("no local Redis for the Celery broker", allow_module_level=True)
+
+
+class Worker:
+    """`celery -A opscenter worker --pool solo -Q <queue>` against the test database."""
+
+    def __init__(self, queue: str):
+        tmp = Path(os.environ.get("TMPDIR", "/tmp"))
+        self.log_path = tmp / f"opsc-celery-{os.getpid()}-{id(self)}.log"
+        self._log = open(self.log_path, "w")  # noqa: SIM115
+        env = {**os.environ, "DATABASE_URL": database_url(), "PYTHONUNBUFFERED": "1",
+               "OPSCENTER_CELERY_BROKER": BROKER}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "opscenter", "worker", "--pool", "solo",
+             "-Q", queue, "-n", f"{queue}@%h", "--without-gossip", "--without-mingle",
+             "-l", "info"],
+            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        self.kill()
+        self._log.close()
+        self.log_path.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def worker():
+    workers: list[Worker] = []
+
+    def start(queue: str) -> Worker:
+        w = Worker(queue)
+        workers.append(w)
+        return w
+
+    yield start
+    for w in workers:
+        w.stop()
+
+
+@pytest.fixture
+def queue():
+    return f"opsc-test-{uuid.uuid4().hex[:10]}"
+
+
+def _log_text(task: Task) -> str:
+    from scheduler.models import TaskLog
+
+    return "".join(TaskLog.objects.filter(task=task).order_by("pk").values_list("text",
+                                                                                flat=True))
+
+
+def _ended(task: Task):
+    return lambda: Task.objects.filter(pk=task.pk).exclude(state__in=("queued", "running")) \
+        .first()
+
+
+def test_a_celery_job_runs_on_the_worker_and_its_row_ends_succeeded_or_failed(
+        cluster, start_node, worker, queue):
+    ok = add_job(cluster, "cel-ok", "echo hello from $OPSCENTER_PARAM_WHO", kind="shell",
+                 executor="celery", celery_queue=queue, parameters={"WHO": "celery"})
+    bad = add_job(cluster, "cel-bad", "echo going down; exit 3", kind="shell",
+                  executor="celery", celery_queue=queue)
+    w = worker(queue)
+    node = start_node("--cluster", "test", "--node", "n1", *FAST)
+    t_ok, t_bad = ok.run_now("test"), bad.run_now("test")
+    done_ok = wait_for(_ended(t_ok), timeout=60, message=f"ok task\n{w.output()}\n"
+                                                          f"{node.output()}")
+    done_bad = wait_for(_ended(t_bad), timeout=30, message="failing task")
+    assert done_ok.state == "succeeded", (done_ok.error, w.output())
+    assert done_ok.exit_code == 0 and done_ok.started_at and done_ok.finished_at
+    assert done_ok.celery_seen_at is not None  # the worker ran it, not the node
+    assert "hello from celery" in _log_text(done_ok)
+    assert done_bad.state == "failed" and done_bad.exit_code == 3
+    assert "going down" in _log_text(done_bad)
+    assert "opscenter.run_task" in w.output()
+    # The node forgot them without a write of its own and stays healthy.
+    wait_for(lambda: not Task.objects.filter(state="running").exists(), timeout=5)
+
+
+def test_a_worker_killed_mid_task_leaves_the_task_lost_and_recovered(
+        cluster, start_node, worker, queue):
+    job = add_job(cluster, "cel-slow", "echo started; sleep 20", kind="shell",
+                  executor="celery", celery_queue=queue, recover_lost=True)
+    w = worker(queue)
+    start_node("--cluster", "test", "--node", "n1", *FAST,
+               env={"OPSCENTER_CELERY_LEASE_TIMEOUT": "3"})
+    task = job.run_now("test")
+    wait_for(lambda: Task.objects.filter(pk=task.pk, celery_seen_at__isnull=False).exists(),
+             timeout=60, message=f"the worker takes the task\n{w.output()}")
+    w.kill()
+    lost = wait_for(_ended(task), timeout=30, message="the task ends")
+    assert lost.state == "lost", lost.error
+    assert "Celery worker" in lost.error
+    recovery = wait_for(lambda: Task.objects.filter(retry_of=task).first(), timeout=10,
+                        message="a recovery")
+    assert recovery.trigger == "recovery"
+    # A new worker runs the recovery; the lost row stays as it was.
+    worker(queue)
+    wait_for(lambda: Task.objects.filter(pk=recovery.pk, celery_seen_at__isnull=False).exists(),
+             timeout=60, message="the recovery runs on the new worker")
+    assert Task.objects.get(pk=task.pk).state == "lost"
