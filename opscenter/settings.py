@@ -63,8 +63,18 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    # django.tasks' database backend (django-tasks-db): the queue of jobs of kind `task` in the
+    # demo; its worker is `manage.py db_worker`. It has migrations of its own.
+    "django_tasks_db",
     "scheduler",
 ]
+
+# Django's task framework (django.tasks): where a job of kind `task` is enqueued. The demo's
+# backend is the database (the default database, so no broker); a project that uses opscenter
+# names its own backends here and its @task functions pick one with backend="...".
+TASKS = {
+    "default": {"BACKEND": "django_tasks_db.DatabaseBackend"},
+}
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",

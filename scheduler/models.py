@@ -164,6 +164,9 @@ class Job(models.Model):
     class Kind(models.TextChoices):
         SHELL = "shell", "shell command"
         PYTHON = "python", "python callable"
+        # A function decorated with Django's @task (django.tasks), enqueued on its backend;
+        # the task row follows the enqueued result (scheduler/executors/djtasks.py).
+        TASK = "task", "django.tasks task"
 
     class Overlap(models.TextChoices):
         QUEUE = "queue", "queue the new run"
@@ -184,7 +187,9 @@ class Job(models.Model):
     kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.SHELL)
     command = models.TextField(
         help_text="shell: a command line for /bin/sh; python: a dotted path such as "
-        "'myapp.jobs:nightly' to a callable that receives a context."
+        "'myapp.jobs:nightly' to a callable that receives a context; task: the dotted path "
+        "of a function decorated with Django's @task, enqueued with the parameters as "
+        "keyword arguments."
     )
     working_directory = models.CharField(max_length=500, blank=True)
     parameters = models.JSONField(
@@ -262,6 +267,17 @@ class Job(models.Model):
                 errors["command"] = (
                     "A python job needs a dotted path to a callable, e.g. 'myapp.jobs:nightly'."
                 )
+        elif self.kind == self.Kind.TASK:
+            # --- django.tasks (scheduler/executors/djtasks.py) ---
+            from scheduler.executors import djtasks
+
+            problem = djtasks.task_problem(self.command)
+            if problem:
+                errors["command"] = problem
+            elif "parameters" not in errors:
+                problem = djtasks.parameters_problem(self.parameters)
+                if problem:
+                    errors["parameters"] = problem
         elif not (self.command or "").strip():
             errors["command"] = "A shell job needs a command line."
         if self.isolation == self.Isolation.PROCESS and self.kind != self.Kind.PYTHON:
@@ -626,6 +642,10 @@ class Task(models.Model):
     # Celery worker takes the task and renewed while it runs; the node declares the task lost
     # when it is not renewed in time (scheduler/executors/celery_executor.py).
     celery_seen_at = models.DateTimeField(null=True, blank=True)
+    # The id of the work this task handed to another system: for a job of kind `task`, the
+    # django.tasks result it enqueued (written at once, so a recovery of a lost task follows
+    # that result instead of enqueuing again). db_default: the claim inserts rows in raw SQL.
+    external_id = models.CharField(max_length=200, blank=True, default="", db_default="")
 
     objects = TaskQuerySet.as_manager()
 

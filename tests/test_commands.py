@@ -100,7 +100,7 @@ def test_addjob_gives_a_python_job_a_process_of_its_own(cluster):
     (["--shell", "true", "--isolation", "process"],
      "--isolation: Only python jobs have an isolation"),
     (["--python", "a.b:c", "--isolation", "vm"], "invalid choice: 'vm'"),
-    ([], "one of the arguments --shell --python is required"),
+    ([], "one of the arguments --shell --python --task is required"),
 ])
 def test_addjob_refuses_bad_input_and_creates_no_cluster(db, args, message):
     refused("addjob", "--cluster", "fresh", "job1", *args, message=message)

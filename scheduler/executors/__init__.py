@@ -155,7 +155,7 @@ class TaskRun:
 
     task_id: int
     job_name: str
-    kind: str  # "shell" | "python"
+    kind: str  # "shell" | "python" | "task" (django.tasks, executors/djtasks.py)
     # shell: a command line run with /bin/sh -c; python: "pkg.mod:func" or "pkg.mod.func"
     command: str
     working_directory: str = ""  # "" = inherit
@@ -281,6 +281,12 @@ def execute(
             return _execute_isolated(run, log, cancel, kill_grace, entry)
         if run.kind == "python":
             return _execute_python(run, log, cancel, kill_grace, entry)
+        # --- django.tasks: a function decorated with @task, enqueued on its backend ---
+        if run.kind == "task":
+            from scheduler.executors import djtasks
+
+            return djtasks.execute(run, log, cancel, entry)
+        # --- end django.tasks ---
         return Outcome("failed", None, f"unknown job kind {run.kind!r}")
     except Exception as exc:  # the daemon's contract: never raise
         # A bug here must not kill the daemon's worker thread or lose the task's end.

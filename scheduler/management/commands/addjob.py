@@ -34,6 +34,9 @@ class Command(OperatorCommand):
         what.add_argument("--shell", metavar="CMD", help="A command line for /bin/sh.")
         what.add_argument("--python", metavar="DOTTED",
                           help="A dotted path to a callable, e.g. myapp.jobs:nightly.")
+        what.add_argument("--task", metavar="DOTTED",
+                          help="A dotted path to a function decorated with Django's @task "
+                               "(django.tasks), enqueued with the parameters as arguments.")
         parser.add_argument("--title", default="")
         parser.add_argument("--params", metavar="JSON",
                             help='Parameters: a JSON object such as \'{"region": "eu"}\'.')
@@ -65,10 +68,11 @@ class Command(OperatorCommand):
                 parameters = parse_parameters(options["params"])
             except ValidationError as exc:
                 raise CommandError(f"--params: {' '.join(exc.messages)}") from None
-        shell = options["shell"] is not None
-        job = Job(name=options["name"], title=options["title"],
-                  kind=Job.Kind.SHELL if shell else Job.Kind.PYTHON,
-                  command=options["shell"] if shell else options["python"],
+        kind = (Job.Kind.SHELL if options["shell"] is not None
+                else Job.Kind.TASK if options["task"] is not None else Job.Kind.PYTHON)
+        job = Job(name=options["name"], title=options["title"], kind=kind,
+                  command={Job.Kind.SHELL: options["shell"], Job.Kind.TASK: options["task"],
+                           Job.Kind.PYTHON: options["python"]}[kind],
                   parameters=parameters, timeout_seconds=options["timeout"],
                   max_retries=options["retries"], max_parallel=options["max_parallel"],
                   overlap_policy=options["overlap"], stateful=options["stateful"],

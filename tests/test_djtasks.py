@@ -1,0 +1,172 @@
+"""Jobs of kind `task` (django.tasks): enqueued on django-tasks-db, run by a real `db_worker`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from io import StringIO
+from pathlib import Path
+
+import pytest
+from django.core.exceptions import ValidationError
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.utils import timezone
+from django_tasks_db.models import DBTaskResult
+
+from scheduler import executors
+from scheduler.models import Job, Task
+from tests.conftest import add_interval, add_job, database_url, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST = ["--heartbeat-interval", "0.2", "--dead-after", "1.5"]
+
+
+@pytest.fixture
+def db_worker():
+    """A real `manage.py db_worker` (django-tasks-db) against the test database."""
+    log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"opsc-dbw-{os.getpid()}.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "manage.py"), "db_worker", "--interval", "0.1",
+         "--no-startup-delay", "--no-reload"],
+        cwd=ROOT, env={**os.environ, "DATABASE_URL": database_url(), "PYTHONUNBUFFERED": "1"},
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    yield proc
+    proc.kill()
+    proc.wait(timeout=10)
+    log.close()
+    Path(log.name).unlink(missing_ok=True)
+
+
+@pytest.mark.processes
+@pytest.mark.django_db(transaction=True)
+def test_a_task_job_fires_once_per_due_time_and_ends_with_its_result(
+        cluster, start_node, db_worker):
+    job = add_job(cluster, "adder", "scheduler.demo_tasks.add", kind="task",
+                  parameters={"a": 2, "b": 3})
+    schedule = add_interval(job, 1)
+    start_node("--cluster", "test", "--node", "n1", *FAST)
+    wait_for(lambda: Task.objects.filter(schedule=schedule, state="succeeded").count() >= 3,
+             timeout=40, message="three fires ran by the db_worker")
+    done = list(Task.objects.filter(schedule=schedule, state="succeeded"))
+    times = [t.scheduled_for for t in Task.objects.filter(schedule=schedule)]
+    assert len(times) == len(set(times))  # once per due time
+    ids = [t.external_id for t in done]
+    assert all(ids) and len(set(ids)) == len(ids)
+    # One enqueued result per task, each successful with the return value logged.
+    results = DBTaskResult.objects.filter(id__in=ids)
+    assert {r.status for r in results} == {"SUCCESSFUL"} and results.count() == len(ids)
+    assert all(r.return_value == {"sum": 5} for r in results)
+    assert 'return value: {"sum": 5}' in done[0].log_text()
+    assert done[0].exit_code == 0
+
+
+@pytest.mark.processes
+@pytest.mark.django_db(transaction=True)
+def test_a_failing_task_ends_failed_with_its_error(cluster, start_node, db_worker):
+    job = add_job(cluster, "failing", "scheduler.demo_tasks.fail", kind="task",
+                  parameters={"message": "boom 42"})
+    start_node("--cluster", "test", "--node", "n1", *FAST)
+    task = job.run_now(actor="tester")
+    done = wait_for(lambda: Task.objects.filter(pk=task.pk, state="failed").first(),
+                    timeout=30, message="the failed run")
+    assert "RuntimeError: boom 42" in done.error
+    assert "RuntimeError: boom 42" in done.log_text()
+    assert DBTaskResult.objects.get(id=done.external_id).status == "FAILED"
+
+
+@pytest.mark.processes
+@pytest.mark.django_db(transaction=True)
+def test_a_recovery_follows_the_result_of_the_lost_attempt(cluster, db_worker):
+    """The node that enqueued died: its recovery does not enqueue a second time."""
+    from scheduler.demo_tasks import add
+
+    job = add_job(cluster, "adder", "scheduler.demo_tasks.add", kind="task",
+                  parameters={"a": 1, "b": 1})
+    first = add.enqueue(a=1, b=1)
+    now = timezone.now()
+    lost = Task.objects.create(cluster=cluster, job=job, scheduled_for=now, trigger="manual",
+                               state="lost", external_id=str(first.id))
+    recovery = Task.objects.create(cluster=cluster, job=job, scheduled_for=now, attempt=2,
+                                   trigger="recovery", state="running", retry_of=lost)
+    log = executors.LogBuffer()
+    run = executors.TaskRun(task_id=recovery.pk, job_name=job.name, kind="task",
+                            command=job.command, parameters=job.parameters, timeout=30)
+    outcome = executors.execute(run, log, executors.Cancel())
+    assert outcome.state == "succeeded", (outcome, log.drain())
+    assert "not enqueued again" in log.drain()
+    assert DBTaskResult.objects.count() == 1
+    recovery.refresh_from_db()
+    assert recovery.external_id == str(first.id)
+
+
+@pytest.mark.django_db
+def test_following_stops_at_the_timeout_without_a_worker(cluster):
+    job = add_job(cluster, "slow", "scheduler.demo_tasks.sleep", kind="task")
+    row = Task.objects.create(cluster=cluster, job=job, scheduled_for=timezone.now(),
+                              trigger="manual", state="running")
+    log = executors.LogBuffer()
+    run = executors.TaskRun(task_id=row.pk, job_name=job.name, kind="task",
+                            command=job.command, timeout=0.3)
+    outcome = executors.execute(run, log, executors.Cancel())
+    assert outcome.state == "timed_out"
+    row.refresh_from_db()
+    assert DBTaskResult.objects.get(id=row.external_id).status == "READY"
+
+
+BAD_PATHS = [
+    ("scheduler.demo_jobs:report", "not a django.tasks task"),  # a plain function
+    ("scheduler.demo_tasks.missing", "has no attribute 'missing'"),
+    ("nowhere.at_all", "No module named 'nowhere'"),
+    ("not a path", "expected 'package.module.function'"),
+]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("path", "reason"), BAD_PATHS)
+def test_a_bad_path_is_refused_by_the_model(cluster, path, reason):
+    job = Job(cluster=cluster, name="t", kind="task", command=path)
+    with pytest.raises(ValidationError) as exc:
+        job.full_clean()
+    message = " ".join(exc.value.message_dict["command"])
+    assert "function decorated with Django's @task" in message and reason in message
+
+
+@pytest.mark.django_db
+def test_parameters_must_be_argument_names(cluster):
+    job = Job(cluster=cluster, name="t", kind="task", command="scheduler.demo_tasks.add",
+              parameters={"not-a-name": 1})
+    with pytest.raises(ValidationError) as exc:
+        job.full_clean()
+    assert "cannot be an argument name" in " ".join(exc.value.message_dict["parameters"])
+    Job(cluster=cluster, name="t", kind="task", command="scheduler.demo_tasks.add",
+        parameters={"a": 1}).full_clean()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("path", "reason"), BAD_PATHS)
+def test_a_bad_path_is_refused_by_addjob(cluster, path, reason):
+    with pytest.raises(CommandError, match="@task"):
+        call_command("addjob", "--cluster", "test", "t", "--task", path, stdout=StringIO())
+    assert not Job.objects.filter(name="t").exists()
+    call_command("addjob", "--cluster", "test", "t", "--task", "scheduler.demo_tasks.add",
+                 stdout=StringIO())
+    assert Job.objects.get(name="t").kind == "task"
+
+
+@pytest.mark.django_db
+def test_a_bad_path_is_refused_by_the_admin(admin_client, cluster):
+    from tests.test_admin import job_form, url
+
+    response = admin_client.post(url(Job, "add"), job_form(
+        cluster, kind="task", command="scheduler.demo_jobs:report"))
+    assert response.status_code == 200
+    assert "not a django.tasks task" in response.content.decode()
+    assert not Job.objects.exists()
+    response = admin_client.post(url(Job, "add"), job_form(
+        cluster, kind="task", command="scheduler.demo_tasks.add", parameters='{"a": 4}'))
+    assert response.status_code == 302
+    assert Job.objects.get().kind == "task"
+
+
