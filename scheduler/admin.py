@@ -453,7 +453,23 @@ class JobAdmin(OperatorActions, ActionsAdmin):
                 .prefetch_related("schedules"))
 
     def save_model(self, request, obj, form, change):
-        save_changed(obj, form, change)
+        with transaction.atomic():
+            save_changed(obj, form, change)
+            if not change:
+                eventlog.job_created(obj, actor_of(request))
+            elif form.changed_data:
+                eventlog.job_changed(obj, form.changed_data, actor_of(request))
+
+    def delete_model(self, request, obj):
+        with transaction.atomic():
+            eventlog.job_deleted(obj, actor_of(request))
+            super().delete_model(request, obj)
+
+    def delete_queryset(self, request, queryset):
+        with transaction.atomic():
+            for job in queryset:
+                eventlog.job_deleted(job, actor_of(request))
+            super().delete_queryset(request, queryset)
 
     def save_formset(self, request, form, formset, change):
         if formset.model is not Schedule:
@@ -461,6 +477,7 @@ class JobAdmin(OperatorActions, ActionsAdmin):
         formset.save(commit=False)  # applies the forms; fills new/changed/deleted_objects
         actor = actor_of(request)
         for schedule in formset.deleted_objects:
+            eventlog.schedule_deleted(schedule, actor)
             schedule.delete()
         for schedule in formset.new_objects:
             save_schedule(schedule, None, actor)
@@ -571,6 +588,17 @@ class ScheduleAdmin(OperatorActions, ActionsAdmin):
 
     def save_model(self, request, obj, form, change):
         save_schedule(obj, form.changed_data if change else None, actor_of(request))
+
+    def delete_model(self, request, obj):
+        with transaction.atomic():
+            eventlog.schedule_deleted(obj, actor_of(request))
+            super().delete_model(request, obj)
+
+    def delete_queryset(self, request, queryset):
+        with transaction.atomic():
+            for schedule in queryset.select_related("job"):
+                eventlog.schedule_deleted(schedule, actor_of(request))
+            super().delete_queryset(request, queryset)
 
     @admin.display(description="definition")
     def definition(self, obj):

@@ -75,6 +75,30 @@ def write_all(events: list[Event]) -> list[Event]:
 # ---------------------------------------------------------------- operator actions
 
 
+def job_created(job: Job, actor: Actor | str) -> Event:
+    return _write(job.cluster_id, _kind().JOB_CREATED, f"job {job.name} created ({job.kind})",
+                  actor, job_id=job.pk)
+
+
+def job_changed(job: Job, fields: list[str], actor: Actor | str) -> Event:
+    names = ", ".join(sorted(f for f in fields if f != "updated_at")) or "nothing"
+    return _write(job.cluster_id, _kind().JOB_CHANGED, f"job {job.name} changed: {names}",
+                  actor, job_id=job.pk, data={"fields": sorted(fields)})
+
+
+def job_deleted(job: Job, actor: Actor | str) -> Event:
+    """Before the delete: the event keeps the name (its link to the job goes with the row)."""
+    return _write(job.cluster_id, _kind().JOB_DELETED, f"job {job.name} deleted", actor,
+                  job_id=job.pk, data={"job": job.pk, "name": job.name})
+
+
+def schedule_deleted(schedule: Schedule, actor: Actor | str) -> Event:
+    return _write(schedule.cluster_id, _kind().SCHEDULE_DELETED,
+                  f"schedule {schedule.pk} of job {schedule.job.name} deleted "
+                  f"({schedule.describe()})", actor, job_id=schedule.job_id,
+                  data={"schedule": schedule.pk})
+
+
 def job_paused(job: Job, actor: Actor | str) -> Event:
     return _write(job.cluster_id, _kind().JOB_PAUSED, f"job {job.name} paused", actor,
                   job_id=job.pk)

@@ -1378,6 +1378,7 @@ class Order(models.Model):
 
 # What operators do, from any door (and what the nodes do to orders for them): the audit log.
 OPERATOR_EVENT_KINDS = (
+    "job.created", "job.changed", "job.deleted", "schedule.deleted",
     "job.paused", "job.resumed", "job.run_now", "schedule.created", "schedule.changed",
     "schedule.paused", "schedule.resumed", "task.cancel", "switchover.requested",
     "order.returned", "order.add", "order.suspend", "order.resume", "order.reset", "order.move",
@@ -1406,6 +1407,10 @@ class Event(models.Model):
         JOB_PAUSED = "job.paused"
         JOB_RESUMED = "job.resumed"
         JOB_RUN_NOW = "job.run_now"
+        JOB_CREATED = "job.created"
+        JOB_CHANGED = "job.changed"  # its definition edited (command, timeout, ...)
+        JOB_DELETED = "job.deleted"
+        SCHEDULE_DELETED = "schedule.deleted"
         SCHEDULE_CREATED = "schedule.created"
         SCHEDULE_CHANGED = "schedule.changed"
         SCHEDULE_PAUSED = "schedule.paused"

@@ -218,6 +218,19 @@ def test_a_job_with_schedules_is_added_and_the_events_name_the_user(admin_client
     schedule = job.schedules.get()
     assert schedule.next_fire_at is not None and schedule.cluster_id == cluster.pk
     assert Event.objects.get(kind="schedule.created", schedule=schedule).actor == "admin"
+    created = Event.objects.get(kind="job.created", job=job)
+    assert (created.actor, created.source) == ("admin", "admin")
+
+
+def test_deleting_a_job_in_the_admin_is_in_the_audit_log(admin_client, cluster):
+    job = Job.objects.create(cluster=cluster, name="old", kind="shell", command="true")
+    response = admin_client.post(url(Job, "delete", job.pk), {"post": "yes"})
+    assert response.status_code == 302, text(response)
+    assert not Job.objects.filter(pk=job.pk).exists()
+    deleted = Event.objects.get(kind="job.deleted")
+    assert (deleted.actor, deleted.source, deleted.message) == ("admin", "admin",
+                                                                "job old deleted")
+    assert deleted.data == {"job": job.pk, "name": "old"}
 
 
 @pytest.mark.parametrize(("parameters", "message"), [

@@ -161,6 +161,12 @@ def test_admin_creates_updates_and_deletes_a_job(admin, cluster):
     assert Job.objects.get(pk=pk).command == "echo bye"
     assert admin.delete(f"/api/jobs/{pk}/").status_code == 204
     assert not Job.objects.filter(pk=pk).exists()
+    # Every change is in the audit log, from the API's door, with who made it.
+    events = list(Event.objects.filter(kind__in=("job.created", "job.changed", "job.deleted"))
+                  .order_by("id").values_list("kind", "actor", "source", "message"))
+    assert events == [("job.created", "ada", "api", "job nightly created (shell)"),
+                      ("job.changed", "ada", "api", "job nightly changed: command"),
+                      ("job.deleted", "ada", "api", "job nightly deleted")]
 
 
 def test_a_bad_job_is_refused_naming_the_field(admin, cluster):

@@ -17,7 +17,7 @@ from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 
-from scheduler import orderactions, tasklogs
+from scheduler import eventlog, orderactions, tasklogs
 from scheduler.api import serializers as s
 from scheduler.api.filters import Filters
 from scheduler.eventlog import Actor
@@ -112,6 +112,7 @@ class JobViewSet(FilteredMixin, viewsets.ModelViewSet):
         job, schedule = data["job"], data["schedule"]
         with transaction.atomic():
             job.save()
+            eventlog.job_created(job, actor(request))
             schedule.job = job
             schedule.cluster_id = job.cluster_id
             schedule.save(actor=actor(request))
@@ -121,18 +122,24 @@ class JobViewSet(FilteredMixin, viewsets.ModelViewSet):
 
     def perform_create(self, serializer):
         job = serializer._checked
-        job.save()
+        with transaction.atomic():
+            job.save()
+            eventlog.job_created(job, actor(self.request))
         serializer.instance = job
 
     def perform_update(self, serializer):
         job = serializer._checked
         # Only the fields sent: a node writes a stateful job's data map meanwhile.
-        job.save(update_fields=[*serializer.validated_data, "updated_at"])
+        with transaction.atomic():
+            job.save(update_fields=[*serializer.validated_data, "updated_at"])
+            eventlog.job_changed(job, list(serializer.validated_data), actor(self.request))
         serializer.instance = job
 
     def perform_destroy(self, instance):
         try:
-            instance.delete()
+            with transaction.atomic():
+                eventlog.job_deleted(instance, actor(self.request))
+                instance.delete()
         except ProtectedError:
             raise ValidationError(
                 f"Job {instance.name} is the job of a job chain's node: remove it from the "
@@ -186,6 +193,11 @@ class ScheduleViewSet(FilteredMixin, viewsets.ModelViewSet):
         schedule = serializer._checked
         schedule.save(actor=actor(self.request))
         serializer.instance = schedule
+
+    def perform_destroy(self, instance):
+        with transaction.atomic():
+            eventlog.schedule_deleted(instance, actor(self.request))
+            instance.delete()
 
     def perform_update(self, serializer):
         schedule = serializer._checked
