@@ -71,6 +71,8 @@ def test_addjob_creates_the_cluster_and_the_job(db):
                                                        {"keep": 7, "tags": ["db"]})
     assert (job.timeout_seconds, job.max_retries, job.overlap_policy) == (600, 2, "skip")
     assert job.stateful and job.affinity == "db-host"
+    created = Event.objects.get(kind="job.created", job=job)
+    assert created.source == "cli"
 
 
 def test_addjob_adds_a_python_job_to_an_existing_cluster(cluster):

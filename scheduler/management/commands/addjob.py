@@ -6,9 +6,12 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import CommandError
 from django.db import transaction
 
+from scheduler import eventlog
 from scheduler.management.commands._common import (
     MAX_COUNT,
     OperatorCommand,
+    actor,
+    add_actor_argument,
     add_cluster_argument,
     validation_error,
     whole_number,
@@ -29,6 +32,7 @@ class Command(OperatorCommand):
 
     def add_arguments(self, parser):
         add_cluster_argument(parser)
+        add_actor_argument(parser)
         parser.add_argument("name", metavar="NAME")
         what = parser.add_mutually_exclusive_group(required=True)
         what.add_argument("--shell", metavar="CMD", help="A command line for /bin/sh.")
@@ -96,6 +100,7 @@ class Command(OperatorCommand):
             except ValidationError as exc:
                 raise validation_error(exc, OPTIONS) from None
             job.save()
+            eventlog.job_created(job, actor(options))
         if created:
             self.stdout.write(f"cluster {cluster.name} created")
         self.stdout.write(f"job {job.name} added to cluster {cluster.name} ({job.kind}: "
