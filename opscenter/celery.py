@@ -49,6 +49,8 @@ def _filesystem_options() -> dict:
 BROKER = os.environ.get("OPSCENTER_CELERY_BROKER") or DEFAULT_BROKER
 TRANSPORT_OPTIONS: dict = {"visibility_timeout": _visibility_timeout()}
 if BROKER.startswith("filesystem://"):
+    if BROKER in ("filesystem://", "filesystem:///"):
+        BROKER = "filesystem://localhost//"  # the same, without kombu's "no hostname" warning
     # No visibility timeout here: a message taken by a worker that is killed before it acks is
     # not given back (a warm shutdown gives back what it has not started).
     TRANSPORT_OPTIONS = _filesystem_options()
