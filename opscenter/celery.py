@@ -1,19 +1,24 @@
 """The Celery app of the `celery` executor: `celery -A opscenter worker -Q <queue>`.
 
-The broker is OPSCENTER_CELERY_BROKER (Redis by default; an amqp:// URL for RabbitMQ). No
-result backend: the task row in the database is where a run's outcome goes, written by the
-worker itself (scheduler/executors/celery_executor.py).
+The broker is OPSCENTER_CELERY_BROKER (Redis by default; an amqp:// URL for RabbitMQ; or
+`filesystem://`, kombu's filesystem transport: messages are files in OPSCENTER_CELERY_FOLDER,
+default var/celery-broker, shared by the nodes and the workers of one machine; `./run demo`
+uses it, so that the demo needs no Redis). No result backend: the task row in the database is
+where a run's outcome goes, written by the worker itself (scheduler/executors/celery_executor.py).
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from celery import Celery
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "opscenter.settings")
 
 DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_FOLDER = "var/celery-broker"
 
 
 def _visibility_timeout() -> float:
@@ -23,7 +28,34 @@ def _visibility_timeout() -> float:
         return 3600.0
 
 
-app = Celery("opscenter", broker=os.environ.get("OPSCENTER_CELERY_BROKER", DEFAULT_BROKER))
+def _filesystem_options() -> dict:
+    """kombu's filesystem transport: messages in <folder>/messages (written and read there: one
+    folder, so every process of the machine sees every message), taken messages moved (a
+    rename, atomic on one file system: two workers never take one message) to
+    <folder>/processed and kept there, exchange bindings in <folder>/control. A relative folder
+    is relative to the project. The folders are made here."""
+    folder = Path(os.environ.get("OPSCENTER_CELERY_FOLDER") or DEFAULT_FOLDER)
+    if not folder.is_absolute():
+        folder = ROOT / folder
+    messages, processed, control = (folder / "messages", folder / "processed",
+                                    folder / "control")
+    for path in (messages, processed, control):
+        path.mkdir(parents=True, exist_ok=True)
+    return {"data_folder_in": str(messages), "data_folder_out": str(messages),
+            "store_processed": True, "processed_folder": str(processed),
+            "control_folder": str(control)}
+
+
+BROKER = os.environ.get("OPSCENTER_CELERY_BROKER") or DEFAULT_BROKER
+TRANSPORT_OPTIONS: dict = {"visibility_timeout": _visibility_timeout()}
+if BROKER.startswith("filesystem://"):
+    if BROKER in ("filesystem://", "filesystem:///"):
+        BROKER = "filesystem://localhost//"  # the same, without kombu's "no hostname" warning
+    # No visibility timeout here: a message taken by a worker that is killed before it acks is
+    # not given back (a warm shutdown gives back what it has not started).
+    TRANSPORT_OPTIONS = _filesystem_options()
+
+app = Celery("opscenter", broker=BROKER)
 app.conf.update(
     task_serializer="json",
     accept_content=["json"],
@@ -35,7 +67,7 @@ app.conf.update(
     task_acks_late=True,
     task_reject_on_worker_lost=True,
     worker_prefetch_multiplier=1,
-    broker_transport_options={"visibility_timeout": _visibility_timeout()},
+    broker_transport_options=TRANSPORT_OPTIONS,
     broker_connection_retry_on_startup=True,
 )
 

@@ -28,6 +28,15 @@ def test_loaddemo_makes_a_passive_and_an_active_cluster():
         assert follow.kind == "shell" and "sleep 1" in follow.command
         assert jobs.filter(name="flaky-import").exists()  # a job that fails now and then
         assert Schedule.objects.filter(job__in=jobs, kind="interval").count() >= 3
+    # demo-active's jobs run by the workers `./run demo` starts: Celery and django.tasks.
+    active = Job.objects.filter(cluster__name="demo-active")
+    hello = active.get(name="celery-hello")
+    assert (hello.executor, hello.celery_queue, hello.kind) == ("celery", "demo", "shell")
+    task = active.get(name="django-task")
+    assert (task.kind, task.command) == ("task", "scheduler.demo_tasks.add")
+    assert task.parameters == {"a": 2, "b": 40}
+    for job in (hello, task):
+        assert job.schedules.get().interval_seconds == 30
     orders = Order.objects.filter(chain__cluster__name="demo-passive", chain__name="nightly-etl")
     assert sorted(orders.values_list("order_id", "repeat_kind", "interval_seconds")) == [
         ("every-minute", "interval", 60), ("order-1", "", None)]

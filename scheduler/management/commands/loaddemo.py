@@ -2,7 +2,8 @@
 
 Two clusters, as `./run demo` starts them: demo-passive (fail-over: a primary and a backup
 member; the job chain nightly-etl and its order) and demo-active (load balancing: two
-members, each fire run once by one of them). `--cluster NAME` loads only that one; a name
+members, each fire run once by one of them; and a job run by a Celery worker, one by
+django.tasks' db_worker). `--cluster NAME` loads only that one; a name
 that is neither loads demo-passive's jobs into a cluster of that name.
 
 Idempotent: everything is found by name and brought back to the demo's definition; running it
@@ -90,6 +91,18 @@ ACTIVE_JOBS: list[tuple[str, dict, dict | None]] = [
           max_retries=1, retry_backoff_seconds=5.0),
      dict(kind="interval", interval_seconds=20)),
     FOLLOW_ME,
+    # Run elsewhere: `./run demo` starts a Celery worker on the queue "demo" (broker: files in
+    # var/celery-broker) and django-tasks-db's `manage.py db_worker`.
+    ("celery-hello",
+     dict(title="Celery: a shell line run by the Celery worker (queue demo)", kind="shell",
+          executor="celery", celery_queue="demo", timeout_seconds=60,
+          command='echo "hello from the Celery worker, pid $PPID on $(hostname)"'),
+     dict(kind="interval", interval_seconds=30)),
+    ("django-task",
+     dict(title="django.tasks: scheduler.demo_tasks.add, run by manage.py db_worker",
+          kind="task", command="scheduler.demo_tasks.add", parameters={"a": 2, "b": 40},
+          timeout_seconds=60),
+     dict(kind="interval", interval_seconds=30)),
 ]
 
 # The demo clusters: name -> (description, jobs, with the job chain).
@@ -104,7 +117,7 @@ DEMOS: dict[str, tuple[str, list, bool]] = {
 JOB_DEFAULTS = dict(title="", working_directory="", parameters={}, stateful=False,
                     timeout_seconds=None, max_retries=0, retry_backoff_seconds=10.0,
                     max_parallel=1, overlap_policy="queue", recover_lost=True, affinity="",
-                    executor="node", paused=False)
+                    executor="node", celery_queue="", paused=False)
 
 SCHEDULE_DEFAULTS = dict(title="demo", cron="", timezone="UTC", interval_seconds=None,
                          run_at=None, start_at=None, end_at=None, misfire_policy="run_once",
