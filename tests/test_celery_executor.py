@@ -141,3 +141,21 @@ def test_a_worker_killed_mid_task_leaves_the_task_lost_and_recovered(
     wait_for(lambda: Task.objects.filter(pk=recovery.pk, celery_seen_at__isnull=False).exists(),
              timeout=60, message="the recovery runs on the new worker")
     assert Task.objects.get(pk=task.pk).state == "lost"
+
+
+def test_a_task_no_worker_takes_ends_failed_and_a_late_worker_runs_nothing(
+        cluster, start_node, worker, queue):
+    job = add_job(cluster, "cel-nobody", "echo should not run", kind="shell",
+                  executor="celery", celery_queue=queue)
+    start_node("--cluster", "test", "--node", "n1", *FAST,
+               env={"OPSCENTER_CELERY_START_TIMEOUT": "2"})
+    task = job.run_now("test")
+    ended = wait_for(_ended(task), timeout=30, message="the task ends without a worker")
+    assert ended.state == "failed" and "no Celery worker took the task" in ended.error
+    # A worker that comes later takes the waiting message and runs nothing.
+    w = worker(queue)
+    wait_for(lambda: "opscenter.run_task" in w.output(), timeout=60,
+             message="the late worker takes the message")
+    ended.refresh_from_db()
+    assert ended.state == "failed" and ended.celery_seen_at is None
+    assert "should not run" not in _log_text(ended)

@@ -29,8 +29,11 @@ through its normal recording, and the task is run again like any lost task (its 
 next renewal fails and it stops the job. A cancel on the node (operator, overlap `replace`,
 the node's stop) ends the task on the node; the worker notices at its next renewal.
 
-Not covered: a message that no worker consumes (no worker on the queue, broker down after the
-send) keeps the task running on its node until an operator cancels it; a worker killed after
+A message that no worker takes within START_TIMEOUT (no worker on the queue, the broker down
+after the send) ends the task `failed` with that reason: nothing ran, so it is not lost, and
+the job's retries apply. A message a worker takes later finds the task ended and runs nothing.
+
+Not covered: a worker killed after
 taking the message but before starting the job gives the message back to the broker only after
 the broker's visibility timeout (Redis; RabbitMQ at once when the connection drops).
 """
@@ -65,6 +68,15 @@ def lease_timeout() -> float:
         return 10.0
 
 
+def start_timeout() -> float:
+    """How long a sent task may wait for a worker to take it before it ends failed."""
+    try:
+        value = float(os.environ.get("OPSCENTER_CELERY_START_TIMEOUT", "300"))
+    except ValueError:
+        return 300.0
+    return value if 1.0 <= value <= 86_400 else 300.0
+
+
 # --------------------------------------------------------------------------------------------
 # The node's side (a pool thread)
 
@@ -95,10 +107,13 @@ def send_and_wait(run: executors.TaskRun, log_buffer: executors.LogBuffer,
 
 def _wait(task_id: int, member_id: int, cancel: executors.Cancel, entry: executors.Entry,
           to_mono: Callable[[datetime], float]) -> executors.Outcome:
+    import time
+
     from scheduler.clock import db_now
     from scheduler.models import Task
 
     bound = lease_timeout()
+    take_by = time.monotonic() + start_timeout()
     while True:
         if cancel.requested:
             return executors.Outcome("cancelled", None, f"cancelled: {cancel.reason}"
@@ -116,6 +131,12 @@ def _wait(task_id: int, member_id: int, cancel: executors.Cancel, entry: executo
                 return executors.Outcome(
                     "lost", None, f"lost: the Celery worker did not renew its lease for "
                     f"{age:.1f} s (it died, froze or lost the database)")
+        elif time.monotonic() > take_by:
+            # The worker's guarded start refuses a task that is no longer running, so a
+            # message taken after this runs nothing.
+            return executors.Outcome(
+                "failed", None, f"no Celery worker took the task within {start_timeout():g} s "
+                "(is a worker consuming its queue?)")
         cancel._event.wait(POLL)
 
 
