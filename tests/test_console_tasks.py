@@ -72,7 +72,10 @@ def test_filters_by_state_job_member_trigger_and_time(viewer_client, cluster, jo
 
     assert ids(state=["failed"]) == {a.pk, c.pk}
     assert ids(state=["failed", "succeeded"]) == {a.pk, b.pk, c.pk}
-    assert ids(job=job.pk) == {a.pk, b.pk}
+    assert ids(job=job.name) == {a.pk, b.pk}
+    assert ids(job=job.name[1:-1].upper()) == {a.pk, b.pk}  # a part of the name, any case
+    assert ids(job="oth") == {c.pk}
+    assert ids(job="no such job") == set()
     assert ids(member="node-a") == {a.pk}
     assert ids(trigger="retry") == {c.pk}
     assert ids(cluster=cluster.pk) == {a.pk, b.pk, c.pk}
@@ -96,7 +99,8 @@ def test_the_time_range_is_read_in_the_viewers_zone(db, job):
 @pytest.mark.parametrize("params", [
     {"scheduled_from": "yesterday"}, {"scheduled_to": "2026-13-45T99:00"},
     {"scheduled_from": "2026-03-02T00:00", "scheduled_to": "2026-03-01T00:00"},
-    {"job": "abc"}, {"job": "999999"}, {"state": "exploded"}, {"cluster": "-1"},
+    {"job": "abc"}, {"job": "999999"}, {"job": "x" * 500}, {"job": "a\x00b"},
+    {"state": "exploded"}, {"cluster": "-1"},
     {"trigger": "<script>"}, {"after": "garbage"}, {"before": "~x"}, {"size": "1e9"},
     {"member": "x" * 500},
 ])
@@ -108,6 +112,14 @@ def test_bad_query_strings_get_a_clear_message_never_a_500(viewer_client, job, p
         assert b"These filters cannot be used" in response.content
     assert b"<script>" not in response.content.split(b"</head>")[1].replace(
         b'<script src=', b"")  # nothing echoed unescaped
+
+
+def test_the_job_filter_is_a_name_box_not_a_list_of_every_job(viewer_client, cluster, job):
+    for i in range(30):
+        Job.objects.create(cluster=cluster, name=f"many-{i}", kind="shell", command="true")
+    html = viewer_client.get(reverse("console:tasks")).content.decode()
+    assert "many-7" not in html
+    assert 'name="job"' in html
 
 
 def test_an_htmx_request_gets_the_list_partial_only(viewer_client, job):

@@ -43,8 +43,9 @@ class TaskFilter(forms.Form):
 
     cluster = forms.ModelChoiceField(Cluster.objects.order_by("name"), required=False,
                                      empty_label="all clusters")
-    job = forms.ModelChoiceField(Job.objects.select_related("cluster").order_by("name", "id"),
-                                 required=False, empty_label="all jobs")
+    # A name, not a choice of every job: a select of 10,000 jobs would be rendered on every
+    # full page.
+    job = forms.CharField(required=False, max_length=200, label="Job name contains")
     member = forms.CharField(required=False, max_length=100, label="Member name")
     state = forms.MultipleChoiceField(choices=Task.State.choices, required=False,
                                       widget=forms.CheckboxSelectMultiple)
@@ -56,10 +57,6 @@ class TaskFilter(forms.Form):
     scheduled_to = forms.DateTimeField(
         required=False, label="Scheduled to",
         widget=forms.DateTimeInput(attrs={"type": "datetime-local", "step": "1"}))
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.fields["job"].label_from_instance = lambda job: f"{job.name} ({job.cluster.name})"
 
     def clean(self):
         data = super().clean()
@@ -73,7 +70,7 @@ class TaskFilter(forms.Form):
         if data.get("cluster"):
             qs = qs.filter(cluster=data["cluster"])
         if data.get("job"):
-            qs = qs.filter(job=data["job"])
+            qs = qs.filter(job__in=Job.objects.filter(name__icontains=data["job"]))
         if data.get("member"):
             qs = qs.filter(member__name=data["member"])
         if data.get("state"):
