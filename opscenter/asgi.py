@@ -4,11 +4,12 @@ Django is set up before the consumers are imported (they import models). Websock
 only for browsers from an allowed origin with a logged-in session.
 """
 
-import os
+from opscenter.boot import settings_or_exit
 
-from django.core.asgi import get_asgi_application
+settings_or_exit()
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "opscenter.settings")
+from django.core.asgi import get_asgi_application  # noqa: E402
+
 http_application = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402

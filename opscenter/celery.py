@@ -14,7 +14,9 @@ from pathlib import Path
 
 from celery import Celery
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "opscenter.settings")
+from opscenter.boot import settings_or_exit
+
+settings_or_exit()
 
 DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,6 +1,7 @@
-import os
+from opscenter.boot import settings_or_exit
 
-from django.core.wsgi import get_wsgi_application
+settings_or_exit()
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "opscenter.settings")
+from django.core.wsgi import get_wsgi_application  # noqa: E402
+
 application = get_wsgi_application()

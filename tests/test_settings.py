@@ -115,6 +115,23 @@ def test_every_command_refuses_a_bad_environment_in_one_line(tmp_path):
         assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("server", [
+    ["-m", "daphne", "-p", "0", "opscenter.asgi:application"],
+    ["-c", "import opscenter.wsgi"],
+    ["-m", "celery", "-A", "opscenter", "worker", "--pool", "solo"],
+], ids=["asgi-daphne", "wsgi", "celery-worker"])
+def test_the_servers_refuse_a_bad_environment_in_one_line(tmp_path, server):
+    base = {k: v for k, v in os.environ.items() if not k.startswith("OPSCENTER_")}
+    result = subprocess.run([sys.executable, *server], cwd=ROOT, capture_output=True, text=True,
+                            timeout=60, env={**base, "OPSCENTER_TASK_RETENTION_DAYS": "abc",
+                                             "OPSCENTER_VAR_DIR": str(tmp_path)})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "opscenter: OPSCENTER_TASK_RETENTION_DAYS='abc' is not a whole number from 1 to 36500 "
+        "days."), result.stderr
+    assert "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--heartbeat-interval", "nan"], "argument --heartbeat-interval: 'nan' is not finite"),
     (["--dead-after", "1e9"], "argument --dead-after: '1e9' is out of range: allowed is a "
