@@ -4,6 +4,7 @@ refusal, the audit event (source "api", the reason), and the Node.js seed's shap
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from rest_framework.authtoken.models import Token
@@ -676,6 +677,24 @@ def test_schema_validates_without_warnings(tmp_path):
     call_command("spectacular", "--validate", "--fail-on-warn",
                  "--file", str(tmp_path / "schema.yaml"))
     assert "node-action" in (tmp_path / "schema.yaml").read_text()
+
+
+@pytest.mark.parametrize("page", ["/api/docs/", "/api/redoc/"])
+def test_the_docs_pages_load_nothing_from_the_internet(client, settings, page):
+    """Swagger UI and Redoc are drf_spectacular_sidecar's static files, served by WhiteNoise
+    with DEBUG off as in a deployment; the pages name no CDN, font or validator."""
+    assert settings.DEBUG is False
+    response = client.get(page)
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert not re.search(r"https?://", html), re.search(r".{40}https?://.{60}", html)
+    assets = re.findall(r'(?:src|href)="([^"]*)"', html)
+    assert assets, html[:500]
+    for asset in assets:
+        assert asset.startswith("/static/drf_spectacular_sidecar/"), asset
+        served = client.get(asset)
+        assert served.status_code == 200, asset
+        assert b"".join(served.streaming_content), asset
 
 
 def test_pagination_is_bounded(viewer, cluster):
