@@ -15,7 +15,7 @@ from drf_spectacular.utils import (
 )
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import ValidationError
+from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.response import Response
 
 from scheduler import eventlog, orderactions, tasklogs
@@ -374,7 +374,9 @@ class JobChainViewSet(FilteredMixin, viewsets.ReadOnlyModelViewSet):
             orderactions.check_state(chain, data["state"])
         except DjangoValidationError as exc:
             raise ValidationError({"state": exc.messages}) from None
-        node = chain.nodes.get(state=data["state"])
+        node = chain.nodes.filter(state=data["state"]).first()
+        if node is None:  # removed in the admin meanwhile
+            raise NotFound(f"Chain {chain.name} has no node {data['state']} any more.")
         try:
             outcome = orderactions.perform(data["action"], node,
                                            actor(request, data["reason"]))
