@@ -63,6 +63,8 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    # Swagger UI and Redoc for /api/docs/ and /api/redoc/, served from here (no CDN).
+    "drf_spectacular_sidecar",
     # django.tasks' database backend (django-tasks-db): the queue of jobs of kind `task` in the
     # demo; its worker is `manage.py db_worker`. It has migrations of its own.
     "django_tasks_db",
@@ -205,6 +207,14 @@ SPECTACULAR_SETTINGS = {
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
     "SERVE_AUTHENTICATION": [],
     "COMPONENT_SPLIT_REQUEST": True,
+    # The docs pages load nothing from the internet: Swagger UI and Redoc are static files of
+    # drf_spectacular_sidecar (served by WhiteNoise as ours), Redoc's fonts are the
+    # browser's own (templates/api/redoc.html), and Swagger UI sends the schema to no online
+    # validator.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
 }
 
 LOGIN_URL = "console:login"

@@ -45,8 +45,14 @@ def world(request, cluster):
     schedule.save()
     task = job.run_now("fuzz")
     TaskLog.objects.create(task=task, text="hello wörld\n")
-    member = Member.objects.create(cluster=cluster, name="n1", mode="single", host="h",
-                                   pid=1, version="1", state="active")
+    # A passive cluster with a standby primary: a fuzzed switch-over can be done, not only
+    # refused.
+    cluster.mode = "passive"
+    cluster.save(update_fields=["mode"])
+    member = Member.objects.create(cluster=cluster, name="n1", mode="passive", host="h",
+                                   pid=1, version="1", state="active", role="backup")
+    Member.objects.create(cluster=cluster, name="n2", mode="passive", host="h", pid=2,
+                          version="1", state="standby", role="primary")
     chain = JobChain.objects.create(cluster=cluster, name="etl")
     ChainNode.objects.create(chain=chain, state="a", job=job, next_state="done",
                              error_state="done", position=0)

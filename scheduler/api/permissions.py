@@ -1,7 +1,10 @@
 """The console's roles over HTTP methods and actions (scheduler/roles.py, console/access.py).
 
 - reading: the scheduler's view permission (groups viewer, operator, administrator);
-- operating (pause, resume, run now, cancel, order actions): scheduler.operate_job;
+- operating (pause, resume, run now, cancel, order, chain and node actions):
+  scheduler.operate_job;
+- switching a passive cluster over: scheduler.switchover_cluster (a view's
+  `action_permissions`);
 - creating, changing, deleting: the model's add / change / delete permission.
 """
 
@@ -9,7 +12,7 @@ from __future__ import annotations
 
 from rest_framework.permissions import SAFE_METHODS, BasePermission
 
-from scheduler.console.access import OPERATE_PERMISSION, can_view
+from scheduler.console.access import NOT_OPERATOR, OPERATE_PERMISSION, can_view
 
 MODEL_PERMISSIONS = {
     "create": "add",
@@ -20,8 +23,9 @@ MODEL_PERMISSIONS = {
 
 
 class RolePermission(BasePermission):
-    """A view lists its operator actions in `operate_actions`; anything else that writes
-    needs the model's own permission."""
+    """A view lists its operator actions in `operate_actions`, and an action that needs
+    another permission in `action_permissions` ({action: (permission, refusal)}); anything
+    else that writes needs the model's own permission."""
 
     message = "Your account may not do this (it needs the viewer, operator or administrator group)."
 
@@ -32,9 +36,11 @@ class RolePermission(BasePermission):
                             "operator or administrator group).")
             return False
         action = getattr(view, "action", None)
+        if action in getattr(view, "action_permissions", {}):
+            permission, self.message = view.action_permissions[action]
+            return user.has_perm(permission)
         if action in getattr(view, "operate_actions", ()):
-            self.message = ("Operating needs the operator role (permission "
-                            f"{OPERATE_PERMISSION}).")
+            self.message = NOT_OPERATOR
             return user.has_perm(OPERATE_PERMISSION)
         if request.method in SAFE_METHODS:
             return True

@@ -99,7 +99,7 @@ class ClusterSerializer(serializers.ModelSerializer):
     class Meta:
         model = Cluster
         fields = ["id", "name", "description", "mode", "lease_holder", "lease_epoch",
-                  "lease_expires_at", "created_at"]
+                  "lease_expires_at", "handover_to", "created_at"]
 
 
 class MemberSerializer(serializers.ModelSerializer):
@@ -225,6 +225,24 @@ class RunNowSerializer(ReasonSerializer):
 
 class MoveSerializer(ReasonSerializer):
     state = StrictCharField(max_length=100)
+
+
+class NodeActionSerializer(ReasonSerializer):
+    state = StrictCharField(max_length=100, help_text="The node's state (its name in the chain).")
+    action = serializers.ChoiceField(
+        choices=ChainNode.Action.choices,
+        error_messages={"invalid_choice": "Not a node action: choose one of "
+                                          f"{', '.join(ChainNode.Action.values)}."},
+        help_text="active, stopped (orders wait at the node) or skipped (orders pass to its "
+                  "next state without running its job).")
+
+
+class SwitchoverSerializer(RequiredReasonSerializer):
+    """The console's switch-over form: a reason is needed."""
+
+    target = serializers.IntegerField(
+        required=False, allow_null=True, default=None, min_value=1, max_value=2**63 - 1,
+        help_text="The standby member (id) to hand the lease to; default: the primary.")
 
 
 class AddOrderSerializer(StrictMixin, serializers.Serializer):

@@ -23,9 +23,10 @@ router.register("events", views.EventViewSet)
 
 urlpatterns = [
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
-    # The docs pages load Swagger UI / Redoc from a CDN: a browser needs to reach it.
+    # Swagger UI and Redoc come from drf_spectacular_sidecar's static files (no CDN).
     path("docs/", SpectacularSwaggerView.as_view(url_name="api:schema"), name="docs"),
-    path("redoc/", SpectacularRedocView.as_view(url_name="api:schema"), name="redoc"),
+    path("redoc/", SpectacularRedocView.as_view(url_name="api:schema",
+                                                template_name="api/redoc.html"), name="redoc"),
     path("", include(router.urls)),
     re_path(r"^.*$", not_found),
 ]

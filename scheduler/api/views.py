@@ -3,6 +3,7 @@ model methods as the admin and the console, with `Actor(user, "api", reason)`.""
 
 from __future__ import annotations
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import transaction
 from django.db.models import ProtectedError
 from drf_spectacular.types import OpenApiTypes
@@ -14,13 +15,15 @@ from drf_spectacular.utils import (
 )
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import ValidationError
+from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.response import Response
 
 from scheduler import eventlog, orderactions, tasklogs
 from scheduler.api import serializers as s
 from scheduler.api.filters import Filters
+from scheduler.console.access import NOT_SWITCHER, SWITCHOVER_PERMISSION
 from scheduler.eventlog import Actor
+from scheduler.membership import MemberRefused, request_switchover
 from scheduler.models import Cluster, Event, Job, JobChain, Member, Order, Schedule, Task
 
 LOG_LIMIT = 256 * 1024
@@ -61,10 +64,52 @@ class FilteredMixin:
 CLUSTER = int_param("cluster", "Only of this cluster (id).")
 
 
+SWITCHOVER_RESULT = inline_serializer("SwitchoverResult", {
+    "detail": serializers.CharField(), "target": s.MemberSerializer(),
+    "cluster": s.ClusterSerializer()})
+REFUSED = inline_serializer("Refused", {"detail": serializers.CharField()})
+
+
 @extend_schema_view(list=extend_schema(parameters=[]))
 class ClusterViewSet(FilteredMixin, viewsets.ReadOnlyModelViewSet):
     queryset = Cluster.objects.order_by("id")
     serializer_class = s.ClusterSerializer
+    action_permissions = {"switchover": (SWITCHOVER_PERMISSION, NOT_SWITCHER)}
+
+    @extend_schema(request=s.SwitchoverSerializer,
+                   responses={202: SWITCHOVER_RESULT, 409: REFUSED})
+    @action(detail=True, methods=["post"])
+    def switchover(self, request, pk=None):
+        """Hand a passive cluster's lease to a standby member (default: the primary), as the
+        console's and the admin's switch-over (membership.request_switchover). The active
+        member hands over at its next heartbeat (202). A switch-over that is not possible
+        now (not a passive cluster, the target is not a live standby member) is a 409 and
+        changes nothing."""
+        cluster = self.get_object()
+        data = body(s.SwitchoverSerializer, request)
+        target_name = None
+        if data["target"] is not None:
+            target = Member.objects.filter(cluster=cluster, pk=data["target"]).first()
+            if target is None:
+                raise ValidationError({"target": [
+                    f"There is no member {data['target']} in cluster {cluster.name}."]})
+            if target.state != Member.State.STANDBY:
+                # A restarted member is a new row: an old row's name may be a live member's.
+                return Response({"detail": f"Switch-over refused: member {target.name} "
+                                           f"({target.pk}) is {target.state}: only a standby "
+                                           "member can take over."}, status=409)
+            target_name = target.name
+        try:
+            chosen = request_switchover(cluster.name, target_name,
+                                        actor(request, data["reason"]))
+        except MemberRefused as exc:
+            return Response({"detail": f"Switch-over refused: {exc}."}, status=409)
+        cluster.refresh_from_db()
+        return Response({"detail": f"Switch-over to {chosen.name} requested: the active "
+                                   "member hands the lease over at its next heartbeat.",
+                         "target": s.MemberSerializer(chosen).data,
+                         "cluster": s.ClusterSerializer(cluster).data},
+                        status=status.HTTP_202_ACCEPTED)
 
 
 @extend_schema_view(list=extend_schema(parameters=[
@@ -286,13 +331,16 @@ class TaskViewSet(FilteredMixin, viewsets.ReadOnlyModelViewSet):
 CHAIN_ACTION = inline_serializer("ChainActionResult", {
     "changed": serializers.BooleanField(), "detail": serializers.CharField(),
     "chain": s.JobChainSerializer()})
+NODE_ACTION = inline_serializer("NodeActionResult", {
+    "changed": serializers.BooleanField(), "detail": serializers.CharField(),
+    "node": s.ChainNodeSerializer()})
 
 
 @extend_schema_view(list=extend_schema(parameters=[CLUSTER]))
 class JobChainViewSet(FilteredMixin, viewsets.ReadOnlyModelViewSet):
     queryset = JobChain.objects.prefetch_related("nodes").order_by("id")
     serializer_class = s.JobChainSerializer
-    operate_actions = ("stop", "start")
+    operate_actions = ("stop", "start", "node_action")
     filters = {"cluster": ("id", "cluster_id")}
 
     def _perform(self, request, name: str):
@@ -313,6 +361,29 @@ class JobChainViewSet(FilteredMixin, viewsets.ReadOnlyModelViewSet):
     @action(detail=True, methods=["post"])
     def start(self, request, pk=None):
         return self._perform(request, "start")
+
+    @extend_schema(request=s.NodeActionSerializer, responses=NODE_ACTION)
+    @action(detail=True, methods=["post"], url_path="node-action")
+    def node_action(self, request, pk=None):
+        """Make the chain's node at `state` active, stopped (orders wait there) or skipped
+        (orders pass to its next state without running its job); a running step is not
+        affected. An end node is always active."""
+        chain = self.get_object()
+        data = body(s.NodeActionSerializer, request)
+        try:
+            orderactions.check_state(chain, data["state"])
+        except DjangoValidationError as exc:
+            raise ValidationError({"state": exc.messages}) from None
+        node = chain.nodes.filter(state=data["state"]).first()
+        if node is None:  # removed in the admin meanwhile
+            raise NotFound(f"Chain {chain.name} has no node {data['state']} any more.")
+        try:
+            outcome = orderactions.perform(data["action"], node,
+                                           actor(request, data["reason"]))
+        except DjangoValidationError as exc:  # an end node cannot be stopped or skipped
+            raise ValidationError({"action": exc.messages}) from None
+        return Response({"changed": outcome.changed, "detail": outcome.message,
+                         "node": s.ChainNodeSerializer(node).data})
 
 
 ORDER_ACTION = inline_serializer("OrderActionResult", {
