@@ -716,7 +716,8 @@ class Node:
             parameters={**job.parameters, **started.parameters}, data=job.data_map,
             timeout=job.timeout_seconds, scheduled_for=started.scheduled_for,
             attempt=started.attempt, cluster=self.opts.cluster, member=self.opts.name,
-            isolation=job.isolation, stateful=job.stateful,
+            isolation=job.isolation, stateful=job.stateful, executor=job.executor,
+            queue=job.celery_queue, cluster_id=self.member.cluster_id, member_id=self.member.pk,
         )
         self.stats.started += 1
         self.pool.submit(self._execute, run, task_run)
@@ -737,19 +738,8 @@ class Node:
     def _execute(self, run: Running, task_run: executors.TaskRun) -> None:
         try:
             with logcontext.task_context(task_run.job_name, task_run.task_id):
-                # --- executor celery: the work is sent to a Celery worker (celery_executor)
-                if run.started.job.executor == "celery":
-                    from scheduler.executors import celery_executor
-
-                    run.outcome = celery_executor.send_and_wait(
-                        task_run, run.log, run.cancel, run.entry,
-                        cluster_id=self.member.cluster_id, member_id=self.member.pk,
-                        queue=run.started.job.celery_queue,
-                        to_mono=lambda at: at.timestamp() - self.clock.offset)
-                # --- end executor celery
-                else:
-                    run.outcome = executors.execute(task_run, run.log, run.cancel,
-                                                    entry=run.entry)
+                # The executor registered for the job's executor and kind (executors/registry.py).
+                run.outcome = executors.execute(task_run, run.log, run.cancel, entry=run.entry)
         except BaseException as exc:  # execute never raises; this is the last line of defence
             run.outcome = executors.Outcome("failed", None, f"executor error: {exc!r}")
         finally:

@@ -43,11 +43,11 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from scheduler import executors
+from scheduler.executors import base
+from scheduler.executors.base import Cancel, Entry, Executor, LogBuffer, Outcome, Support, TaskRun
 
 log = logging.getLogger("opscenter.celery")
 
@@ -81,11 +81,11 @@ def start_timeout() -> float:
 # The node's side (a pool thread)
 
 
-def send_and_wait(run: executors.TaskRun, log_buffer: executors.LogBuffer,
-                  cancel: executors.Cancel, entry: executors.Entry, *, cluster_id: int,
-                  member_id: int, queue: str, to_mono: Callable[[datetime], float]) -> \
-        executors.Outcome:
-    """Send `run` to a Celery worker and wait until its task row says it ended. Never raises."""
+def send_and_wait(run: TaskRun, log_buffer: LogBuffer, cancel: Cancel, entry: Entry,
+                  kill_grace: float = 0.0) -> Outcome:
+    """Send `run` to a Celery worker on `run.queue`, for its member (`run.member_id`), and wait
+    until its task row says it ended. Never raises."""
+    cluster_id, member_id, queue = run.cluster_id, run.member_id, run.queue
     try:
         refusal = entry.refusal(cancel)
         if refusal is not None:
@@ -97,16 +97,15 @@ def send_and_wait(run: executors.TaskRun, log_buffer: executors.LogBuffer,
 
             app.send_task(NAME, args=[payload], queue=queue or DEFAULT_QUEUE)
         except Exception as exc:  # the broker is down, a bad URL
-            return executors.Outcome("failed", None,
+            return Outcome("failed", None,
                                      f"could not send the task to Celery: {_describe(exc)}")
         log_buffer.write(f"[opscenter] sent to Celery queue {queue or DEFAULT_QUEUE!r}\n")
-        return _wait(run.task_id, member_id, cancel, entry, to_mono)
+        return _wait(run.task_id, member_id, cancel, entry)
     except Exception as exc:  # the daemon's contract: never raise
-        return executors.Outcome("failed", None, f"celery executor error: {_describe(exc)}")
+        return Outcome("failed", None, f"celery executor error: {_describe(exc)}")
 
 
-def _wait(task_id: int, member_id: int, cancel: executors.Cancel, entry: executors.Entry,
-          to_mono: Callable[[datetime], float]) -> executors.Outcome:
+def _wait(task_id: int, member_id: int, cancel: Cancel, entry: Entry) -> Outcome:
     import time
 
     from scheduler.clock import db_now
@@ -116,31 +115,32 @@ def _wait(task_id: int, member_id: int, cancel: executors.Cancel, entry: executo
     take_by = time.monotonic() + start_timeout()
     while True:
         if cancel.requested:
-            return executors.Outcome("cancelled", None, f"cancelled: {cancel.reason}"
+            return Outcome("cancelled", None, f"cancelled: {cancel.reason}"
                                      if cancel.reason else "cancelled")
         row = Task.objects.filter(pk=task_id).values_list(
             "state", "member_id", "started_at", "celery_seen_at").first()
         if row is None or row[0] != Task.State.RUNNING or row[1] != member_id:
-            return executors.Outcome(RECORDED, None)
+            return Outcome(RECORDED, None)
         _state, _member, started_at, seen_at = row
         if started_at is not None and entry.at is None:
-            entry.at = to_mono(started_at)
+            # The worker's start, on this process's monotonic clock.
+            entry.at = time.monotonic() - max((db_now() - started_at).total_seconds(), 0.0)
         if seen_at is not None:
             age = (db_now() - seen_at).total_seconds()
             if age > bound:
-                return executors.Outcome(
+                return Outcome(
                     "lost", None, f"lost: the Celery worker did not renew its lease for "
                     f"{age:.1f} s (it died, froze or lost the database)")
         elif time.monotonic() > take_by:
             # The worker's guarded start refuses a task that is no longer running, so a
             # message taken after this runs nothing.
-            return executors.Outcome(
+            return Outcome(
                 "failed", None, f"no Celery worker took the task within {start_timeout():g} s "
                 "(is a worker consuming its queue?)")
-        cancel._event.wait(POLL)
+        cancel.event.wait(POLL)
 
 
-def _run_to_json(run: executors.TaskRun) -> dict:
+def _run_to_json(run: TaskRun) -> dict:
     return {
         "job_name": run.job_name, "kind": run.kind, "command": run.command,
         "working_directory": run.working_directory, "parameters": run.parameters,
@@ -151,10 +151,10 @@ def _run_to_json(run: executors.TaskRun) -> dict:
     }
 
 
-def _run_from_json(task_id: int, value: dict) -> executors.TaskRun:
+def _run_from_json(task_id: int, value: dict) -> TaskRun:
     value = dict(value)
     when = value.pop("scheduled_for", None)
-    return executors.TaskRun(task_id=task_id, scheduled_for=datetime.fromisoformat(when)
+    return TaskRun(task_id=task_id, scheduled_for=datetime.fromisoformat(when)
                              if when else None, **value)
 
 
@@ -169,7 +169,7 @@ def run_on_worker(payload: dict) -> str:
     from django.db import transaction
     from django.db.models.functions import Now
 
-    from scheduler import ledger, text
+    from scheduler import executors, ledger, text
     from scheduler.models import Task
 
     task_id, member_id = int(payload["task_id"]), int(payload["member_id"])
@@ -180,8 +180,8 @@ def run_on_worker(payload: dict) -> str:
                     "started already", task_id)
         return "refused"
     run = _run_from_json(task_id, payload["run"])
-    buffer = executors.LogBuffer()
-    cancel = executors.Cancel()
+    buffer = LogBuffer()
+    cancel = Cancel()
     result: dict[str, Any] = {}
 
     def target() -> None:
@@ -209,7 +209,7 @@ def run_on_worker(payload: dict) -> str:
         elif not cancel.requested:
             log.warning("task %s: no longer this worker's; stopping its job", task_id)
             cancel.request("the task was declared lost, cancelled or its member stopped")
-    outcome: executors.Outcome = result.get("outcome") or executors.Outcome(
+    outcome: Outcome = result.get("outcome") or Outcome(
         "failed", None, "executor error: no outcome")
     pending += text.storable_text(buffer.drain())
     finished = _finished(task_id, outcome)
@@ -223,7 +223,7 @@ def run_on_worker(payload: dict) -> str:
     return finished.state
 
 
-def _finished(task_id: int, outcome: executors.Outcome):
+def _finished(task_id: int, outcome: Outcome):
     """The ledger's Finished for the task row as it is now (None: the row is gone)."""
     from scheduler import ledger, text, validators
     from scheduler.models import Job, Task
@@ -259,6 +259,19 @@ def _finished(task_id: int, outcome: executors.Outcome):
     )
 
 
-def _describe(exc: BaseException) -> str:
-    message = str(exc)
-    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+_describe = base.describe
+
+
+def _support(kind: str, isolations: tuple[str, ...], data_map: bool) -> Support:
+    return Support(
+        executor="celery", kind=kind, runs_on="a Celery worker consuming the job's queue",
+        isolations=isolations, time_limit=True, cancel=True, live_log=True, data_map=data_map,
+        needs="a broker (OPSCENTER_CELERY_BROKER) and a worker: celery -A opscenter worker "
+              "-Q <queue>",
+        note="the worker runs the node's own shell/python code; log and lease once a second")
+
+
+EXECUTORS = (
+    Executor(_support("shell", (), data_map=False), send_and_wait),
+    Executor(_support("python", ("thread", "process"), data_map=True), send_and_wait),
+)
