@@ -41,7 +41,7 @@ registry.register(shell.EXECUTOR, python.EXECUTOR, djtasks.EXECUTOR, *celery_exe
 __all__ = [
     "KILL_GRACE", "RESERVED_PARAMETER_NAMES", "RESERVED_PARAMETER_PREFIXES", "Cancel", "Entry",
     "Executor", "JobContext", "LogBuffer", "Outcome", "Support", "TaskRun", "abandoned_threads",
-    "execute", "is_reserved_parameter", "job_context",
+    "cancel_error", "execute", "is_reserved_parameter", "job_context",
 ]
 
 
