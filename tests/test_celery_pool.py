@@ -1,5 +1,6 @@
 """A Celery task holds no pool slot of its node: a node with one worker thread keeps several
-Celery tasks in flight and still runs its own jobs (real node, real worker, local Redis)."""
+Celery tasks in flight and still runs its own jobs; and what the celery executor declares
+(time limit, stateful data map) holds (real node, real worker, local Redis)."""
 
 from __future__ import annotations
 
@@ -160,3 +161,29 @@ def test_a_clean_stop_waits_the_grace_for_celery_tasks_in_flight(cluster, start_
              message=f"the worker stops the job\n{_output(worker)}")
     task.refresh_from_db()
     assert task.state == "lost"
+
+
+def test_the_celery_executor_honours_its_declarations(cluster, start_node, worker):
+    """Declared (manage.py executors): a time limit stops the work on the worker, and a
+    stateful python job's data map comes back."""
+    from scheduler.executors import registry
+    from scheduler.models import Job
+
+    assert registry.find("celery", "shell").support.time_limit
+    assert registry.find("celery", "python").support.data_map
+    slow = add_job(cluster, "cel-timeout", "echo started; sleep 30; echo never", kind="shell",
+                   executor="celery", celery_queue=worker.queue, timeout_seconds=2)
+    counter = add_job(cluster, "cel-count", "tests.jobs:remember", executor="celery",
+                      celery_queue=worker.queue, stateful=True, data_map={"runs": 4},
+                      isolation="process", parameters={"word": "kept"})
+    node = start_node("--cluster", "test", "--node", "n1", "--workers", "1", *FAST)
+    timed, counted = slow.run_now("test"), counter.run_now("test")
+    ended = wait_for(lambda: Task.objects.filter(pk=timed.pk).exclude(
+        state__in=("queued", "running")).first(), timeout=60,
+        message=f"the timeout\n{_output(worker)}\n{node.output()}")
+    assert ended.state == "timed_out" and ended.error == "timed out after 2 s"
+    assert (ended.finished_at - ended.started_at).total_seconds() < 15
+    wait_for(lambda: Task.objects.filter(pk=counted.pk, state="succeeded").exists(),
+             timeout=60, message=f"the stateful run\n{_output(worker)}")
+    data = Job.objects.get(pk=counter.pk).data_map
+    assert data["runs"] == 5 and data["seen"] == "kept"
