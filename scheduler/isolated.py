@@ -18,7 +18,7 @@ import threading
 import traceback
 from datetime import datetime
 
-from scheduler import executors
+from scheduler.executors import base, python
 
 
 class _Log:
@@ -41,28 +41,27 @@ def main() -> int:
         _setup_django()
     except Exception as exc:  # the job cannot run; say why, as a result
         log.write(traceback.format_exc())
-        return _report(result_fd, 1, f"could not set Django up: {executors._describe(exc)}",
+        return _report(result_fd, 1, f"could not set Django up: {base.describe(exc)}",
                        None, spec)
     scheduled_for = spec.get("scheduled_for")
-    run = executors.TaskRun(
+    run = base.TaskRun(
         task_id=spec["task_id"], job_name=spec["job_name"], kind="python",
         command=spec["command"], parameters=spec.get("parameters") or {},
         data=spec.get("data") or {}, attempt=spec.get("attempt", 1),
         scheduled_for=datetime.fromisoformat(scheduled_for) if scheduled_for else None,
         cluster=spec.get("cluster", ""), member=spec.get("member", ""),
     )
-    ctx = executors.job_context(run, log, cancelled)
-    result = executors._PythonResult()
+    ctx = python.job_context(run, log, cancelled)
+    result = python.PythonResult()
     try:
         # The node's entry gate ran before this process was spawned: nothing more to wait for.
-        executors._run_callable(run.command, ctx, log, result, executors.Entry(),
-                                executors.Cancel())
+        python.run_callable(run.command, ctx, log, result, base.Entry(), base.Cancel())
     finally:
         _close_connections()
     if isinstance(result.returned, dict):
         ctx.data.update(result.returned)
     elif result.returned is not None:
-        log.write(f"returned: {executors._shorten(repr(result.returned), executors._REPR_MAX)}\n")
+        log.write(f"returned: {base.shorten(repr(result.returned), base.REPR_MAX)}\n")
     return _report(result_fd, result.exit_code, result.error, ctx.data, spec)
 
 

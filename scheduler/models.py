@@ -19,6 +19,7 @@ from scheduler import chaingraph, eventlog, timing
 from scheduler.chaingraph import check_chain_graph  # noqa: F401  (models.check_chain_graph)
 from scheduler.clock import db_now
 from scheduler.eventlog import Actor
+from scheduler.executors.registry import refusals as executor_refusals
 from scheduler.validators import (
     door_errors,
     validate_cron,
@@ -280,11 +281,11 @@ class Job(models.Model):
                     errors["parameters"] = problem
         elif not (self.command or "").strip():
             errors["command"] = "A shell job needs a command line."
-        if self.isolation == self.Isolation.PROCESS and self.kind != self.Kind.PYTHON:
-            errors["isolation"] = (
-                "Only python jobs have an isolation: a shell job always runs as a process of "
-                "its own."
-            )
+        # What the executors declare they support (scheduler/executors/registry.py): a
+        # combination none of them runs is refused here, at every door.
+        for name, problem in executor_refusals(self.executor, self.kind, self.isolation,
+                                               self.stateful).items():
+            errors.setdefault(name, problem)
         if self.stateful and self.max_parallel != 1:
             errors["max_parallel"] = "A stateful job never overlaps: max parallel must be 1."
         if self.affinity and "affinity" not in errors:

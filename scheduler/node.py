@@ -23,6 +23,7 @@ from django.db import InterfaceError, OperationalError, connection, connections,
 
 from scheduler import eventlog, executors, ledger, membership, text, validators
 from scheduler.clock import db_now
+from scheduler.executors import celery_executor
 from scheduler.limits import BOUNDS, door_names
 from scheduler.models import Cluster, Member, Task
 from scheduler.ops import logcontext
@@ -110,6 +111,14 @@ class Running:
     interrupted: bool = False
     unsaved_log: str = ""  # drained but not yet committed
     start_saved: bool = False  # entry.at written to the task's started_at
+    # executor celery: once its pool thread has sent it (outcome SENT), the monotonic time by
+    # which a worker must take it. From then on it holds no pool slot; the loop follows it.
+    take_by: float | None = None
+
+    @property
+    def away(self) -> bool:
+        """Sent to a Celery worker and not ended yet: followed by step_follow_celery."""
+        return self.outcome is not None and self.outcome.state == celery_executor.SENT
 
 
 @dataclass
@@ -183,6 +192,7 @@ class Node:
         self._next_log_flush = 0.0
         self._next_prune = 0.0
         self._next_recover = 0.0
+        self._next_follow = 0.0
         self._connected_since = time.monotonic()
         self._db_down_since: float | None = None
         self._backoff = 0.0
@@ -313,6 +323,7 @@ class Node:
                 self._reconnect()
             busy |= self.step_heartbeat()
             busy |= self.step_detect_dead()
+            busy |= self.step_follow_celery()
             busy |= self.step_record_finished()
             busy |= self.step_flush_logs()
             if self.may_run():
@@ -400,7 +411,7 @@ class Node:
     def step_claim(self) -> bool:
         if time.monotonic() < self._claim_at:
             return False
-        capacity = self.opts.workers - len(self.running)
+        capacity = self._free_slots()
         if capacity <= 0:
             return False
         began = time.perf_counter()
@@ -438,7 +449,7 @@ class Node:
         distributed stay with the member that holds them."""
         if time.monotonic() < self._orders_at:
             return False
-        capacity = self.opts.workers - len(self.running)
+        capacity = self._free_slots()
         if capacity <= 0:
             return False
         if not self._orders_known:
@@ -494,10 +505,51 @@ class Node:
             wait = min(max(self.clock.seconds_until(due) - ahead, 0.0), wait)
         self._claim_at = time.monotonic() + wait
 
+    def _free_slots(self) -> int:
+        """Free threads of the pool: every task here holds one, except those sent to Celery
+        (their worker does the work; the loop follows them). Tasks in state running still
+        count towards their job's max_parallel, wherever they run."""
+        return self.opts.workers - sum(1 for run in self.running.values()
+                                       if run.take_by is None)
+
+    def step_follow_celery(self) -> bool:
+        """executor celery: follow every task of this member in flight on a Celery worker, one
+        query for all of them every celery_executor.POLL s (celery_executor.follow): ended by
+        its worker -> forgotten (recorded there); lease expired -> lost; not taken in time ->
+        failed. A cancel (operator, overlap `replace`, the node's stop) ends it at once; the
+        worker's guarded writes then refuse and it stops the job at its next renewal."""
+        mono = time.monotonic()
+        away: dict[int, Running] = {}
+        ended = False
+        for task_id, run in self.running.items():
+            if not run.away:
+                continue
+            if run.take_by is None:  # just sent: its pool thread is free again
+                run.take_by = mono + celery_executor.start_timeout()
+                self._next_follow = min(self._next_follow, mono + celery_executor.POLL)
+            if run.cancel.requested:
+                run.outcome = executors.Outcome("cancelled", None,
+                                                executors.cancel_error(run.cancel))
+                ended = True
+            else:
+                away[task_id] = run
+        if not away or mono < self._next_follow:
+            return ended
+        self._next_follow = mono + celery_executor.POLL
+        for followed in celery_executor.follow(
+                self.member.pk, {task_id: run.take_by for task_id, run in away.items()}):
+            run = away[followed.task_id]
+            if followed.started_at is not None and run.entry.at is None:
+                run.entry.at = followed.started_at.timestamp() - self.clock.offset
+            if followed.outcome is not None:
+                run.outcome = followed.outcome
+                ended = True
+        return ended
+
     def step_record_finished(self) -> bool:
         """Record every task whose executor has finished. Driven from the running table, not
         from a queue, so a failed write is simply tried again at the next pass."""
-        done = [run for run in self.running.values() if run.outcome is not None]
+        done = [run for run in self.running.values() if run.outcome is not None and not run.away]
         # --- executor celery: a run its worker recorded itself leaves without a write
         for run in [r for r in done if r.outcome.state == "recorded"]:
             self.running.pop(run.started.task_id, None)
@@ -716,7 +768,8 @@ class Node:
             parameters={**job.parameters, **started.parameters}, data=job.data_map,
             timeout=job.timeout_seconds, scheduled_for=started.scheduled_for,
             attempt=started.attempt, cluster=self.opts.cluster, member=self.opts.name,
-            isolation=job.isolation, stateful=job.stateful,
+            isolation=job.isolation, stateful=job.stateful, executor=job.executor,
+            queue=job.celery_queue, cluster_id=self.member.cluster_id, member_id=self.member.pk,
         )
         self.stats.started += 1
         self.pool.submit(self._execute, run, task_run)
@@ -737,19 +790,8 @@ class Node:
     def _execute(self, run: Running, task_run: executors.TaskRun) -> None:
         try:
             with logcontext.task_context(task_run.job_name, task_run.task_id):
-                # --- executor celery: the work is sent to a Celery worker (celery_executor)
-                if run.started.job.executor == "celery":
-                    from scheduler.executors import celery_executor
-
-                    run.outcome = celery_executor.send_and_wait(
-                        task_run, run.log, run.cancel, run.entry,
-                        cluster_id=self.member.cluster_id, member_id=self.member.pk,
-                        queue=run.started.job.celery_queue,
-                        to_mono=lambda at: at.timestamp() - self.clock.offset)
-                # --- end executor celery
-                else:
-                    run.outcome = executors.execute(task_run, run.log, run.cancel,
-                                                    entry=run.entry)
+                # The executor registered for the job's executor and kind (executors/registry.py).
+                run.outcome = executors.execute(task_run, run.log, run.cancel, entry=run.entry)
         except BaseException as exc:  # execute never raises; this is the last line of defence
             run.outcome = executors.Outcome("failed", None, f"executor error: {exc!r}")
         finally:
@@ -964,7 +1006,9 @@ class Node:
         timeout = min(timeout, max(self._next_dead_check - time.monotonic(), 0.0))
         if self.running:
             timeout = min(timeout, max(self._next_log_flush - time.monotonic(), 0.0))
-        if self.may_run() and len(self.running) < self.opts.workers:
+        if any(run.take_by is not None for run in self.running.values()):
+            timeout = min(timeout, max(self._next_follow - time.monotonic(), 0.0))
+        if self.may_run() and self._free_slots() > 0:
             timeout = min(timeout, max(self._claim_at - time.monotonic(), 0.0),
                           max(self._orders_at - time.monotonic(), 0.0))
         if timeout > 0:
@@ -995,6 +1039,7 @@ class Node:
         deadline = time.monotonic() + seconds
         while self.running and time.monotonic() < deadline and not self.forced:
             try:
+                self.step_follow_celery()
                 self.step_record_finished()
                 self.step_flush_logs()
                 self.step_heartbeat()
@@ -1030,6 +1075,7 @@ class Node:
                 self._wait_for_running(executors.KILL_GRACE + 2.0)
         for _ in range(20):
             try:
+                self.step_follow_celery()
                 self.step_record_finished()
                 self.step_flush_logs()
                 reason = "normal stop" if not self.running and not self.forced else "forced stop"

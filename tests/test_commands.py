@@ -64,13 +64,13 @@ def schedule(shell_job) -> Schedule:
 def test_addjob_creates_the_cluster_and_the_job(db):
     out = run("addjob", "--cluster", "prod", "backup", "--shell", "pg_dump app > /tmp/x",
               "--params", '{"keep": 7, "tags": ["db"]}', "--timeout", "600", "--retries", "2",
-              "--max-parallel", "1", "--overlap", "skip", "--stateful", "--affinity", "db-host")
+              "--max-parallel", "1", "--overlap", "skip", "--affinity", "db-host")
     assert "cluster prod created" in out and "job backup added to cluster prod" in out
     job = Job.objects.get(cluster__name="prod", name="backup")
     assert (job.kind, job.command, job.parameters) == ("shell", "pg_dump app > /tmp/x",
                                                        {"keep": 7, "tags": ["db"]})
     assert (job.timeout_seconds, job.max_retries, job.overlap_policy) == (600, 2, "skip")
-    assert job.stateful and job.affinity == "db-host"
+    assert not job.stateful and job.affinity == "db-host"
     created = Event.objects.get(kind="job.created", job=job)
     assert created.source == "cli"
 
@@ -94,8 +94,9 @@ def test_addjob_gives_a_python_job_a_process_of_its_own(cluster):
     (["--shell", "true", "--params", '{"a": null}'], "'a': null is not allowed"),
     (["--python", "not a path"], "--shell/--python: A python job needs a dotted path"),
     (["--shell", "   "], "--shell/--python: A shell job needs a command line."),
-    (["--shell", "true", "--stateful", "--max-parallel", "2"],
+    (["--python", "a.b:c", "--stateful", "--max-parallel", "2"],
      "--max-parallel: A stateful job never overlaps: max parallel must be 1."),
+    (["--shell", "true", "--stateful"], "--stateful: A shell job leaves no data map to keep"),
     (["--shell", "true", "--max-parallel", "0"], "--max-parallel: Ensure this value is greater"),
     (["--shell", "true", "--affinity", "no spaces"], "--affinity: 'no spaces' is not a valid"),
     (["--shell", "true", "--overlap", "sometimes"], "invalid choice: 'sometimes'"),

@@ -66,12 +66,12 @@ def test_the_reaper_ignores_a_terminal_interrupt():
 
 
 def test_a_parameter_cannot_take_the_token_from_a_shell_job(monkeypatch):
-    from scheduler import executors
+    from scheduler.executors import base, shell
 
     monkeypatch.setenv(reaper.TOKEN_VAR, "the-node's")
-    run = executors.TaskRun(task_id=1, job_name="j", kind="shell", command="true",
+    run = base.TaskRun(task_id=1, job_name="j", kind="shell", command="true",
                             parameters={reaper.TOKEN_VAR: "mine"})
-    assert executors._shell_environment(run)[reaper.TOKEN_VAR] == "the-node's"
+    assert shell.shell_environment(run)[reaper.TOKEN_VAR] == "the-node's"
 
 
 # ------------------------------------------------------------------ real nodes

@@ -7,7 +7,9 @@ retries and order steps (the worker records through ledger.record_finished).
 How it goes. The cluster fires the job exactly as any other (same claim, same task row, owned
 by the node that claimed it). The node's pool thread passes the start fence, then sends
 `opscenter.run_task` (opscenter/celery.py) to the job's queue with the task id, the member it
-belongs to and what to run, and keeps the task in its running set. A worker takes it:
+belongs to and what to run, and returns (outcome SENT): the task stays in the node's running
+set but holds no pool thread, so a node with n pool threads can have any number of Celery
+tasks in flight (each still counts towards its job's max_parallel). A worker takes it:
 
 - Start, guarded: it sets the task's `started_at` and its lease `celery_seen_at` only if the
   task is still `running`, still the sending member's, and not started by a worker yet; else it
@@ -20,14 +22,18 @@ belongs to and what to run, and keeps the task in its running set. A worker take
   code, error, the last log chunk, data map, retries and order moves only if the task is still
   running, still that member's, and the member live: a task declared lost is not overwritten.
 
-The node's pool thread watches the task row once every POLL seconds: once it is no longer
-running and the member's, the worker (or a recovery) has recorded it, and the node forgets the
-run without a write (outcome RECORDED). Loss: if the worker's lease is older than
-LEASE_TIMEOUT (the worker died, froze or lost the database), the node ends the task `lost`
-through its normal recording, and the task is run again like any lost task (its job's
-`recover_lost`). If the node dies, the others declare its tasks lost as always; the worker's
-next renewal fails and it stops the job. A cancel on the node (operator, overlap `replace`,
-the node's stop) ends the task on the node; the worker notices at its next renewal.
+The node's loop follows all its tasks in flight with one query every POLL seconds (`follow`,
+node.step_follow_celery): once a task is no longer running and the member's, the worker (or a
+recovery) has recorded it, and the node forgets the run without a write (outcome RECORDED).
+Loss: if the worker's lease is older than LEASE_TIMEOUT (the worker died, froze or lost the
+database), the node ends the task `lost` through its normal recording, and the task is run
+again like any lost task (its job's `recover_lost`). If the node dies, the others declare its
+tasks lost as always; the worker's next renewal fails and it stops the job. A cancel on the
+node (operator, overlap `replace`, the node's stop) ends the task on the node at once; the
+worker notices at its next renewal. A clean stop of the node waits its stop grace for them
+like for any running task (a task its worker ends meanwhile is recorded by the worker), then
+ends the rest `lost` ("interrupted by the stop of its member", recovered as usual) and the
+workers stop those jobs.
 
 A message that no worker takes within START_TIMEOUT (no worker on the queue, the broker down
 after the send) ends the task `failed` with that reason: nothing ran, so it is not lost, and
@@ -43,20 +49,24 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from scheduler import executors
+from scheduler.executors import base
+from scheduler.executors.base import Cancel, Entry, Executor, LogBuffer, Outcome, Support, TaskRun
 
 log = logging.getLogger("opscenter.celery")
 
 NAME = "opscenter.run_task"
 DEFAULT_QUEUE = "celery"
+# The outcome of the pool thread's part: the task is on its way to a worker, and the node's
+# loop follows it from now on (no pool slot held).
+SENT = "sent"
 # The outcome of a run the worker recorded itself (or that someone else ended): the node
 # forgets it without a write.
 RECORDED = "recorded"
-POLL = 0.5  # seconds between the node's looks at a task row
+POLL = 0.5  # seconds between the node's looks at its tasks in flight (one query for all)
 RENEW = 1.0  # seconds between the worker's lease renewals (and log flushes)
 
 
@@ -78,69 +88,79 @@ def start_timeout() -> float:
 
 
 # --------------------------------------------------------------------------------------------
-# The node's side (a pool thread)
+# The node's side: a pool thread sends, the node's loop follows (node.step_follow_celery)
 
 
-def send_and_wait(run: executors.TaskRun, log_buffer: executors.LogBuffer,
-                  cancel: executors.Cancel, entry: executors.Entry, *, cluster_id: int,
-                  member_id: int, queue: str, to_mono: Callable[[datetime], float]) -> \
-        executors.Outcome:
-    """Send `run` to a Celery worker and wait until its task row says it ended. Never raises."""
+def send(run: TaskRun, log_buffer: LogBuffer, cancel: Cancel, entry: Entry,
+         kill_grace: float = 0.0) -> Outcome:
+    """Send `run` to a Celery worker on `run.queue`, for its member (`run.member_id`), once the
+    entry gate lets it in, and return at once: Outcome SENT, whose end `follow` finds out.
+    Never raises."""
+    queue = run.queue or DEFAULT_QUEUE
     try:
         refusal = entry.refusal(cancel)
         if refusal is not None:
             return refusal
-        payload = {"task_id": run.task_id, "cluster_id": cluster_id, "member_id": member_id,
-                   "run": _run_to_json(run)}
+        payload = {"task_id": run.task_id, "cluster_id": run.cluster_id,
+                   "member_id": run.member_id, "run": _run_to_json(run)}
         try:
             from opscenter.celery import app
 
-            app.send_task(NAME, args=[payload], queue=queue or DEFAULT_QUEUE)
+            app.send_task(NAME, args=[payload], queue=queue)
         except Exception as exc:  # the broker is down, a bad URL
-            return executors.Outcome("failed", None,
-                                     f"could not send the task to Celery: {_describe(exc)}")
-        log_buffer.write(f"[opscenter] sent to Celery queue {queue or DEFAULT_QUEUE!r}\n")
-        return _wait(run.task_id, member_id, cancel, entry, to_mono)
+            return Outcome("failed", None, f"could not send the task to Celery: {_describe(exc)}")
+        log_buffer.write(f"[opscenter] sent to Celery queue {queue!r}\n")
+        return Outcome(SENT, None)
     except Exception as exc:  # the daemon's contract: never raise
-        return executors.Outcome("failed", None, f"celery executor error: {_describe(exc)}")
+        return Outcome("failed", None, f"celery executor error: {_describe(exc)}")
 
 
-def _wait(task_id: int, member_id: int, cancel: executors.Cancel, entry: executors.Entry,
-          to_mono: Callable[[datetime], float]) -> executors.Outcome:
+@dataclass(frozen=True)
+class Followed:
+    task_id: int
+    outcome: Outcome | None  # None: still with its worker, or not taken yet
+    started_at: datetime | None  # the worker's start, once a worker took it
+
+
+def follow(member_id: int, sent: dict[int, float]) -> list[Followed]:
+    """One look, in one query, at every task this member has in flight on Celery (`sent`: task
+    id -> the monotonic time by which a worker must have taken it).
+
+    Ended by its worker (or by anyone else: a recovery, an operator) -> RECORDED, the node
+    forgets it without a write. The worker's lease older than lease_timeout() -> lost. Not taken
+    in time -> failed; the worker's guarded start refuses a task that is no longer running, so
+    a message taken after that runs nothing."""
     import time
 
-    from scheduler.clock import db_now
+    from django.db.models.functions import Now
+
     from scheduler.models import Task
 
-    bound = lease_timeout()
-    take_by = time.monotonic() + start_timeout()
-    while True:
-        if cancel.requested:
-            return executors.Outcome("cancelled", None, f"cancelled: {cancel.reason}"
-                                     if cancel.reason else "cancelled")
-        row = Task.objects.filter(pk=task_id).values_list(
-            "state", "member_id", "started_at", "celery_seen_at").first()
+    rows = {pk: rest for pk, *rest in Task.objects.filter(pk__in=list(sent)).annotate(
+        db_now=Now()).values_list("pk", "state", "member_id", "started_at", "celery_seen_at",
+                                  "db_now")}
+    bound, mono = lease_timeout(), time.monotonic()
+    followed = []
+    for task_id, take_by in sent.items():
+        row = rows.get(task_id)
         if row is None or row[0] != Task.State.RUNNING or row[1] != member_id:
-            return executors.Outcome(RECORDED, None)
-        _state, _member, started_at, seen_at = row
-        if started_at is not None and entry.at is None:
-            entry.at = to_mono(started_at)
+            followed.append(Followed(task_id, Outcome(RECORDED, None), None))
+            continue
+        _state, _member, started_at, seen_at, now = row
+        outcome = None
         if seen_at is not None:
-            age = (db_now() - seen_at).total_seconds()
+            age = (now - seen_at).total_seconds()
             if age > bound:
-                return executors.Outcome(
-                    "lost", None, f"lost: the Celery worker did not renew its lease for "
-                    f"{age:.1f} s (it died, froze or lost the database)")
-        elif time.monotonic() > take_by:
-            # The worker's guarded start refuses a task that is no longer running, so a
-            # message taken after this runs nothing.
-            return executors.Outcome(
-                "failed", None, f"no Celery worker took the task within {start_timeout():g} s "
-                "(is a worker consuming its queue?)")
-        cancel._event.wait(POLL)
+                outcome = Outcome("lost", None, f"lost: the Celery worker did not renew its "
+                                  f"lease for {age:.1f} s (it died, froze or lost the database)")
+        elif mono > take_by:
+            outcome = Outcome("failed", None, f"no Celery worker took the task within "
+                              f"{start_timeout():g} s (is a worker consuming its queue?)")
+        followed.append(Followed(task_id, outcome, started_at))
+    return followed
 
 
-def _run_to_json(run: executors.TaskRun) -> dict:
+def _run_to_json(run: TaskRun) -> dict:
     return {
         "job_name": run.job_name, "kind": run.kind, "command": run.command,
         "working_directory": run.working_directory, "parameters": run.parameters,
@@ -151,10 +171,10 @@ def _run_to_json(run: executors.TaskRun) -> dict:
     }
 
 
-def _run_from_json(task_id: int, value: dict) -> executors.TaskRun:
+def _run_from_json(task_id: int, value: dict) -> TaskRun:
     value = dict(value)
     when = value.pop("scheduled_for", None)
-    return executors.TaskRun(task_id=task_id, scheduled_for=datetime.fromisoformat(when)
+    return TaskRun(task_id=task_id, scheduled_for=datetime.fromisoformat(when)
                              if when else None, **value)
 
 
@@ -169,7 +189,7 @@ def run_on_worker(payload: dict) -> str:
     from django.db import transaction
     from django.db.models.functions import Now
 
-    from scheduler import ledger, text
+    from scheduler import executors, ledger, text
     from scheduler.models import Task
 
     task_id, member_id = int(payload["task_id"]), int(payload["member_id"])
@@ -180,8 +200,8 @@ def run_on_worker(payload: dict) -> str:
                     "started already", task_id)
         return "refused"
     run = _run_from_json(task_id, payload["run"])
-    buffer = executors.LogBuffer()
-    cancel = executors.Cancel()
+    buffer = LogBuffer()
+    cancel = Cancel()
     result: dict[str, Any] = {}
 
     def target() -> None:
@@ -209,7 +229,7 @@ def run_on_worker(payload: dict) -> str:
         elif not cancel.requested:
             log.warning("task %s: no longer this worker's; stopping its job", task_id)
             cancel.request("the task was declared lost, cancelled or its member stopped")
-    outcome: executors.Outcome = result.get("outcome") or executors.Outcome(
+    outcome: Outcome = result.get("outcome") or Outcome(
         "failed", None, "executor error: no outcome")
     pending += text.storable_text(buffer.drain())
     finished = _finished(task_id, outcome)
@@ -223,7 +243,7 @@ def run_on_worker(payload: dict) -> str:
     return finished.state
 
 
-def _finished(task_id: int, outcome: executors.Outcome):
+def _finished(task_id: int, outcome: Outcome):
     """The ledger's Finished for the task row as it is now (None: the row is gone)."""
     from scheduler import ledger, text, validators
     from scheduler.models import Job, Task
@@ -259,6 +279,20 @@ def _finished(task_id: int, outcome: executors.Outcome):
     )
 
 
-def _describe(exc: BaseException) -> str:
-    message = str(exc)
-    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+_describe = base.describe
+
+
+def _support(kind: str, isolations: tuple[str, ...], data_map: bool) -> Support:
+    return Support(
+        executor="celery", kind=kind, runs_on="a Celery worker consuming the job's queue",
+        isolations=isolations, time_limit=True, cancel=True, live_log=True, data_map=data_map,
+        needs="a broker (OPSCENTER_CELERY_BROKER) and a worker: celery -A opscenter worker "
+              "-Q <queue>",
+        note="the worker runs the node's own shell/python code; log and lease once a second; "
+             "holds no pool thread of the node while in flight")
+
+
+EXECUTORS = (
+    Executor(_support("shell", (), data_map=False), send),
+    Executor(_support("python", ("thread", "process"), data_map=True), send),
+)

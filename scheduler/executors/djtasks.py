@@ -13,7 +13,8 @@ attempt it recovers (along its chain of recoveries); when that result still exis
 followed, not enqueued a second time. Only when the member died between the enqueue and the
 write of the id (one UPDATE right after it) can a recovery enqueue again.
 
-Unlike the rest of the executors package this module uses Django (the backend, the ORM).
+Unlike shell.py and python.py this module uses Django (the backend, the ORM), imported only
+when a task job is checked or run.
 """
 
 from __future__ import annotations
@@ -24,21 +25,22 @@ import keyword
 import time
 from typing import Any
 
-from scheduler.executors import (
-    _ERROR_MAX,
-    _REPR_MAX,
+from scheduler.executors.base import (
+    ERROR_MAX,
+    REPR_MAX,
     Cancel,
     Entry,
+    Executor,
     LogBuffer,
     Outcome,
+    Support,
     TaskRun,
-    _cancel_error,
-    _deadline,
-    _describe,
-    _get_attributes,
-    _import_dotted,
-    _shorten,
+    cancel_error,
+    deadline_of,
+    describe,
+    shorten,
 )
+from scheduler.executors.python import get_attributes, import_dotted
 
 # Following a result: the first look soon (a fast task ends within a few ms of a busy worker),
 # then less often, never more than POLL_MAX seconds apart.
@@ -55,9 +57,9 @@ def resolve_task(path: str):
         raise ValueError("expected 'package.module.function' or 'package.module:function'")
     if ":" in path:
         module_name, _, attrs = path.partition(":")
-        obj = _get_attributes(importlib.import_module(module_name), attrs.split("."))
+        obj = get_attributes(importlib.import_module(module_name), attrs.split("."))
     else:
-        obj = _import_dotted(path)
+        obj = import_dotted(path)
     if not isinstance(obj, Task):
         raise TypeError(f"{path!r} is a {type(obj).__name__}, not a django.tasks task: "
                         "decorate the function with @task (from django.tasks import task)")
@@ -70,7 +72,7 @@ def task_problem(path: str) -> str:
         resolve_task(path)
     except Exception as exc:  # whatever the import raises is the operator's to read
         return (f"A task job needs the dotted path of a function decorated with Django's "
-                f"@task, e.g. 'myapp.tasks.send_report': {_shorten(_describe(exc), 300)}")
+                f"@task, e.g. 'myapp.tasks.send_report': {shorten(describe(exc), 300)}")
     return ""
 
 
@@ -87,14 +89,15 @@ def parameters_problem(parameters: Any) -> str:
     return ""
 
 
-def execute(run: TaskRun, log: LogBuffer, cancel: Cancel, entry: Entry) -> Outcome:
+def execute(run: TaskRun, log: LogBuffer, cancel: Cancel, entry: Entry,
+            kill_grace: float = 0.0) -> Outcome:
     from django.tasks.exceptions import TaskResultDoesNotExist
 
     try:
         task = resolve_task(run.command)
     except Exception as exc:
-        return Outcome("failed", None, _shorten(f"cannot load the task: {_describe(exc)}",
-                                                _ERROR_MAX))
+        return Outcome("failed", None, shorten(f"cannot load the task: {describe(exc)}",
+                                                ERROR_MAX))
     refused = entry.refusal(cancel)
     if refused is not None:
         return refused
@@ -120,7 +123,7 @@ def execute(run: TaskRun, log: LogBuffer, cancel: Cancel, entry: Entry) -> Outco
 def _follow(result, run: TaskRun, log: LogBuffer, cancel: Cancel) -> Outcome:
     from django.tasks import TaskResultStatus
 
-    deadline = _deadline(run.timeout)
+    deadline = deadline_of(run.timeout)
     interval = POLL_MIN
     last_status = None
     while True:
@@ -133,7 +136,7 @@ def _follow(result, run: TaskRun, log: LogBuffer, cancel: Cancel) -> Outcome:
                 text = json.dumps(value, default=repr)
             except (TypeError, ValueError):
                 text = repr(value)
-            log.write(f"return value: {_shorten(text, _REPR_MAX)}\n")
+            log.write(f"return value: {shorten(text, REPR_MAX)}\n")
             return Outcome("succeeded", 0)
         if result.status == TaskResultStatus.FAILED:
             error = result.errors[-1] if result.errors else None
@@ -141,17 +144,17 @@ def _follow(result, run: TaskRun, log: LogBuffer, cancel: Cancel) -> Outcome:
                 log.write(error.traceback if error.traceback.endswith("\n")
                           else error.traceback + "\n")
                 last = error.traceback.strip().splitlines()[-1:] or [error.exception_class_path]
-                reason = _shorten(last[0], _ERROR_MAX)
+                reason = shorten(last[0], ERROR_MAX)
             else:
                 reason = "the task failed"
             return Outcome("failed", 1, reason)
         wait = interval if deadline is None else min(interval, deadline - time.monotonic())
-        if wait > 0 and cancel._event.wait(wait):
+        if wait > 0 and cancel.event.wait(wait):
             pass
         if cancel.requested:
             log.write(f"[opscenter] stopped following result {result.id}; django.tasks cannot "
                       f"stop it, so it may still run\n")
-            return Outcome("cancelled", None, _cancel_error(cancel))
+            return Outcome("cancelled", None, cancel_error(cancel))
         if deadline is not None and time.monotonic() >= deadline:
             log.write(f"[opscenter] stopped following result {result.id} (status "
                       f"{result.status}); django.tasks cannot stop it, so it may still run\n")
@@ -181,3 +184,16 @@ def _store_result_id(task_id: int, result_id: str) -> None:
     from scheduler.models import Task
 
     Task.objects.filter(pk=task_id, state=Task.State.RUNNING).update(external_id=result_id)
+
+
+EXECUTOR = Executor(
+    Support(executor="node", kind="task",
+            runs_on="the worker of its django.tasks backend (the node enqueues it and follows "
+                    "the result)",
+            isolations=(), time_limit=False, cancel=False, live_log=False, data_map=False,
+            needs="settings.TASKS: a backend and its worker (django-tasks-db: "
+                  "manage.py db_worker)",
+            note="a timeout or cancel ends the task but only stops following: django.tasks "
+                 "cannot stop an enqueued result; the log gets its status and return value"),
+    execute,
+)
