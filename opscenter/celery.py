@@ -67,13 +67,20 @@ app.conf.update(
     task_serializer="json",
     accept_content=["json"],
     task_ignore_result=True,
-    # Acknowledged when the run ends, and given back when the worker is lost: a message taken
-    # by a worker that died before it started the job is delivered again (Redis: after the
-    # visibility timeout). The worker's start is guarded (celery_executor.run_on_worker), so a
-    # run that had started is never started a second time from the same message.
+    # Exactly once comes from the task row, not from the broker: the worker's start is guarded
+    # (celery_executor.run_on_worker), so a message delivered again never starts a run twice.
+    # So the broker may deliver at least once, and these make it do so. Acknowledged when the
+    # run ends, and given back when the worker is lost: a message taken by a worker that died
+    # before it started the job is delivered again (Redis: after the visibility timeout;
+    # RabbitMQ: at once), and runs then.
     task_acks_late=True,
     task_reject_on_worker_lost=True,
+    # One message per process at a time: a busy worker holds no waiting messages that an idle
+    # one could run, and a worker that dies takes at most the one it runs with it.
     worker_prefetch_multiplier=1,
+    # A lost broker connection does not stop running jobs (Celery 6 would): a run writes its
+    # own row, and its message, given back, is refused by the guarded start.
+    worker_cancel_long_running_tasks_on_connection_loss=False,
     broker_transport_options=TRANSPORT_OPTIONS,
     broker_connection_retry_on_startup=True,
 )

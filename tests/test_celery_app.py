@@ -27,7 +27,8 @@ def _app_settings(env: dict) -> dict:
     code = ("import json; from opscenter.celery import app, TRANSPORT_OPTIONS; "
             "c = app.conf; print(json.dumps({'broker': c.broker_url, 'options': TRANSPORT_OPTIONS,"
             " 'acks_late': c.task_acks_late, 'reject': c.task_reject_on_worker_lost,"
-            " 'prefetch': c.worker_prefetch_multiplier}))")
+            " 'prefetch': c.worker_prefetch_multiplier,"
+            " 'cancel': c.worker_cancel_long_running_tasks_on_connection_loss}))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                          text=True, env={**os.environ, **env}, timeout=60, check=True)
     return json.loads(out.stdout)
@@ -49,5 +50,6 @@ def test_the_filesystem_broker_moves_taken_messages_within_its_own_folder(tmp_pa
 
 def test_a_message_is_acknowledged_when_its_run_ends_and_taken_one_at_a_time():
     settings = _app_settings({"OPSCENTER_CELERY_BROKER": "redis://127.0.0.1:6379/0"})
-    assert (settings["acks_late"], settings["reject"], settings["prefetch"]) == (True, True, 1)
+    assert (settings["acks_late"], settings["reject"], settings["prefetch"],
+            settings["cancel"]) == (True, True, 1, False)
     assert settings["options"] == {"visibility_timeout": 3600.0}

@@ -130,3 +130,50 @@ def test_a_worker_killed_mid_task_leaves_the_task_lost_and_recovered(
     # The lost row stays as the node recorded it: nothing started it again.
     assert Task.objects.filter(pk=task.pk).values_list("state", "error", "finished_at") \
         .get() == ("lost", lost.error, lost.finished_at)
+
+
+def test_the_same_message_delivered_twice_runs_the_job_once(
+        broker, cluster, worker, queue, tmp_path, monkeypatch):
+    """What a redelivery does (acks_late: a worker lost before its ack, RabbitMQ's consumer
+    timeout, Redis' visibility timeout): the worker's guarded start refuses a task a worker
+    has started, so the second message runs nothing and the row keeps the first run's end."""
+    from celery import Celery
+    from django.utils import timezone
+
+    import opscenter.celery
+    from scheduler.models import Member
+
+    runs = tmp_path / "runs"
+    job = add_job(cluster, "cel-once", f"echo ran >> {runs}; echo done", kind="shell",
+                  executor="celery", celery_queue=queue)
+    # A running task of a live member, as a node leaves it when it sends the task (no node
+    # here: nobody declares the member dead or the task lost).
+    member = Member.objects.create(cluster=cluster, name="n1", mode="single", host="h", pid=1,
+                                   version="1", state="active")
+    now = timezone.now()
+    task = Task.objects.create(cluster=cluster, job=job, scheduled_for=now, trigger="manual",
+                               state="running", member=member, claimed_at=now)
+    payload = {"task_id": task.pk, "cluster_id": cluster.pk, "member_id": member.pk,
+               "run": {"job_name": job.name, "kind": "shell", "command": job.command,
+                       "working_directory": "", "parameters": {}, "data": {},
+                       "timeout": None, "scheduled_for": now.isoformat(), "attempt": 1,
+                       "cluster": cluster.name, "member": member.name,
+                       "isolation": "thread", "stateful": False}}
+    options = {}
+    if broker.name == "filesystem":
+        monkeypatch.setenv("OPSCENTER_CELERY_FOLDER", broker.env["OPSCENTER_CELERY_FOLDER"])
+        options = opscenter.celery._filesystem_options()
+    sender = Celery("opscenter-test", broker=broker.url.replace(
+        "filesystem://", "filesystem://localhost//"), set_as_current=False)
+    sender.conf.broker_transport_options = options
+    for _ in range(2):
+        sender.send_task("opscenter.run_task", args=[payload], queue=queue)
+    w = worker()
+    done = wait_for(_ended(task), timeout=60, message=f"the first message runs\n{w.output()}")
+    wait_for(lambda: f"task {task.pk}: not started" in w.output(), timeout=30,
+             message=f"the second message is refused\n{w.output()}")
+    assert done.state == "succeeded" and done.exit_code == 0
+    assert runs.read_text() == "ran\n"
+    assert _log_text(done).count("done") == 1
+    assert Task.objects.filter(pk=task.pk).values_list("state", "finished_at").get() == \
+        ("succeeded", done.finished_at)
