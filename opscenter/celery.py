@@ -72,7 +72,7 @@ app.conf.update(
     # So the broker may deliver at least once, and these make it do so. Acknowledged when the
     # run ends, and given back when the worker is lost: a message taken by a worker that died
     # before it started the job is delivered again (Redis: after the visibility timeout;
-    # RabbitMQ: at once), and runs then.
+    # RabbitMQ: at once), and runs if its task still waits for it (START_TIMEOUT).
     task_acks_late=True,
     task_reject_on_worker_lost=True,
     # One message per process at a time: a busy worker holds no waiting messages that an idle
