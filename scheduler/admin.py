@@ -394,7 +394,7 @@ class ScheduleInline(admin.StackedInline):
 class JobAdmin(OperatorActions, ActionsAdmin):
     list_display = ("name", "cluster", "kind", "paused", "schedules_summary", "last_task_state",
                     "next_fire")
-    list_filter = ("cluster", "kind", "isolation", "paused", "stateful")
+    list_filter = ("cluster", "kind", "executor", "isolation", "paused", "stateful")
     search_fields = ("name", "title", "command")
     list_select_related = ("cluster",)
     formfield_overrides = DATA_MAP_OVERRIDES
@@ -408,7 +408,7 @@ class JobAdmin(OperatorActions, ActionsAdmin):
         ("Data", {"fields": ("parameters", "stateful", "data_map")}),
         ("Execution", {"fields": (("timeout_seconds", "max_retries", "retry_backoff_seconds"),
                                   ("max_parallel", "overlap_policy"), "recover_lost", "affinity",
-                                  "executor")}),
+                                  ("executor", "celery_queue"))}),
         ("State", {"fields": (("paused", "next_fire", "last_task_state"),
                               ("created_at", "updated_at"))}),
         ("Recent tasks", {"fields": ("recent_tasks",)}),

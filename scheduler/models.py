@@ -21,6 +21,7 @@ from scheduler.clock import db_now
 from scheduler.eventlog import Actor
 from scheduler.executors.registry import refusals as executor_refusals
 from scheduler.validators import (
+    celery_queue_problem,
     door_errors,
     validate_cron,
     validate_data_map,
@@ -288,6 +289,15 @@ class Job(models.Model):
             errors.setdefault(name, problem)
         if self.stateful and self.max_parallel != 1:
             errors["max_parallel"] = "A stateful job never overlaps: max parallel must be 1."
+        # (One too long has its field's own error.)
+        if self.celery_queue and "celery_queue" not in errors and len(self.celery_queue) <= \
+                self._meta.get_field("celery_queue").max_length:
+            problem = celery_queue_problem(self.celery_queue)
+            if problem is None and self.executor != self.Executor.CELERY:
+                problem = ("Only a job of executor celery has a Celery queue: empty it, or "
+                           "choose executor celery.")
+            if problem:
+                errors["celery_queue"] = problem
         if self.affinity and "affinity" not in errors:
             try:
                 validate_name(self.affinity)

@@ -50,6 +50,16 @@ def validate_name(value: str) -> None:
         raise ValidationError(f"{text_for_message(value)!r} is not a valid name: {NAME_HELP}")
 
 
+def celery_queue_problem(value: str) -> str | None:
+    """Why `value` cannot name a Celery queue, or None. A name, as a job's: it is a file name
+    on the filesystem broker, and RabbitMQ refuses to declare a queue named amq.*."""
+    if not is_name(value):
+        return f"{text_for_message(value)!r} is not a valid Celery queue: {NAME_HELP}"
+    if value.startswith("amq."):
+        return f"{value!r} is not a valid Celery queue: RabbitMQ reserves names starting 'amq.'."
+    return None
+
+
 def text_for_message(value: object) -> str:
     """A value safe to put in a message (and so in a page, a log or a database row)."""
     text = str(value)

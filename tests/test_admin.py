@@ -262,6 +262,22 @@ def test_a_python_job_may_run_in_a_process_of_its_own_a_shell_job_is_told_why_no
     assert Job.objects.get(name="nightly").isolation == "process"
 
 
+def test_a_celery_job_gets_its_queue_in_the_admin_a_bad_one_is_told_why(admin_client, cluster):
+    for queue, message in (("two words", "'two words' is not a valid Celery queue"),
+                           ("amq.jobs", "RabbitMQ reserves names starting")):
+        response = admin_client.post(url(Job, "add"), job_form(
+            cluster, executor="celery", celery_queue=queue))
+        assert response.status_code == 200
+        assert message in text(response)
+    response = admin_client.post(url(Job, "add"), job_form(cluster, celery_queue="reports"))
+    assert "Only a job of executor celery has a Celery queue" in text(response)
+    assert not Job.objects.exists()
+    response = admin_client.post(url(Job, "add"), job_form(
+        cluster, executor="celery", celery_queue="reports"))
+    assert response.status_code == 302, text(response)
+    assert Job.objects.get(name="nightly").celery_queue == "reports"
+
+
 def test_a_job_data_map_with_null_is_refused_on_change(admin_client, shell_job):
     data = job_form(shell_job.cluster, name="echo", data_map='{"last": null}')
     del data["cluster"]  # read-only once the job exists

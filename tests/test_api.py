@@ -308,6 +308,27 @@ def test_a_bad_job_is_refused_naming_the_field(admin, cluster):
     assert not Job.objects.exists()
 
 
+def test_a_celery_jobs_queue_is_written_and_read_a_bad_one_is_a_400(admin, cluster):
+    response = post(admin, "/api/jobs/", {"cluster": cluster.pk, "name": "cel",
+                                          "command": "true", "executor": "celery",
+                                          "celery_queue": "amq.x"})
+    assert response.status_code == 400
+    assert set(response.json()["errors"]) == {"celery_queue"}
+    assert "RabbitMQ reserves" in response.json()["detail"]
+    response = post(admin, "/api/jobs/", {"cluster": cluster.pk, "name": "cel",
+                                          "command": "true", "celery_queue": "reports"})
+    assert response.status_code == 400
+    assert "Only a job of executor celery" in response.json()["detail"]
+    assert not Job.objects.exists()
+    response = post(admin, "/api/jobs/", {"cluster": cluster.pk, "name": "cel",
+                                          "command": "true", "executor": "celery",
+                                          "celery_queue": "reports"})
+    assert response.status_code == 201, response.json()
+    pk = response.json()["id"]
+    got = admin.get(f"/api/jobs/{pk}/").json()
+    assert (got["executor"], got["celery_queue"]) == ("celery", "reports")
+
+
 def test_a_taken_job_name_is_a_400(admin, cluster, shell_job):
     response = post(admin, "/api/jobs/", {"cluster": cluster.pk, "name": "echo",
                                           "command": "true"})

@@ -2,67 +2,21 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 import uuid
-from pathlib import Path
 
 import pytest
 
 from scheduler.models import Task
-from tests.conftest import ROOT, add_job, database_url, wait_for
+from tests.celery_support import REDIS_URL, Worker, require_broker
+from tests.conftest import add_job, wait_for
 
 pytestmark = [pytest.mark.processes, pytest.mark.django_db(transaction=True)]
 
 FAST = ["--heartbeat-interval", "0.2", "--dead-after", "1.5"]
-BROKER = os.environ.get("OPSCENTER_CELERY_BROKER", "redis://127.0.0.1:6379/0")
 
-
-def _redis_up() -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", 6379), timeout=1).close()
-        return True
-    except OSError:
-        return False
-
-
-if not BROKER.startswith("redis://127.0.0.1") or not _redis_up():
-    pytest.skip("no local Redis for the Celery broker", allow_module_level=True)
-
-
-class Worker:
-    """`celery -A opscenter worker --pool solo -Q <queue>` against the test database."""
-
-    def __init__(self, queue: str):
-        tmp = Path(os.environ.get("TMPDIR", "/tmp"))
-        self.log_path = tmp / f"opsc-celery-{os.getpid()}-{id(self)}.log"
-        self._log = open(self.log_path, "w")  # noqa: SIM115
-        env = {**os.environ, "DATABASE_URL": database_url(), "PYTHONUNBUFFERED": "1",
-               "OPSCENTER_CELERY_BROKER": BROKER}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "opscenter", "worker", "--pool", "solo",
-             "-Q", queue, "-n", f"{queue}@%h", "--without-gossip", "--without-mingle",
-             "-l", "info"],
-            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-            start_new_session=True)
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def kill(self) -> None:
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        self.kill()
-        self._log.close()
-        self.log_path.unlink(missing_ok=True)
+require_broker("Redis", REDIS_URL)
+# The nodes send through it too, whatever OPSCENTER_CELERY_BROKER says in this shell.
+BROKER = {"OPSCENTER_CELERY_BROKER": REDIS_URL}
 
 
 @pytest.fixture
@@ -70,7 +24,7 @@ def worker():
     workers: list[Worker] = []
 
     def start(queue: str) -> Worker:
-        w = Worker(queue)
+        w = Worker(queue, REDIS_URL)
         workers.append(w)
         return w
 
@@ -103,7 +57,7 @@ def test_a_celery_job_runs_on_the_worker_and_its_row_ends_succeeded_or_failed(
     bad = add_job(cluster, "cel-bad", "echo going down; exit 3", kind="shell",
                   executor="celery", celery_queue=queue)
     w = worker(queue)
-    node = start_node("--cluster", "test", "--node", "n1", *FAST)
+    node = start_node("--cluster", "test", "--node", "n1", *FAST, env=BROKER)
     t_ok, t_bad = ok.run_now("test"), bad.run_now("test")
     done_ok = wait_for(_ended(t_ok), timeout=60, message=f"ok task\n{w.output()}\n"
                                                           f"{node.output()}")
@@ -125,7 +79,7 @@ def test_a_worker_killed_mid_task_leaves_the_task_lost_and_recovered(
                   executor="celery", celery_queue=queue, recover_lost=True)
     w = worker(queue)
     start_node("--cluster", "test", "--node", "n1", *FAST,
-               env={"OPSCENTER_CELERY_LEASE_TIMEOUT": "3"})
+               env={**BROKER, "OPSCENTER_CELERY_LEASE_TIMEOUT": "3"})
     task = job.run_now("test")
     wait_for(lambda: Task.objects.filter(pk=task.pk, celery_seen_at__isnull=False).exists(),
              timeout=60, message=f"the worker takes the task\n{w.output()}")
@@ -148,7 +102,7 @@ def test_a_task_no_worker_takes_ends_failed_and_a_late_worker_runs_nothing(
     job = add_job(cluster, "cel-nobody", "echo should not run", kind="shell",
                   executor="celery", celery_queue=queue)
     start_node("--cluster", "test", "--node", "n1", *FAST,
-               env={"OPSCENTER_CELERY_START_TIMEOUT": "2"})
+               env={**BROKER, "OPSCENTER_CELERY_START_TIMEOUT": "2"})
     task = job.run_now("test")
     ended = wait_for(_ended(task), timeout=30, message="the task ends without a worker")
     assert ended.state == "failed" and "no Celery worker took the task" in ended.error

@@ -87,6 +87,38 @@ def test_addjob_gives_a_python_job_a_process_of_its_own(cluster):
     assert Job.objects.get(cluster=cluster, name="untrusted").isolation == "process"
 
 
+def test_addjob_sends_a_celery_jobs_work_to_its_queue(cluster):
+    out = run("addjob", "--cluster", "test", "reports", "--shell", "make report",
+              "--executor", "celery", "--celery-queue", "reports.eu-1")
+    assert "runs on a Celery worker, queue reports.eu-1" in out
+    job = Job.objects.get(cluster=cluster, name="reports")
+    assert (job.executor, job.celery_queue) == ("celery", "reports.eu-1")
+    # No queue: Celery's default queue.
+    out = run("addjob", "--cluster", "test", "plain", "--shell", "true", "--executor", "celery")
+    assert "queue celery" in out
+    assert Job.objects.get(cluster=cluster, name="plain").celery_queue == ""
+    run("addjob", "--cluster", "test", "here", "--shell", "true")
+    assert Job.objects.get(cluster=cluster, name="here").executor == "node"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--executor", "celery", "--celery-queue", "two words"],
+     "--celery-queue: 'two words' is not a valid Celery queue: 1-100 letters"),
+    (["--executor", "celery", "--celery-queue", "a/b"], "'a/b' is not a valid Celery queue"),
+    (["--executor", "celery", "--celery-queue", "x" * 101],
+     "--celery-queue: Ensure this value has at most 100 characters"),
+    (["--executor", "celery", "--celery-queue", "amq.reports"],
+     "--celery-queue: 'amq.reports' is not a valid Celery queue: RabbitMQ reserves"),
+    (["--celery-queue", "reports"],
+     "--celery-queue: Only a job of executor celery has a Celery queue"),
+    (["--executor", "cloud"], "argument --executor: invalid choice: 'cloud'"),
+])
+def test_addjob_refuses_a_bad_executor_or_celery_queue(cluster, args, message):
+    error = refused("addjob", "--cluster", "test", "reports", "--shell", "true", *args,
+                    message=message)
+    assert "\n" not in error.strip()
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--shell", "true", "--params", "{bad"],
      "--params: Invalid JSON: Expecting property name enclosed in double quotes"),

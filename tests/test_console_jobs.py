@@ -412,6 +412,18 @@ def test_the_job_page_shows_definition_schedules_tasks_and_audit(operator_client
     assert "Edit in the admin" not in html  # operators do not edit jobs
 
 
+def test_the_job_page_shows_where_the_work_runs(viewer_client, cluster, jobs):
+    html = viewer_client.get(detail(jobs["alpha"])).content.decode()
+    assert "<dt>Executor</dt><dd>node worker pool</dd>" in html
+    job = add_job(cluster, "reports", kind="shell", command="true", executor="celery",
+                  celery_queue="reports.eu")
+    html = viewer_client.get(detail(job)).content.decode()
+    assert "<dt>Executor</dt><dd>Celery queue: <code>reports.eu</code></dd>" in html
+    Job.objects.filter(pk=job.pk).update(celery_queue="")
+    html = viewer_client.get(detail(job)).content.decode()
+    assert "<dt>Executor</dt><dd>Celery queue: <code>celery</code></dd>" in html
+
+
 def test_the_job_page_links_to_the_admin_for_who_may_edit(jobs):
     user = console_user("ada", "administrator")
     user.is_staff = True

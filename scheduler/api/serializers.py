@@ -117,7 +117,8 @@ class JobSerializer(ModelCleanMixin, StrictModelSerializer):
         fields = ["id", "cluster", "name", "title", "kind", "command", "working_directory",
                   "parameters", "stateful", "data_map", "timeout_seconds", "max_retries",
                   "retry_backoff_seconds", "max_parallel", "overlap_policy", "recover_lost",
-                  "affinity", "executor", "isolation", "paused", "created_at", "updated_at"]
+                  "affinity", "executor", "celery_queue", "isolation", "paused", "created_at",
+                  "updated_at"]
         # Paused is operated (pause / resume), never written; the cluster is chosen once.
         read_only_fields = ["paused", "created_at", "updated_at"]
         validators = []  # the unique name is checked by full_clean, on the field "name"

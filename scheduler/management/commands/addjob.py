@@ -1,4 +1,4 @@
-"""`manage.py addjob --cluster C NAME (--shell CMD | --python DOTTED) [options]`."""
+"""`manage.py addjob --cluster C NAME (--shell CMD | --python DOTTED | --task DOTTED) [options]`."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ OPTIONS = {"name": "NAME", "command": "--shell/--python", "parameters": "--param
            "timeout_seconds": "--timeout", "max_retries": "--retries",
            "max_parallel": "--max-parallel", "overlap_policy": "--overlap",
            "affinity": "--affinity", "stateful": "--stateful", "title": "--title",
-           "cluster": "--cluster", "isolation": "--isolation"}
+           "cluster": "--cluster", "isolation": "--isolation", "executor": "--executor",
+           "celery_queue": "--celery-queue"}
 
 
 class Command(OperatorCommand):
@@ -61,6 +62,12 @@ class Command(OperatorCommand):
                             help="python jobs: run in a thread of the node (default), or in a "
                                  "process of their own (untrusted code: a crash or os._exit "
                                  "fails the task, not the node).")
+        parser.add_argument("--executor", choices=Job.Executor.values, default=Job.Executor.NODE,
+                            help="Where the job's work runs: the node's worker pool (default), "
+                                 "or a Celery worker (celery -A opscenter worker -Q QUEUE).")
+        parser.add_argument("--celery-queue", metavar="QUEUE", default="",
+                            help="--executor celery: the Celery queue to send the work to "
+                                 "(default: celery).")
 
     def handle(self, *args, **options):
         name = options["cluster"]
@@ -80,7 +87,8 @@ class Command(OperatorCommand):
                   parameters=parameters, timeout_seconds=options["timeout"],
                   max_retries=options["retries"], max_parallel=options["max_parallel"],
                   overlap_policy=options["overlap"], stateful=options["stateful"],
-                  affinity=options["affinity"], isolation=options["isolation"])
+                  affinity=options["affinity"], isolation=options["isolation"],
+                  executor=options["executor"], celery_queue=options["celery_queue"])
         # One transaction: a job that is refused leaves no new cluster behind.
         with transaction.atomic():
             cluster = Cluster.objects.filter(name=name).first()
@@ -103,5 +111,8 @@ class Command(OperatorCommand):
             eventlog.job_created(job, actor(options))
         if created:
             self.stdout.write(f"cluster {cluster.name} created")
+        where = ""
+        if job.executor == Job.Executor.CELERY:
+            where = f"; runs on a Celery worker, queue {job.celery_queue or 'celery'}"
         self.stdout.write(f"job {job.name} added to cluster {cluster.name} ({job.kind}: "
-                          f"{job.command})")
+                          f"{job.command}{where})")
