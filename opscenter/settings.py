@@ -89,6 +89,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # The admin lists' filters from the URL: values the database cannot take get a message.
+    "scheduler.adminfilters.AdminListFilterGuard",
 ]
 
 ROOT_URLCONF = "opscenter.urls"

@@ -18,6 +18,7 @@ from scheduler.audit import DOUBLE, MISSED, audit
 from scheduler.clock import db_now
 from scheduler.models import Event, Member, Schedule, Task
 from tests.conftest import add_job, is_postgres, wait_for
+from tests.jobs import append_entry
 from tests.test_node import drive, make_node
 
 # Python job callables (dotted paths tests.test_fence:...).
@@ -33,11 +34,6 @@ def block_entered(ctx):
     ctx.cancelled.wait(30)
 
 
-def append_entry(ctx):
-    """Real processes: one line per entry of a job, in the file named by its parameters."""
-    at = time.time()
-    with open(ctx.parameters["file"], "a") as f:
-        f.write(f"{ctx.job_name} {ctx.scheduled_for.isoformat()} {ctx.task_id} {at}\n")
 
 
 def freeze_on_first_entry(ctx):
@@ -296,7 +292,7 @@ def _start_active(start_node, names, workers, env=None):
 def test_a_member_frozen_right_after_its_claim_enters_none_of_those_jobs(cluster, start_node,
                                                                          tmp_path):
     out = tmp_path / "entries"
-    jobs = [add_job(cluster, f"burst-{i:02d}", command="tests.test_fence:append_entry",
+    jobs = [add_job(cluster, f"burst-{i:02d}", command="tests.jobs:append_entry",
                     parameters={"file": str(out)}) for i in range(60)]
     nodes = _start_active(start_node, ["m1", "m2", "m3"], workers=20,
                           env={"m1": {"OPSCENTER_TEST_SIGSTOP_AFTER_CLAIM": "1"}})

@@ -4,6 +4,8 @@ dates at the calendar's ends, deep and huge JSON). Whatever comes in, a command 
 CommandError (argparse's refusals included) and a page is never a 500: no other exception may
 escape, and a refused form changes nothing.
 
+The chains' and orders' commands are fuzzed the same way, on a chain with an order.
+
 Deterministic (derandomize) and fast (a few dozen examples per door; the whole file runs in
 well under 30 s on SQLite). Run it on PostgreSQL too: NUL in text only fails there.
 """
@@ -116,6 +118,32 @@ COMMANDS = {
     "cluster": command_line(cluster_opt),
     "switchover": command_line(cluster_opt, option("--to", name)),
 }
+# The chains' and orders' commands, on the world's chain "flow" and its order "o1" (or not).
+chain_arg = st.builds(lambda v: [v], st.one_of(st.just("flow"), name))
+order_arg = st.builds(lambda v: [v], st.one_of(st.just("o1"), name))
+state_arg = st.builds(lambda v: [v], st.one_of(st.sampled_from(["load", "done"]), name))
+operated = command_line(cluster_opt, chain_arg, order_arg, option("--reason", text),
+                        option("--actor", text))
+COMMANDS.update({
+    "addorder": command_line(cluster_opt, chain_arg, one, option("--title", text),
+                             option("--parameters", json_text), option("--priority", number),
+                             option("--state", name), option("--end-state", name),
+                             st.one_of(st.just([]), st.builds(lambda v: ["--cron", v], cron),
+                                       st.builds(lambda v: ["--interval", v], number))),
+    "moveorder": command_line(cluster_opt, chain_arg, order_arg, state_arg,
+                              option("--reason", text)),
+    "suspendorder": operated, "resumeorder": operated, "resetorder": operated,
+    "removeorder": operated,
+    "order": command_line(cluster_opt, chain_arg, order_arg),
+    "orders": command_line(cluster_opt, option("--chain", name), option("--limit", number),
+                           option("--status", text)),
+    "stopchain": command_line(cluster_opt, chain_arg, option("--reason", text)),
+    "startchain": command_line(cluster_opt, chain_arg, option("--reason", text)),
+    "nodeaction": command_line(cluster_opt, chain_arg, state_arg,
+                               st.builds(lambda v: [v], st.one_of(
+                                   st.sampled_from(["active", "stopped", "skipped"]), text)),
+                               option("--reason", text)),
+})
 
 
 @pytest.fixture
@@ -125,6 +153,11 @@ def world(cluster, shell_job):
     schedule.save()
     Task.objects.create(cluster=cluster, job=shell_job, trigger="manual", state="succeeded",
                         scheduled_for=schedule.next_fire_at)
+    flow = JobChain.objects.create(cluster=cluster, name="flow")
+    ChainNode.objects.create(chain=flow, state="load", job=shell_job, next_state="done",
+                             error_state="done")
+    ChainNode.objects.create(chain=flow, state="done", position=1)
+    Order.add(flow, "o1", actor="tester")
     return shell_job
 
 

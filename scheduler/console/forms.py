@@ -10,7 +10,7 @@ from __future__ import annotations
 from django import forms
 
 from scheduler.models import Job, Task
-from scheduler.validators import text_problem
+from scheduler.validators import FIRST_YEAR, LAST_YEAR, text_problem
 
 MAX_REASON = 500
 MAX_JOBS_PER_ACTION = 1000
@@ -26,6 +26,20 @@ JOB_SORTS = {
     "last_result": ("last result, oldest first", "last_at", False),
 }
 NEVER_RAN = "none"
+
+
+class ListDateTimeField(forms.DateTimeField):
+    """A list filter's date and time (in the viewer's zone unless it gives an offset), within
+    the years every door takes: one at the calendar's end, with its offset, would be past it
+    once turned into UTC for the database."""
+
+    widget = forms.DateTimeInput(attrs={"type": "datetime-local", "step": "1"})
+
+    def validate(self, value):
+        super().validate(value)
+        if value is not None and not FIRST_YEAR <= value.year <= LAST_YEAR:
+            raise forms.ValidationError(
+                f"Give a date between the years {FIRST_YEAR} and {LAST_YEAR}.")
 
 
 class JobFilterForm(forms.Form):

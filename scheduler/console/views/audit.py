@@ -8,6 +8,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET
 
 from scheduler.console.access import console_view, display_zone
+from scheduler.console.forms import ListDateTimeField
 from scheduler.console.paging import keyset_page, page_size
 from scheduler.console.views import query_with
 from scheduler.models import Cluster, Event
@@ -23,12 +24,8 @@ class AuditFilter(forms.Form):
                                required=False, label="Door")
     kind = forms.MultipleChoiceField(choices=OPERATOR_KIND_CHOICES, required=False,
                                      widget=forms.CheckboxSelectMultiple, label="Action")
-    since = forms.DateTimeField(
-        required=False, label="From",
-        widget=forms.DateTimeInput(attrs={"type": "datetime-local", "step": "1"}))
-    until = forms.DateTimeField(
-        required=False, label="To",
-        widget=forms.DateTimeInput(attrs={"type": "datetime-local", "step": "1"}))
+    since = ListDateTimeField(required=False, label="From")
+    until = ListDateTimeField(required=False, label="To")
 
     def clean(self):
         data = super().clean()

@@ -17,7 +17,7 @@ from django.views.decorators.http import require_GET, require_POST
 from scheduler import tasklogs
 from scheduler.console import live
 from scheduler.console.access import can_operate, console_actor, console_view, display_zone
-from scheduler.console.forms import CancelForm
+from scheduler.console.forms import CancelForm, ListDateTimeField
 from scheduler.console.paging import keyset_page, page_size
 from scheduler.console.views import query_with
 from scheduler.models import Cluster, Job, Member, Task
@@ -51,12 +51,8 @@ class TaskFilter(forms.Form):
                                       widget=forms.CheckboxSelectMultiple)
     trigger = forms.ChoiceField(choices=[("", "any trigger"), *Task.Trigger.choices],
                                 required=False)
-    scheduled_from = forms.DateTimeField(
-        required=False, label="Scheduled from",
-        widget=forms.DateTimeInput(attrs={"type": "datetime-local", "step": "1"}))
-    scheduled_to = forms.DateTimeField(
-        required=False, label="Scheduled to",
-        widget=forms.DateTimeInput(attrs={"type": "datetime-local", "step": "1"}))
+    scheduled_from = ListDateTimeField(required=False, label="Scheduled from")
+    scheduled_to = ListDateTimeField(required=False, label="Scheduled to")
 
     def clean(self):
         data = super().clean()
