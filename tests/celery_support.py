@@ -54,18 +54,20 @@ def require_broker(what: str, url: str) -> None:
 
 
 class Worker:
-    """`celery -A opscenter worker --pool solo -Q <queue>` against the test database."""
+    """`celery -A opscenter worker --pool <pool> -Q <queue>` against the test database."""
 
-    def __init__(self, queue: str, broker: str, env: dict | None = None):
+    def __init__(self, queue: str, broker: str, env: dict | None = None, *,
+                 pool: str = "solo", concurrency: int = 1):
+        self.queue = queue
         tmp = Path(os.environ.get("TMPDIR", "/tmp"))
         self.log_path = tmp / f"opsc-celery-{os.getpid()}-{id(self)}.log"
         self._log = open(self.log_path, "w")  # noqa: SIM115
         full_env = {**os.environ, "DATABASE_URL": database_url(), "PYTHONUNBUFFERED": "1",
                     "OPSCENTER_CELERY_BROKER": broker, **(env or {})}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "opscenter", "worker", "--pool", "solo",
-             "-Q", queue, "-n", f"{queue}@%h", "--without-gossip", "--without-mingle",
-             "-l", "info"],
+            [sys.executable, "-m", "celery", "-A", "opscenter", "worker", "--pool", pool,
+             "--concurrency", str(concurrency), "-Q", queue, "-n", f"{queue}@%h",
+             "--without-gossip", "--without-mingle", "-l", "info"],
             cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True)
 

@@ -4,62 +4,28 @@ Celery tasks in flight and still runs its own jobs; and what the celery executor
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
 
 from scheduler.models import Task
-from tests.conftest import ROOT, add_job, database_url, wait_for
+from tests.celery_support import REDIS_URL, Worker, require_broker
+from tests.conftest import add_job, wait_for
 
 pytestmark = [pytest.mark.processes, pytest.mark.django_db(transaction=True)]
 
 FAST = ["--heartbeat-interval", "0.2", "--dead-after", "1.5"]
-BROKER = os.environ.get("OPSCENTER_CELERY_BROKER", "redis://127.0.0.1:6379/0")
-
-
-def _redis_up() -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", 6379), timeout=1).close()
-        return True
-    except OSError:
-        return False
-
-
-if not BROKER.startswith("redis://127.0.0.1") or not _redis_up():
-    pytest.skip("no local Redis for the Celery broker", allow_module_level=True)
 
 
 @pytest.fixture
-def worker(tmp_path):
+def worker():
     """A Celery worker with a pool of 4 threads on a queue of its own."""
-    queue = f"opsc-pool-{uuid.uuid4().hex[:10]}"
-    log_path = tmp_path / "worker.log"
-    with open(log_path, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "opscenter", "worker", "--pool", "threads",
-             "--concurrency", "4", "-Q", queue, "-n", f"{queue}@%h", "--without-gossip",
-             "--without-mingle", "-l", "info"],
-            cwd=ROOT, env={**os.environ, "DATABASE_URL": database_url(),
-                           "PYTHONUNBUFFERED": "1", "OPSCENTER_CELERY_BROKER": BROKER},
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    proc.log_path = log_path
-    proc.queue = queue
+    require_broker("Redis", REDIS_URL)
+    proc = Worker(f"opsc-pool-{uuid.uuid4().hex[:10]}", REDIS_URL, pool="threads", concurrency=4)
     yield proc
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=10)
-
-
-def _output(proc) -> str:
-    return Path(proc.log_path).read_text(errors="replace")
+    proc.stop()
 
 
 def test_a_node_with_one_pool_thread_keeps_three_celery_tasks_in_flight_and_runs_its_own_job(
@@ -76,7 +42,7 @@ def test_a_node_with_one_pool_thread_keeps_three_celery_tasks_in_flight_and_runs
     # All three run on the worker at once: none holds the node's only pool thread.
     wait_for(lambda: Task.objects.filter(pk__in=ids, state="running",
                                          celery_seen_at__isnull=False).count() == 3,
-             timeout=60, message=f"three Celery tasks in flight\n{_output(worker)}\n"
+             timeout=60, message=f"three Celery tasks in flight\n{worker.output()}\n"
                                  f"{node.output()}")
     # The node's own job runs meanwhile, on that one thread.
     mine = local.run_now("test")
@@ -88,7 +54,7 @@ def test_a_node_with_one_pool_thread_keeps_three_celery_tasks_in_flight_and_runs
 
     release.touch()
     wait_for(lambda: Task.objects.filter(pk__in=ids, state="succeeded").count() == 3,
-             timeout=30, message=f"the three Celery tasks end\n{_output(worker)}")
+             timeout=30, message=f"the three Celery tasks end\n{worker.output()}")
     # Their ends were written by the worker; the node forgot them and holds nothing.
     wait_for(lambda: not Task.objects.filter(state="running").exists(), timeout=10)
 
@@ -103,15 +69,15 @@ def test_a_cancelled_celery_task_ends_at_once_and_its_worker_stops_the_job(
     node = start_node("--cluster", "test", "--node", "n1", "--workers", "1", *FAST)
     task = job.run_now("test")
     wait_for(lambda: Task.objects.filter(pk=task.pk, celery_seen_at__isnull=False).exists(),
-             timeout=60, message=f"the worker takes it\n{_output(worker)}\n{node.output()}")
+             timeout=60, message=f"the worker takes it\n{worker.output()}\n{node.output()}")
     task.refresh_from_db()
     assert task.request_cancel("test")
     ended = wait_for(lambda: Task.objects.filter(pk=task.pk).exclude(state="running").first(),
                      timeout=15, message="the cancel")
     assert ended.state == "cancelled", ended.error
     # The worker's next renewal is refused: it stops the job (its SIGTERM ends `sleep`).
-    wait_for(lambda: "no longer this worker's" in _output(worker), timeout=15,
-             message=f"the worker stops the job\n{_output(worker)}")
+    wait_for(lambda: "no longer this worker's" in worker.output(), timeout=15,
+             message=f"the worker stops the job\n{worker.output()}")
     assert not marker.exists()
     ended.refresh_from_db()
     assert ended.state == "cancelled"  # the worker's end was refused, not written over
@@ -136,7 +102,7 @@ def test_a_clean_stop_waits_the_grace_for_celery_tasks_in_flight(cluster, start_
                       "--stop-grace", "30", *FAST)
     task = finishes.run_now("test")
     wait_for(lambda: Task.objects.filter(pk=task.pk, celery_seen_at__isnull=False).exists(),
-             timeout=60, message=f"the worker takes it\n{_output(worker)}\n{node.output()}")
+             timeout=60, message=f"the worker takes it\n{worker.output()}\n{node.output()}")
     node.signal(signal.SIGTERM)
     wait_for(lambda: Member.objects.filter(name="n1", state="stopping").exists(), timeout=10,
              message="the node stopping")
@@ -152,13 +118,13 @@ def test_a_clean_stop_waits_the_grace_for_celery_tasks_in_flight(cluster, start_
                       "--stop-grace", "1", *FAST)
     task = interrupted.run_now("test")
     wait_for(lambda: Task.objects.filter(pk=task.pk, celery_seen_at__isnull=False).exists(),
-             timeout=60, message=f"the worker takes it\n{_output(worker)}\n{node.output()}")
+             timeout=60, message=f"the worker takes it\n{worker.output()}\n{node.output()}")
     node.signal(signal.SIGTERM)
     assert node.wait(30) == 0
     task.refresh_from_db()
     assert task.state == "lost" and "interrupted by the stop of its member" in task.error
-    wait_for(lambda: "no longer this worker's" in _output(worker), timeout=15,
-             message=f"the worker stops the job\n{_output(worker)}")
+    wait_for(lambda: "no longer this worker's" in worker.output(), timeout=15,
+             message=f"the worker stops the job\n{worker.output()}")
     task.refresh_from_db()
     assert task.state == "lost"
 
@@ -180,10 +146,10 @@ def test_the_celery_executor_honours_its_declarations(cluster, start_node, worke
     timed, counted = slow.run_now("test"), counter.run_now("test")
     ended = wait_for(lambda: Task.objects.filter(pk=timed.pk).exclude(
         state__in=("queued", "running")).first(), timeout=60,
-        message=f"the timeout\n{_output(worker)}\n{node.output()}")
+        message=f"the timeout\n{worker.output()}\n{node.output()}")
     assert ended.state == "timed_out" and ended.error == "timed out after 2 s"
     assert (ended.finished_at - ended.started_at).total_seconds() < 15
     wait_for(lambda: Task.objects.filter(pk=counted.pk, state="succeeded").exists(),
-             timeout=60, message=f"the stateful run\n{_output(worker)}")
+             timeout=60, message=f"the stateful run\n{worker.output()}")
     data = Job.objects.get(pk=counter.pk).data_map
     assert data["runs"] == 5 and data["seen"] == "kept"
