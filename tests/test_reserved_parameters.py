@@ -19,7 +19,9 @@ MESSAGE = "would replace the node's own environment variable"
 
 
 @pytest.mark.parametrize("name", ["PATH", "LD_PRELOAD", "LD_LIBRARY_PATH", "PYTHONPATH", "IFS",
-                                  "BASH_ENV", "HOME", "OPSCENTER_TASK_ID"])
+                                  "BASH_ENV", "HOME", "OPSCENTER_TASK_ID", "GCONV_PATH",
+                                  "GLIBC_TUNABLES", "PERL5OPT", "NODE_OPTIONS",
+                                  "JAVA_TOOL_OPTIONS", "MALLOC_ARENA_MAX"])
 def test_a_job_with_a_reserved_parameter_is_refused_in_the_admin(admin_client, cluster, name):
     response = admin_client.post(reverse("admin:scheduler_job_add"),
                                  job_form(cluster, parameters=f'{{"{name}": "/tmp/x"}}'))

@@ -37,8 +37,13 @@ REPR_MAX = 2000  # characters of a non-dict return value written to the log
 RESERVED_PARAMETER_NAMES = frozenset({
     "PATH", "HOME", "SHELL", "USER", "LOGNAME", "TMPDIR",
     "IFS", "ENV", "BASH_ENV", "CDPATH", "PS4", "SHELLOPTS", "BASHOPTS",
+    # the C library: code it loads, how it resolves names
+    "GCONV_PATH", "GLIBC_TUNABLES", "LOCPATH", "NLSPATH", "HOSTALIASES", "RESOLV_HOST_CONF",
+    # other interpreters a command line may start: code they load before the script's
+    "PERL5LIB", "PERL5OPT", "PERLLIB", "RUBYLIB", "RUBYOPT", "NODE_OPTIONS", "NODE_PATH",
+    "JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS", "JDK_JAVA_OPTIONS",
 })
-RESERVED_PARAMETER_PREFIXES = ("LD_", "PYTHON", "OPSCENTER_")
+RESERVED_PARAMETER_PREFIXES = ("LD_", "PYTHON", "OPSCENTER_", "MALLOC_", "BASH_FUNC_")
 
 
 def is_reserved_parameter(name: str) -> bool:
