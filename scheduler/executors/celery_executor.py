@@ -185,8 +185,15 @@ def _run_from_json(task_id: int, value: dict) -> TaskRun:
 def run_on_worker(payload: dict) -> str:
     """Run the task in `payload` if it is still the sending member's and not started yet;
     write its start, lease, log and end to its task row. Returns the state it ended in, or
-    "refused"."""
-    from django.db import transaction
+    "refused".
+
+    A worker that cannot renew its lease (the database is down, or a write hangs) stops its
+    job itself once half the lease timeout has passed since its last renewal, with a short kill
+    grace, so the job has ended before the node declares the task lost and the cluster runs it
+    again: a job never runs unsupervised beside its own recovery."""
+    import time
+
+    from django.db import DatabaseError, transaction
     from django.db.models.functions import Now
 
     from scheduler import executors, ledger, text
@@ -203,27 +210,48 @@ def run_on_worker(payload: dict) -> str:
     buffer = LogBuffer()
     cancel = Cancel()
     result: dict[str, Any] = {}
+    bound = lease_timeout()
+    renewed = [time.monotonic()]  # the last successful renewal, read by the watchdog
 
     def target() -> None:
         try:
-            result["outcome"] = executors.execute(run, buffer, cancel)
+            result["outcome"] = executors.execute(run, buffer, cancel,
+                                                  kill_grace=min(base.KILL_GRACE, bound / 4))
         finally:
             from django.db import connections
 
             connections.close_all()  # a python job may have used the ORM in this thread
 
+    def watchdog() -> None:
+        # Apart from the renewals, so that a renewal hanging on a lost database still stops
+        # the job in time.
+        while thread.is_alive():
+            silent = time.monotonic() - renewed[0]
+            if silent > bound / 2 and not cancel.requested:
+                log.error("task %s: no lease renewal for %.1f s; stopping its job (the cluster "
+                          "will declare it lost and run it again)", task_id, silent)
+                cancel.request(f"the worker could not renew its lease for {silent:.1f} s")
+            thread.join(min(RENEW, bound / 8))
+
     thread = threading.Thread(target=target, name=f"opscenter-celery-{task_id}", daemon=True)
     thread.start()
+    threading.Thread(target=watchdog, name=f"opscenter-lease-{task_id}", daemon=True).start()
     pending = ""
     while thread.is_alive():
         thread.join(RENEW)
         if not thread.is_alive():
             break
         pending += text.storable_text(buffer.drain())
-        with transaction.atomic():
-            ours = mine.update(celery_seen_at=Now())
-            if ours and pending:
-                ledger.write_logs([(task_id, pending)])
+        try:
+            with transaction.atomic():
+                ours = mine.update(celery_seen_at=Now())
+                if ours and pending:
+                    ledger.write_logs([(task_id, pending)])
+        except DatabaseError as exc:
+            log.warning("task %s: lease not renewed: %s", task_id, _describe(exc))
+            _drop_connection()
+            continue
+        renewed[0] = time.monotonic()
         if ours:
             pending = ""
         elif not cancel.requested:
@@ -232,15 +260,36 @@ def run_on_worker(payload: dict) -> str:
     outcome: Outcome = result.get("outcome") or Outcome(
         "failed", None, "executor error: no outcome")
     pending += text.storable_text(buffer.drain())
-    finished = _finished(task_id, outcome)
-    if finished is None:
-        return "refused"
-    discarded = ledger.record_finished(int(payload["cluster_id"]), member_id, [finished],
-                                       [(task_id, pending)])
+    # The end is worth writing while the task may still be ours: until the lease has run out.
+    give_up = renewed[0] + bound
+    while True:
+        try:
+            finished = _finished(task_id, outcome)
+            if finished is None:
+                return "refused"
+            discarded = ledger.record_finished(int(payload["cluster_id"]), member_id,
+                                               [finished], [(task_id, pending)])
+            break
+        except DatabaseError as exc:
+            _drop_connection()
+            if time.monotonic() > give_up:
+                log.error("task %s: its end (%s) could not be written: %s; the cluster will "
+                          "declare it lost", task_id, outcome.state, _describe(exc))
+                return "unrecorded"
+            time.sleep(min(RENEW, bound / 8))
     if discarded:
         log.warning("task %s: its result was discarded (no longer its member's)", task_id)
         return "discarded"
     return finished.state
+
+
+def _drop_connection() -> None:
+    from django.db import DatabaseError, connection
+
+    try:
+        connection.close()  # the next query opens a new one
+    except DatabaseError:
+        pass
 
 
 def _finished(task_id: int, outcome: Outcome):

@@ -1,0 +1,136 @@
+"""A Celery worker that loses the database stops its job before the cluster declares the task
+lost and runs it again: the job never runs unsupervised beside its own recovery.
+
+The worker reaches PostgreSQL through a TCP relay of the test's own, which is then frozen (no
+byte passes, the connections stay open: a partition, the renewal hangs) or cut (connections
+reset and refused: the renewal fails at once). Real node, real worker, local Redis.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from scheduler.models import Task
+from tests.celery_support import REDIS_URL, Worker, require_broker
+from tests.conftest import add_job, database_url, is_postgres, wait_for
+
+pytestmark = [pytest.mark.processes, pytest.mark.django_db(transaction=True)]
+
+FAST = ["--heartbeat-interval", "0.2", "--dead-after", "1.5"]
+LEASE = 4.0  # OPSCENTER_CELERY_LEASE_TIMEOUT of the node and the worker
+
+
+class Relay:
+    """127.0.0.1:<port> → PostgreSQL, which the test can freeze or cut."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.frozen = threading.Event()
+        self.closed = threading.Event()
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.closed.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if self.frozen.is_set():
+                client.close()
+                continue
+            server = socket.create_connection(self.target)
+            self.sockets += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        while True:
+            try:
+                data = source.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            while self.frozen.is_set() and not self.closed.is_set():
+                time.sleep(0.05)  # hold every byte: the peer waits, as on a partition
+            if self.closed.is_set():
+                return
+            try:
+                sink.sendall(data)
+            except OSError:
+                return
+
+    def freeze(self) -> None:
+        self.frozen.set()
+
+    def cut(self) -> None:
+        self.frozen.set()
+        for s in self.sockets:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.closed.set()
+        self.listener.close()
+        for s in self.sockets:
+            s.close()
+
+
+@pytest.fixture
+def relay():
+    if not is_postgres():
+        pytest.skip("the worker reaches PostgreSQL through a TCP relay")
+    from django.conf import settings
+
+    db = settings.DATABASES["default"]
+    r = Relay((db.get("HOST") or "127.0.0.1", int(db.get("PORT") or 5432)))
+    yield r
+    r.close()
+
+
+@pytest.mark.parametrize("loss", ["freeze", "cut"])
+def test_a_worker_that_loses_the_database_stops_its_job_before_the_task_is_declared_lost(
+        cluster, start_node, relay, tmp_path, loss):
+    require_broker("Redis", REDIS_URL)
+    beats = Path(tmp_path) / "beats"
+    job = add_job(cluster, "cel-forever",
+                  f"while true; do date +%s.%N >> {beats}; sleep 0.05; done",
+                  kind="shell", executor="celery", celery_queue="", recover_lost=False,
+                  timeout_seconds=600)
+    queue = f"opsc-lease-{uuid.uuid4().hex[:10]}"
+    job.celery_queue = queue
+    job.save(update_fields=["celery_queue"])
+    env = {"OPSCENTER_CELERY_BROKER": REDIS_URL, "OPSCENTER_CELERY_LEASE_TIMEOUT": str(LEASE)}
+    url = database_url().replace(f"127.0.0.1:{relay.target[1]}", f"127.0.0.1:{relay.port}")
+    assert str(relay.port) in url
+    worker = Worker(queue, REDIS_URL, {**env, "DATABASE_URL": url})
+    try:
+        node = start_node("--cluster", "test", "--node", "n1", *FAST, env=env)
+        task = job.run_now("test")
+        wait_for(lambda: beats.exists() and beats.read_text().count("\n") > 5, timeout=60,
+                 message=f"the job runs on the worker\n{worker.output()}\n{node.output()}")
+        getattr(relay, loss)()
+        lost = wait_for(lambda: Task.objects.filter(pk=task.pk, state="lost").first(),
+                        timeout=LEASE * 4, message=f"the task is declared lost\n"
+                                                   f"{worker.output()}\n{node.output()}")
+        assert "did not renew its lease" in lost.error
+        last_beat = float(beats.read_text().split()[-1])
+        # The job had stopped when the node declared the task lost.
+        assert last_beat < lost.finished_at.timestamp(), (last_beat, lost.finished_at)
+        count = beats.read_text().count("\n")
+        time.sleep(1.0)  # the job stays stopped: nothing left running that writes beats
+        assert beats.read_text().count("\n") == count
+        assert "no lease renewal" in worker.output()
+    finally:
+        worker.stop()
