@@ -28,7 +28,7 @@ from django.contrib.admin.views.main import (
 )
 from django.core.exceptions import FieldDoesNotExist
 from django.db import models
-from django.http import HttpResponseRedirect
+from django.http import HttpResponseRedirect, JsonResponse
 from django.utils.dateparse import parse_date, parse_datetime
 
 from scheduler.validators import FIRST_YEAR, LAST_YEAR, text_problem
@@ -42,6 +42,8 @@ _WHOLE = re.compile(r"[+-]?\d+")
 # Lookups whose value is a whole number whatever the field (parts of a date, lengths...).
 _NUMBER_LOOKUPS = {"year", "iso_year", "month", "day", "week", "week_day", "iso_week_day",
                    "quarter", "hour", "minute", "second"}
+_DATE_PARTS = {"year": (FIRST_YEAR, LAST_YEAR), "iso_year": (FIRST_YEAR, LAST_YEAR),
+               "month": (1, 12), "day": (1, 31)}
 
 
 def _field_and_lookup(model, key: str) -> tuple[models.Field | None, str]:
@@ -96,6 +98,13 @@ def value_problem(model, key: str, value: str) -> str | None:
         if (lookup in _NUMBER_LOOKUPS or _is_number_field(field)) and _WHOLE.fullmatch(one) \
                 and abs(int(one)) > INT64:
             return f"give a whole number from {-INT64:,} to {INT64:,}"
+        if isinstance(field, models.DateField) and lookup in _DATE_PARTS and \
+                _WHOLE.fullmatch(one):
+            # The date hierarchy computes the end of a year, month or day outside Django's
+            # own refusal: year 9999 or month 13 raised there.
+            low, high = _DATE_PARTS[lookup]
+            if not low <= int(one) <= high:
+                return f"give a {lookup.replace('_', ' ')} from {low} to {high}"
         if isinstance(field, models.DateField) and lookup not in _NUMBER_LOOKUPS:
             problem = _date_problem(one)
             if problem:
@@ -113,14 +122,20 @@ class AdminListFilterGuard:
         return self.get_response(request)
 
     def process_view(self, request, view_func, view_args, view_kwargs):
-        model_admin = getattr(view_func, "model_admin", None)
         match = request.resolver_match
-        if model_admin is None or match is None or not (match.url_name or "").endswith(
-                "_changelist") or request.method != "GET":
-            return None
         user = getattr(request, "user", None)
-        if user is None or not (user.is_active and user.is_staff):
+        if match is None or user is None or not (user.is_active and user.is_staff):
             return None  # the admin sends them to its login page, never reading the filters
+        if match.url_name == "autocomplete" and match.namespace == "admin":
+            term = request.GET.get("term", "")
+            problem = value_problem(None, SEARCH_VAR, term)
+            if problem:
+                return JsonResponse({"error": f"Search not run: {problem}."}, status=400)
+            return None
+        model_admin = getattr(view_func, "model_admin", None)
+        if model_admin is None or not (match.url_name or "").endswith("_changelist"):
+            return None
+        # POST too: an action on the list is posted with the list's filters in the URL.
         kept, refused = request.GET.copy(), []
         for key in request.GET:
             if key in NOT_LOOKUPS:

@@ -43,7 +43,8 @@ def hostile_filters(model) -> list[tuple[str, str]]:
     for field in model._meta.concrete_fields:
         if isinstance(field, models.DateTimeField):
             out += [(f"{field.name}__gte", PAST_THE_START), (f"{field.name}__lt", PAST_THE_END),
-                    (f"{field.name}__year", HUGE)]
+                    (f"{field.name}__year", HUGE), (f"{field.name}__year", "9999"),
+                    (f"{field.name}__month", "13"), (f"{field.name}__day", "0")]
         elif isinstance(field, models.ForeignKey):
             out.append((field.attname, HUGE))
         elif isinstance(field, models.CharField | models.TextField):
@@ -62,6 +63,35 @@ def test_every_admin_list_refuses_filters_the_database_cannot_take(web, rows, mo
         (message,) = [str(m) for m in get_messages(response.wsgi_request)]
         assert message.startswith(f"Filter not applied: {key}="), message
         assert web.get(response.url).status_code == 200
+
+
+def test_the_date_hierarchy_refuses_a_year_month_or_day_past_the_calendar(web, rows):
+    url = reverse("admin:scheduler_task_changelist")
+    for params in ({"scheduled_for__year": "9999"},
+                   {"scheduled_for__year": "9998", "scheduled_for__month": "13"},
+                   {"scheduled_for__year": "2026", "scheduled_for__month": "2",
+                    "scheduled_for__day": "32"}):
+        response = web.get(url, params)
+        assert response.status_code == 302, params
+    response = web.get(url, {"scheduled_for__year": "9998", "scheduled_for__month": "12"})
+    assert response.status_code == 200  # the calendar's last month, drilled into
+
+
+def test_an_action_posted_with_refused_filters_changes_nothing(web, rows, shell_job):
+    url = reverse("admin:scheduler_job_changelist")
+    response = web.post(f"{url}?created_at__year=9999",
+                        {"action": "pause_jobs", "_selected_action": [shell_job.pk]})
+    assert response.status_code == 302
+    shell_job.refresh_from_db()
+    assert not shell_job.paused
+
+
+def test_the_admin_autocomplete_refuses_a_search_too_long(web, rows):
+    response = web.get(reverse("admin:autocomplete"), {
+        "term": "x" * 60_000, "app_label": "scheduler", "model_name": "task",
+        "field_name": "job"})
+    assert response.status_code == 400
+    assert "Search not run" in response.json()["error"]
 
 
 def test_a_filter_the_database_can_take_is_applied(web, rows, shell_job):
