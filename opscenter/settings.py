@@ -255,6 +255,8 @@ OPSCENTER = {
     "LOG_LIMIT_BYTES": env_number("log_limit_bytes", 1_000_000),
     "TASK_RETENTION_DAYS": env_number("task_retention_days", 30),
     "EVENT_RETENTION_DAYS": env_number("event_retention_days", 30),
+    "CELERY_LEASE_TIMEOUT": env_number("celery_lease_timeout", 10.0),
+    "CELERY_START_TIMEOUT": env_number("celery_start_timeout", 300.0),
 }
 
 # The console's /metrics (scheduler/ops/views.py): a scrape is let in from these client

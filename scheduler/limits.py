@@ -62,6 +62,10 @@ BOUNDS: dict[str, Bound] = {
     "event_retention_days": Bound(1, 36_500, "days", whole=True),
     # 0: no metrics server (the default); else the member's own /metrics port.
     "metrics_port": Bound(0, 65_535, "", whole=True),
+    # executor celery (executors/celery_executor.py): the worker's lease on a task, and how
+    # long a sent task may wait for a worker to take it.
+    "celery_lease_timeout": Bound(2, 3600, "seconds"),
+    "celery_start_timeout": Bound(1, 86_400, "seconds"),
 }
 
 # The same setting at its two doors, for messages that name both.

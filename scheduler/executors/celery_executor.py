@@ -47,7 +47,6 @@ the broker's visibility timeout (Redis; RabbitMQ at once when the connection dro
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from dataclasses import dataclass
 from datetime import datetime
@@ -71,20 +70,19 @@ RENEW = 1.0  # seconds between the worker's lease renewals (and log flushes)
 
 
 def lease_timeout() -> float:
-    """How old a worker's lease may be before the node declares its task lost."""
-    try:
-        return max(float(os.environ.get("OPSCENTER_CELERY_LEASE_TIMEOUT", "10")), 2 * RENEW)
-    except ValueError:
-        return 10.0
+    """How old a worker's lease may be before the node declares its task lost
+    (OPSCENTER_CELERY_LEASE_TIMEOUT, checked with the settings)."""
+    from django.conf import settings
+
+    return float(settings.OPSCENTER["CELERY_LEASE_TIMEOUT"])
 
 
 def start_timeout() -> float:
-    """How long a sent task may wait for a worker to take it before it ends failed."""
-    try:
-        value = float(os.environ.get("OPSCENTER_CELERY_START_TIMEOUT", "300"))
-    except ValueError:
-        return 300.0
-    return value if 1.0 <= value <= 86_400 else 300.0
+    """How long a sent task may wait for a worker to take it before it ends failed
+    (OPSCENTER_CELERY_START_TIMEOUT, checked with the settings)."""
+    from django.conf import settings
+
+    return float(settings.OPSCENTER["CELERY_START_TIMEOUT"])
 
 
 # --------------------------------------------------------------------------------------------
