@@ -23,7 +23,7 @@ from django.db import InterfaceError, OperationalError, connection, connections,
 
 from scheduler import eventlog, executors, ledger, membership, text, validators
 from scheduler.clock import db_now
-from scheduler.executors import celery_executor
+from scheduler.executors import registry
 from scheduler.limits import BOUNDS, door_names
 from scheduler.models import Cluster, Member, Task
 from scheduler.ops import logcontext
@@ -111,14 +111,17 @@ class Running:
     interrupted: bool = False
     unsaved_log: str = ""  # drained but not yet committed
     start_saved: bool = False  # entry.at written to the task's started_at
-    # executor celery: once its pool thread has sent it (outcome SENT), the monotonic time by
-    # which a worker must take it. From then on it holds no pool slot; the loop follows it.
-    take_by: float | None = None
+    task_run: executors.TaskRun | None = None  # what its executor was given
+    # Work that runs elsewhere (a Celery worker, a django.tasks worker): once its pool thread
+    # has handed it away (outcome SENT), what the executor's follow sees. From then on it holds
+    # no pool slot; the loop follows it (step_follow_away).
+    sent: executors.Sent | None = None
+    follower: executors.Away | None = None  # its executor's, once sent
 
     @property
     def away(self) -> bool:
-        """Sent to a Celery worker and not ended yet: followed by step_follow_celery."""
-        return self.outcome is not None and self.outcome.state == celery_executor.SENT
+        """Handed away by its pool thread and not ended yet: followed by step_follow_away."""
+        return self.outcome is not None and self.outcome.state == executors.SENT
 
 
 @dataclass
@@ -192,7 +195,7 @@ class Node:
         self._next_log_flush = 0.0
         self._next_prune = 0.0
         self._next_recover = 0.0
-        self._next_follow = 0.0
+        self._next_follow: dict[executors.Away, float] = {}  # per executor that follows
         self._connected_since = time.monotonic()
         self._db_down_since: float | None = None
         self._backoff = 0.0
@@ -323,7 +326,7 @@ class Node:
                 self._reconnect()
             busy |= self.step_heartbeat()
             busy |= self.step_detect_dead()
-            busy |= self.step_follow_celery()
+            busy |= self.step_follow_away()
             busy |= self.step_record_finished()
             busy |= self.step_flush_logs()
             if self.may_run():
@@ -506,44 +509,53 @@ class Node:
         self._claim_at = time.monotonic() + wait
 
     def _free_slots(self) -> int:
-        """Free threads of the pool: every task here holds one, except those sent to Celery
-        (their worker does the work; the loop follows them). Tasks in state running still
-        count towards their job's max_parallel, wherever they run."""
-        return self.opts.workers - sum(1 for run in self.running.values()
-                                       if run.take_by is None)
+        """Free threads of the pool: every task here holds one, except those whose work runs
+        elsewhere, handed away (a Celery worker, a django.tasks worker does it; the loop
+        follows them). Tasks in state running still count towards their job's max_parallel,
+        wherever they run."""
+        return self.opts.workers - sum(1 for run in self.running.values() if run.sent is None)
 
-    def step_follow_celery(self) -> bool:
-        """executor celery: follow every task of this member in flight on a Celery worker, one
-        query for all of them every celery_executor.POLL s (celery_executor.follow): ended by
-        its worker -> forgotten (recorded there); lease expired -> lost; not taken in time ->
-        failed. A cancel (operator, overlap `replace`, the node's stop) ends it at once; the
-        worker's guarded writes then refuse and it stops the job at its next renewal."""
+    def step_follow_away(self) -> bool:
+        """Follow every task of this member whose pool thread handed the work away (outcome
+        SENT): grouped by executor, one look for each executor's tasks every `Away.poll` s
+        (celery_executor.follow, djtasks.follow). A cancel (operator, overlap `replace`, the
+        node's stop) ends such a task at once, without a look (`Away.cancelled`)."""
         mono = time.monotonic()
-        away: dict[int, Running] = {}
+        groups: dict[executors.Away, dict[int, Running]] = {}
         ended = False
         for task_id, run in self.running.items():
             if not run.away:
                 continue
-            if run.take_by is None:  # just sent: its pool thread is free again
-                run.take_by = mono + celery_executor.start_timeout()
-                self._next_follow = min(self._next_follow, mono + celery_executor.POLL)
+            if run.sent is None:  # just handed away: its pool thread is free again
+                found = registry.find(run.task_run.executor, run.task_run.kind)
+                if found is None or found.away is None:  # a runner that breaks its contract
+                    run.outcome = executors.Outcome(
+                        "failed", None, "executor error: the work was handed away, but its "
+                                        "executor cannot follow it")
+                    ended = True
+                    continue
+                run.sent = executors.Sent(run.task_run, run.log, run.cancel, mono,
+                                          run.outcome.handle)
+                run.follower = found.away
+                self._next_follow[found.away] = min(self._next_follow.get(found.away, 0.0),
+                                                    mono + found.away.poll)
             if run.cancel.requested:
-                run.outcome = executors.Outcome("cancelled", None,
-                                                executors.cancel_error(run.cancel))
+                run.outcome = run.follower.cancelled(run.sent)
                 ended = True
             else:
-                away[task_id] = run
-        if not away or mono < self._next_follow:
-            return ended
-        self._next_follow = mono + celery_executor.POLL
-        for followed in celery_executor.follow(
-                self.member.pk, {task_id: run.take_by for task_id, run in away.items()}):
-            run = away[followed.task_id]
-            if followed.started_at is not None and run.entry.at is None:
-                run.entry.at = followed.started_at.timestamp() - self.clock.offset
-            if followed.outcome is not None:
-                run.outcome = followed.outcome
-                ended = True
+                groups.setdefault(run.follower, {})[task_id] = run
+        for away, runs in groups.items():
+            if mono < self._next_follow.get(away, 0.0):
+                continue
+            self._next_follow[away] = mono + away.poll
+            for followed in away.follow(self.member.pk,
+                                        {task_id: run.sent for task_id, run in runs.items()}):
+                run = runs[followed.task_id]
+                if followed.started_at is not None and run.entry.at is None:
+                    run.entry.at = followed.started_at.timestamp() - self.clock.offset
+                if followed.outcome is not None:
+                    run.outcome = followed.outcome
+                    ended = True
         return ended
 
     def step_record_finished(self) -> bool:
@@ -551,7 +563,7 @@ class Node:
         from a queue, so a failed write is simply tried again at the next pass."""
         done = [run for run in self.running.values() if run.outcome is not None and not run.away]
         # --- executor celery: a run its worker recorded itself leaves without a write
-        for run in [r for r in done if r.outcome.state == "recorded"]:
+        for run in [r for r in done if r.outcome.state == executors.RECORDED]:
             self.running.pop(run.started.task_id, None)
             self.stats.finished += 1
             done.remove(run)
@@ -759,9 +771,6 @@ class Node:
         entry = executors.Entry(
             self._unowned,
             not_before=time.monotonic() + early + self.clock.error if early > 0 else None)
-        run = Running(started=started, log=executors.LogBuffer(self.conf.log_limit_bytes),
-                      cancel=executors.Cancel(), entry=entry)
-        self.running[started.task_id] = run
         task_run = executors.TaskRun(
             task_id=started.task_id, job_name=job.name, kind=job.kind, command=job.command,
             working_directory=job.working_directory,
@@ -771,6 +780,9 @@ class Node:
             isolation=job.isolation, stateful=job.stateful, executor=job.executor,
             queue=job.celery_queue, cluster_id=self.member.cluster_id, member_id=self.member.pk,
         )
+        run = Running(started=started, log=executors.LogBuffer(self.conf.log_limit_bytes),
+                      cancel=executors.Cancel(), entry=entry, task_run=task_run)
+        self.running[started.task_id] = run
         self.stats.started += 1
         self.pool.submit(self._execute, run, task_run)
 
@@ -1006,8 +1018,9 @@ class Node:
         timeout = min(timeout, max(self._next_dead_check - time.monotonic(), 0.0))
         if self.running:
             timeout = min(timeout, max(self._next_log_flush - time.monotonic(), 0.0))
-        if any(run.take_by is not None for run in self.running.values()):
-            timeout = min(timeout, max(self._next_follow - time.monotonic(), 0.0))
+        followed = {run.follower for run in self.running.values() if run.sent is not None}
+        for away in followed:
+            timeout = min(timeout, max(self._next_follow.get(away, 0.0) - time.monotonic(), 0.0))
         if self.may_run() and self._free_slots() > 0:
             timeout = min(timeout, max(self._claim_at - time.monotonic(), 0.0),
                           max(self._orders_at - time.monotonic(), 0.0))
@@ -1039,7 +1052,7 @@ class Node:
         deadline = time.monotonic() + seconds
         while self.running and time.monotonic() < deadline and not self.forced:
             try:
-                self.step_follow_celery()
+                self.step_follow_away()
                 self.step_record_finished()
                 self.step_flush_logs()
                 self.step_heartbeat()
@@ -1075,7 +1088,7 @@ class Node:
                 self._wait_for_running(executors.KILL_GRACE + 2.0)
         for _ in range(20):
             try:
-                self.step_follow_celery()
+                self.step_follow_away()
                 self.step_record_finished()
                 self.step_flush_logs()
                 reason = "normal stop" if not self.running and not self.forced else "forced stop"

@@ -5,12 +5,14 @@
 - shell.py, python.py: shell command lines and python callables, on the node (Django-free).
 - djtasks.py: kind `task`, a django.tasks task enqueued on its backend and followed.
 - celery_executor.py: executor `celery`, shell and python jobs run on a Celery worker.
+  These two hand the work away (outcome SENT, no pool thread held) and declare an `Away`:
+  how the node's loop follows all of a member's tasks of theirs at once.
 - registry.py: (executor, kind) -> the executor that runs it and what it supports.
 
 Adding an executor is a module that declares its `Executor`s and one line below.
 
 The node daemon calls `execute()` from its worker thread pool and does every database write
-itself. `execute()` never raises.
+itself (a worker elsewhere writes its own rows: celery). `execute()` never raises.
 """
 
 from __future__ import annotations
@@ -20,14 +22,19 @@ import traceback
 from scheduler.executors import celery_executor, djtasks, python, registry, shell
 from scheduler.executors.base import (
     KILL_GRACE,
+    RECORDED,
     RESERVED_PARAMETER_NAMES,
     RESERVED_PARAMETER_PREFIXES,
+    SENT,
+    Away,
     Cancel,
     Entry,
     Executor,
+    Followed,
     JobContext,
     LogBuffer,
     Outcome,
+    Sent,
     Support,
     TaskRun,
     cancel_error,
@@ -39,9 +46,10 @@ from scheduler.executors.python import abandoned_threads, job_context
 registry.register(shell.EXECUTOR, python.EXECUTOR, djtasks.EXECUTOR, *celery_executor.EXECUTORS)
 
 __all__ = [
-    "KILL_GRACE", "RESERVED_PARAMETER_NAMES", "RESERVED_PARAMETER_PREFIXES", "Cancel", "Entry",
-    "Executor", "JobContext", "LogBuffer", "Outcome", "Support", "TaskRun", "abandoned_threads",
-    "cancel_error", "execute", "is_reserved_parameter", "job_context",
+    "KILL_GRACE", "RECORDED", "RESERVED_PARAMETER_NAMES", "RESERVED_PARAMETER_PREFIXES", "SENT",
+    "Away", "Cancel", "Entry", "Executor", "Followed", "JobContext", "LogBuffer", "Outcome",
+    "Sent", "Support", "TaskRun", "abandoned_threads", "cancel_error", "execute",
+    "is_reserved_parameter", "job_context",
 ]
 
 

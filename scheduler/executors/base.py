@@ -4,6 +4,11 @@ declaration (`Support`), and small helpers. Django-free, like shell.py and pytho
 The node daemon hands an executor plain values (`TaskRun`), drains the task's output from a
 `LogBuffer` while it runs, may stop it through a `Cancel`, gates the moment the job is entered
 through an `Entry`, and gets an `Outcome` back; it does every database write itself.
+
+Work that runs elsewhere (a Celery worker, a django.tasks backend's worker) holds no pool
+thread of the node: the runner only passes the entry gate, hands the work over and returns
+Outcome SENT; the executor's `Away` then tells the node's loop how to follow all of the
+member's tasks handed to it, in one look every `Away.poll` seconds (node.step_follow_away).
 """
 
 from __future__ import annotations
@@ -154,10 +159,18 @@ class TaskRun:
     member_id: int = 0
 
 
+# The outcome of a runner that handed the work away (an executor with an `Away`): the task
+# stays running on its node but holds no pool thread; the node's loop follows it.
+SENT = "sent"
+# The outcome of a run that someone else ended and recorded (a Celery worker, a recovery, an
+# operator): the node forgets it without a write.
+RECORDED = "recorded"
+
+
 @dataclass
 class Outcome:
     # "succeeded" | "failed" | "timed_out" | "cancelled" | "lost" (the entry gate refused it:
-    # nothing was started)
+    # nothing was started); SENT and RECORDED above, for work that runs elsewhere.
     state: str
     # shell: the process's return code (negative = killed by that signal, like subprocess);
     # python: 0 ok, 1 exception, the SystemExit code; None when nothing ran to an end.
@@ -166,6 +179,8 @@ class Outcome:
     # python jobs: the data map after the run; None for shell jobs, and for a python job whose
     # thread had to be abandoned (its data map is still being changed, so no snapshot is safe).
     data: dict | None = None
+    # SENT: what the executor's follow finds the work by (django.tasks: the enqueued result).
+    handle: Any = None
 
 
 class Cancel:
@@ -274,10 +289,52 @@ class Support:
 Runner = Callable[["TaskRun", "LogBuffer", "Cancel", "Entry", float], "Outcome"]
 
 
+@dataclass
+class Sent:
+    """A task whose runner handed the work away (outcome SENT), as its executor's follow sees
+    it. The node makes it once its pool thread is free again."""
+
+    run: TaskRun
+    log: LogBuffer  # the follow may write to it (drained with the task's log as usual)
+    cancel: Cancel
+    since: float  # time.monotonic() when the node's loop took the task over
+    handle: Any = None  # the runner's Outcome.handle; the follow may replace it
+
+
+@dataclass(frozen=True)
+class Followed:
+    task_id: int
+    outcome: Outcome | None  # None: still away
+    started_at: datetime | None = None  # when the work started elsewhere, once known
+
+
+# One look at every task of a member (its id) handed to this executor: task id -> Sent. Returns
+# what it found for each; raises only what the node treats as database weather.
+Follow = Callable[[int, dict[int, Sent]], list[Followed]]
+
+
+def let_go(sent: Sent) -> Outcome:
+    """A task away that is cancelled (operator, overlap `replace`, the node's stop) ends at
+    once, without a look: the work elsewhere learns it its own way, or not at all."""
+    return Outcome("cancelled", None, cancel_error(sent.cancel))
+
+
+@dataclass(frozen=True)
+class Away:
+    """How the node's loop follows the tasks an executor's runner handed away (outcome SENT):
+    `follow` for all of them at once, every `poll` seconds (node.step_follow_away); a cancel
+    ends one at once with `cancelled` (which may say in its log what becomes of the work)."""
+
+    follow: Follow
+    poll: float
+    cancelled: Callable[[Sent], Outcome] = let_go
+
+
 @dataclass(frozen=True)
 class Executor:
     support: Support
     run: Runner
+    away: Away | None = None  # its runner hands the work away: how the node follows it
 
 
 # --------------------------------------------------------------------------------------------

@@ -23,8 +23,9 @@ tasks in flight (each still counts towards its job's max_parallel). A worker tak
   running, still that member's, and the member live: a task declared lost is not overwritten.
 
 The node's loop follows all its tasks in flight with one query every POLL seconds (`follow`,
-node.step_follow_celery): once a task is no longer running and the member's, the worker (or a
-recovery) has recorded it, and the node forgets the run without a write (outcome RECORDED).
+declared as this executor's `Away`; node.step_follow_away): once a task is no longer running
+and the member's, the worker (or a recovery) has recorded it, and the node forgets the run
+without a write (outcome RECORDED).
 Loss: if the worker's lease is older than LEASE_TIMEOUT (the worker died, froze or lost the
 database), the node ends the task `lost` through its normal recording, and the task is run
 again like any lost task (its job's `recover_lost`). If the node dies, the others declare its
@@ -48,12 +49,22 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from scheduler.executors import base
-from scheduler.executors.base import Cancel, Entry, Executor, LogBuffer, Outcome, Support, TaskRun
+from scheduler.executors.base import (
+    Away,
+    Cancel,
+    Entry,
+    Executor,
+    Followed,
+    LogBuffer,
+    Outcome,
+    Sent,
+    Support,
+    TaskRun,
+)
 
 log = logging.getLogger("opscenter.celery")
 
@@ -61,10 +72,10 @@ NAME = "opscenter.run_task"
 DEFAULT_QUEUE = "celery"
 # The outcome of the pool thread's part: the task is on its way to a worker, and the node's
 # loop follows it from now on (no pool slot held).
-SENT = "sent"
+SENT = base.SENT
 # The outcome of a run the worker recorded itself (or that someone else ended): the node
 # forgets it without a write.
-RECORDED = "recorded"
+RECORDED = base.RECORDED
 POLL = 0.5  # seconds between the node's looks at its tasks in flight (one query for all)
 RENEW = 1.0  # seconds between the worker's lease renewals (and log flushes)
 
@@ -86,7 +97,7 @@ def start_timeout() -> float:
 
 
 # --------------------------------------------------------------------------------------------
-# The node's side: a pool thread sends, the node's loop follows (node.step_follow_celery)
+# The node's side: a pool thread sends, the node's loop follows (node.step_follow_away)
 
 
 def send(run: TaskRun, log_buffer: LogBuffer, cancel: Cancel, entry: Entry,
@@ -113,16 +124,9 @@ def send(run: TaskRun, log_buffer: LogBuffer, cancel: Cancel, entry: Entry,
         return Outcome("failed", None, f"celery executor error: {_describe(exc)}")
 
 
-@dataclass(frozen=True)
-class Followed:
-    task_id: int
-    outcome: Outcome | None  # None: still with its worker, or not taken yet
-    started_at: datetime | None  # the worker's start, once a worker took it
-
-
-def follow(member_id: int, sent: dict[int, float]) -> list[Followed]:
+def follow(member_id: int, sent: dict[int, Sent]) -> list[Followed]:
     """One look, in one query, at every task this member has in flight on Celery (`sent`: task
-    id -> the monotonic time by which a worker must have taken it).
+    id -> the task as sent; a worker must take it within start_timeout() of `Sent.since`).
 
     Ended by its worker (or by anyone else: a recovery, an operator) -> RECORDED, the node
     forgets it without a write. The worker's lease older than lease_timeout() -> lost. Not taken
@@ -137,9 +141,9 @@ def follow(member_id: int, sent: dict[int, float]) -> list[Followed]:
     rows = {pk: rest for pk, *rest in Task.objects.filter(pk__in=list(sent)).annotate(
         db_now=Now()).values_list("pk", "state", "member_id", "started_at", "celery_seen_at",
                                   "db_now")}
-    bound, mono = lease_timeout(), time.monotonic()
+    bound, mono, wait = lease_timeout(), time.monotonic(), start_timeout()
     followed = []
-    for task_id, take_by in sent.items():
+    for task_id, away in sent.items():
         row = rows.get(task_id)
         if row is None or row[0] != Task.State.RUNNING or row[1] != member_id:
             followed.append(Followed(task_id, Outcome(RECORDED, None), None))
@@ -151,7 +155,7 @@ def follow(member_id: int, sent: dict[int, float]) -> list[Followed]:
             if age > bound:
                 outcome = Outcome("lost", None, f"lost: the Celery worker did not renew its "
                                   f"lease for {age:.1f} s (it died, froze or lost the database)")
-        elif mono > take_by:
+        elif mono > away.since + wait:
             outcome = Outcome("failed", None, f"no Celery worker took the task within "
                               f"{start_timeout():g} s (is a worker consuming its queue?)")
         followed.append(Followed(task_id, outcome, started_at))
@@ -339,7 +343,10 @@ def _support(kind: str, isolations: tuple[str, ...], data_map: bool) -> Support:
              "holds no pool thread of the node while in flight")
 
 
+# One for both kinds: the node follows all of a member's Celery tasks with one query.
+AWAY = Away(follow, POLL)
+
 EXECUTORS = (
-    Executor(_support("shell", (), data_map=False), send),
-    Executor(_support("python", ("thread", "process"), data_map=True), send),
+    Executor(_support("shell", (), data_map=False), send, AWAY),
+    Executor(_support("python", ("thread", "process"), data_map=True), send, AWAY),
 )

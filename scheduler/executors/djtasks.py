@@ -3,10 +3,20 @@
 The cluster fires the job like any other (the same claim, one task row per due time); the
 node's pool thread then enqueues the django.tasks Task on the backend it names (the database
 backend django-tasks-db in the demo: `manage.py db_worker` runs it), with the job's parameters
-as keyword arguments, writes the result id on the task row (`Task.external_id`) and follows
-the result until it ends: SUCCESSFUL -> succeeded (the return value in the log), FAILED ->
-failed (the error and its traceback in the log). The job's timeout and a cancel stop the
-following, not the enqueued work: django.tasks has no way to stop a result.
+as keyword arguments, writes the result id on the task row (`Task.external_id`) and returns
+(outcome SENT): the task stays in the node's running set but holds no pool thread, so a node
+with n pool threads can have any number of task jobs in flight (each still counts towards its
+job's max_parallel). The node's loop follows all of them with one look every POLL seconds
+(`follow`, this executor's `Away`; node.step_follow_away): a new status goes to the log,
+SUCCESSFUL -> succeeded (the return value in the log), FAILED -> failed (the error and its
+traceback in the log). The job's timeout (counted from the enqueue) and a cancel stop the
+following, not the enqueued work: django.tasks has no way to stop a result. There is no start
+timeout: a result no worker takes is followed until the job's timeout, if it has one (the
+result stays in the backend, and a worker started later runs it).
+
+A clean stop of the node waits its stop grace for them like for any running task (a result
+that ends meanwhile ends its task as usual), then ends the rest `lost` ("interrupted by the
+stop of its member"); their recovery follows the same result (below), not enqueued again.
 
 Recovery: a task lost with its member (trigger `recovery`) looks up the result id stored by the
 attempt it recovers (along its chain of recoveries); when that result still exists it is
@@ -28,24 +38,26 @@ from typing import Any
 from scheduler.executors.base import (
     ERROR_MAX,
     REPR_MAX,
+    SENT,
+    Away,
     Cancel,
     Entry,
     Executor,
+    Followed,
     LogBuffer,
     Outcome,
+    Sent,
     Support,
     TaskRun,
     cancel_error,
-    deadline_of,
     describe,
+    no_limit,
     shorten,
 )
 from scheduler.executors.python import get_attributes, import_dotted
 
-# Following a result: the first look soon (a fast task ends within a few ms of a busy worker),
-# then less often, never more than POLL_MAX seconds apart.
-POLL_MIN = 0.05
-POLL_MAX = 1.0
+# Seconds between the node's looks at its results in flight (one query for all of them).
+POLL = 0.25
 
 
 def resolve_task(path: str):
@@ -89,8 +101,11 @@ def parameters_problem(parameters: Any) -> str:
     return ""
 
 
-def execute(run: TaskRun, log: LogBuffer, cancel: Cancel, entry: Entry,
-            kill_grace: float = 0.0) -> Outcome:
+def send(run: TaskRun, log: LogBuffer, cancel: Cancel, entry: Entry,
+         kill_grace: float = 0.0) -> Outcome:
+    """Enqueue the task (or, for a recovery, find the result its lost attempt enqueued), once
+    the entry gate lets it in; store the result id and return at once: Outcome SENT with the
+    result as its handle, whose end `follow` finds out."""
     from django.tasks.exceptions import TaskResultDoesNotExist
 
     try:
@@ -117,50 +132,110 @@ def execute(run: TaskRun, log: LogBuffer, cancel: Cancel, entry: Entry,
                   f"(queue {task.queue_name!r}): result {result.id}\n")
     entry.at = time.monotonic()
     _store_result_id(run.task_id, str(result.id))
-    return _follow(result, run, log, cancel)
+    log.write(f"[opscenter] result {result.id}: {result.status}\n")
+    return Outcome(SENT, None, handle=result)
 
 
-def _follow(result, run: TaskRun, log: LogBuffer, cancel: Cancel) -> Outcome:
+def follow(member_id: int, sent: dict[int, Sent]) -> list[Followed]:
+    """One look at the results of every task this member has handed to django.tasks (`sent`:
+    task id -> the task, its handle the result as last seen): a new status goes to the log;
+    SUCCESSFUL -> succeeded (the return value in the log), FAILED -> failed (the error and its
+    traceback in the log); the job's timeout, counted from the hand-over, ends the task
+    timed_out but only stops following. Results of django-tasks-db backends are read in one
+    query per backend, others one by one (`get_result`: django.tasks has no bulk read)."""
+    fresh = _fetch([away.handle for away in sent.values()])
+    mono = time.monotonic()
+    followed = []
+    for task_id, away in sent.items():
+        result = fresh.get(str(away.handle.id))
+        if isinstance(result, Exception):
+            followed.append(Followed(task_id, Outcome(
+                "failed", None, shorten(f"executor error: {describe(result)}", ERROR_MAX))))
+            continue
+        if result.status != away.handle.status:
+            away.log.write(f"[opscenter] result {result.id}: {result.status}\n")
+        away.handle = result
+        outcome = _ended(result, away.log)
+        if outcome is None and not no_limit(away.run.timeout) \
+                and mono >= away.since + away.run.timeout:
+            away.log.write(f"[opscenter] stopped following result {result.id} (status "
+                           f"{result.status}); django.tasks cannot stop it, so it may still "
+                           f"run\n")
+            outcome = Outcome("timed_out", None, f"timed out after {away.run.timeout:g} s")
+        followed.append(Followed(task_id, outcome))
+    return followed
+
+
+def stop_following(away: Sent) -> Outcome:
+    """A cancel ends the task at once; the result is left to its worker."""
+    away.log.write(f"[opscenter] stopped following result {away.handle.id}; django.tasks "
+                   f"cannot stop it, so it may still run\n")
+    return Outcome("cancelled", None, cancel_error(away.cancel))
+
+
+def _ended(result, log: LogBuffer) -> Outcome | None:
+    """The outcome of a result that ended (its return value or error in the log), or None."""
     from django.tasks import TaskResultStatus
 
-    deadline = deadline_of(run.timeout)
-    interval = POLL_MIN
-    last_status = None
-    while True:
-        if result.status != last_status:
-            last_status = result.status
-            log.write(f"[opscenter] result {result.id}: {result.status}\n")
-        if result.status == TaskResultStatus.SUCCESSFUL:
-            value = result.return_value
-            try:
-                text = json.dumps(value, default=repr)
-            except (TypeError, ValueError):
-                text = repr(value)
-            log.write(f"return value: {shorten(text, REPR_MAX)}\n")
-            return Outcome("succeeded", 0)
-        if result.status == TaskResultStatus.FAILED:
-            error = result.errors[-1] if result.errors else None
-            if error is not None:
-                log.write(error.traceback if error.traceback.endswith("\n")
-                          else error.traceback + "\n")
-                last = error.traceback.strip().splitlines()[-1:] or [error.exception_class_path]
-                reason = shorten(last[0], ERROR_MAX)
+    if result.status == TaskResultStatus.SUCCESSFUL:
+        value = result.return_value
+        try:
+            text = json.dumps(value, default=repr)
+        except (TypeError, ValueError):
+            text = repr(value)
+        log.write(f"return value: {shorten(text, REPR_MAX)}\n")
+        return Outcome("succeeded", 0)
+    if result.status == TaskResultStatus.FAILED:
+        error = result.errors[-1] if result.errors else None
+        if error is not None:
+            log.write(error.traceback if error.traceback.endswith("\n")
+                      else error.traceback + "\n")
+            last = error.traceback.strip().splitlines()[-1:] or [error.exception_class_path]
+            reason = shorten(last[0], ERROR_MAX)
+        else:
+            reason = "the task failed"
+        return Outcome("failed", 1, reason)
+    return None
+
+
+def _fetch(results: list) -> dict[str, Any]:
+    """The results as they are now, by id: a fresh result, or the exception reading it raised
+    (TaskResultDoesNotExist: deleted meanwhile). Database weather is raised: the node's loop
+    waits it out and looks again."""
+    from django.db import InterfaceError, OperationalError
+    from django.tasks.exceptions import TaskResultDoesNotExist
+
+    try:
+        from django_tasks_db.backend import DatabaseBackend
+    except ImportError:  # not installed: other backends only
+        DatabaseBackend = None  # noqa: N806
+
+    by_backend: dict[str, list] = {}
+    for result in results:
+        by_backend.setdefault(result.backend, []).append(result)
+    fresh: dict[str, Any] = {}
+    for some in by_backend.values():
+        ids = [str(result.id) for result in some]
+        try:
+            backend = some[0].task.get_backend()
+            if DatabaseBackend is not None and isinstance(backend, DatabaseBackend):
+                from django_tasks_db.models import DBTaskResult
+
+                fresh.update((str(row.id), row.task_result)
+                             for row in DBTaskResult.objects.filter(id__in=ids))
             else:
-                reason = "the task failed"
-            return Outcome("failed", 1, reason)
-        wait = interval if deadline is None else min(interval, deadline - time.monotonic())
-        if wait > 0 and cancel.event.wait(wait):
-            pass
-        if cancel.requested:
-            log.write(f"[opscenter] stopped following result {result.id}; django.tasks cannot "
-                      f"stop it, so it may still run\n")
-            return Outcome("cancelled", None, cancel_error(cancel))
-        if deadline is not None and time.monotonic() >= deadline:
-            log.write(f"[opscenter] stopped following result {result.id} (status "
-                      f"{result.status}); django.tasks cannot stop it, so it may still run\n")
-            return Outcome("timed_out", None, f"timed out after {run.timeout:g} s")
-        interval = min(interval * 2, POLL_MAX)
-        result.refresh()
+                for result_id in ids:
+                    try:
+                        fresh[result_id] = backend.get_result(result_id)
+                    except TaskResultDoesNotExist as exc:
+                        fresh[result_id] = exc
+        except (OperationalError, InterfaceError):
+            raise
+        except Exception as exc:  # a backend that cannot be read: its tasks fail, as before
+            fresh.update((result_id, exc) for result_id in ids if result_id not in fresh)
+        for result_id in ids:
+            fresh.setdefault(result_id, TaskResultDoesNotExist(result_id))
+    return fresh
 
 
 def _earlier_result_id(run: TaskRun) -> str:
@@ -194,6 +269,8 @@ EXECUTOR = Executor(
             needs="settings.TASKS: a backend and its worker (django-tasks-db: "
                   "manage.py db_worker)",
             note="a timeout or cancel ends the task but only stops following: django.tasks "
-                 "cannot stop an enqueued result; the log gets its status and return value"),
-    execute,
+                 "cannot stop an enqueued result; the log gets its status and return value; "
+                 "holds no pool thread of the node while in flight"),
+    send,
+    Away(follow, POLL, stop_following),
 )
