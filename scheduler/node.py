@@ -548,8 +548,18 @@ class Node:
             if mono < self._next_follow.get(away, 0.0):
                 continue
             self._next_follow[away] = mono + away.poll
-            for followed in away.follow(self.member.pk,
-                                        {task_id: run.sent for task_id, run in runs.items()}):
+            try:
+                looks = away.follow(self.member.pk,
+                                    {task_id: run.sent for task_id, run in runs.items()})
+            except DB_ERRORS:
+                raise  # weather: the loop reconnects
+            except Exception as exc:
+                # A bug in one executor's follow must not stop the recording and claims of
+                # everything else: its tasks are looked at again at the next poll.
+                log.error("following %d task(s) handed away failed: %s", len(runs),
+                          _reason(exc))
+                continue
+            for followed in looks:
                 run = runs[followed.task_id]
                 if followed.started_at is not None and run.entry.at is None:
                     run.entry.at = followed.started_at.timestamp() - self.clock.offset
@@ -557,6 +567,22 @@ class Node:
                     run.outcome = followed.outcome
                     ended = True
         return ended
+
+    def _look_at_away_starts(self, done: list[Running]) -> None:
+        """Tasks handed away that the node ends itself (a cancel, its stop, a lease run out)
+        may have been started since the last look: one more look, so that such a task counts
+        as entered (a lost one is then recovered only if its job says so)."""
+        groups: dict[executors.Away, dict[int, Running]] = {}
+        for run in done:
+            if run.sent is not None and run.entry.at is None and run.follower is not None \
+                    and run.outcome.state != executors.RECORDED:
+                groups.setdefault(run.follower, {})[run.started.task_id] = run
+        for away, runs in groups.items():
+            for followed in away.follow(self.member.pk,
+                                        {task_id: run.sent for task_id, run in runs.items()}):
+                if followed.started_at is not None:
+                    runs[followed.task_id].entry.at = \
+                        followed.started_at.timestamp() - self.clock.offset
 
     def step_record_finished(self) -> bool:
         """Record every task whose executor has finished. Driven from the running table, not
@@ -574,6 +600,7 @@ class Node:
             if self._ran_unowned:
                 self._record_ran_unowned([])
             return False
+        self._look_at_away_starts(done)
         finished = [self._finished(run) for run in done]
         for run in done:
             run.unsaved_log += text.storable_text(run.log.drain())
@@ -595,7 +622,9 @@ class Node:
             self.stats.discarded += len(discarded)
             log.warning("results of task(s) %s discarded: they are no longer this member's "
                         "(declared lost while it was unreachable, or deleted)", discarded)
-        unowned = [by_id[t] for t in discarded if t in by_id]
+        # A task handed away whose end by the node was discarded was ended by its worker (or
+        # the recovery): the worker's writes are guarded, nothing ran here unowned.
+        unowned = [by_id[t] for t in discarded if t in by_id and by_id[t].sent is None]
         for run in done:
             self.running.pop(run.started.task_id, None)
             if run.started.order_id is not None:

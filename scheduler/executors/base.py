@@ -341,6 +341,15 @@ class Executor:
 # Small helpers
 
 
+# Ids in one `IN (...)` of a follow's look: far below SQLite's 32,766 and PostgreSQL's 65,535
+# parameters, whatever number of tasks a node has in flight.
+FOLLOW_CHUNK = 5000
+
+
+def chunked(items: list, size: int = FOLLOW_CHUNK) -> list[list]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
 def no_limit(timeout: float | None) -> bool:
     return timeout is None or timeout <= 0
 

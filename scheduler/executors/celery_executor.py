@@ -138,9 +138,9 @@ def follow(member_id: int, sent: dict[int, Sent]) -> list[Followed]:
 
     from scheduler.models import Task
 
-    rows = {pk: rest for pk, *rest in Task.objects.filter(pk__in=list(sent)).annotate(
-        db_now=Now()).values_list("pk", "state", "member_id", "started_at", "celery_seen_at",
-                                  "db_now")}
+    rows = {pk: rest for chunk in base.chunked(list(sent))
+            for pk, *rest in Task.objects.filter(pk__in=chunk).annotate(db_now=Now())
+            .values_list("pk", "state", "member_id", "started_at", "celery_seen_at", "db_now")}
     bound, mono, wait = lease_timeout(), time.monotonic(), start_timeout()
     followed = []
     for task_id, away in sent.items():
@@ -194,8 +194,10 @@ def run_on_worker(payload: dict) -> str:
     grace, so the job has ended before the node declares the task lost and the cluster runs it
     again: a job never runs unsupervised beside its own recovery."""
     import time
+    from datetime import timedelta
 
     from django.db import DatabaseError, transaction
+    from django.db.models import DateTimeField, ExpressionWrapper
     from django.db.models.functions import Now
 
     from scheduler import executors, ledger, text
@@ -203,10 +205,15 @@ def run_on_worker(payload: dict) -> str:
 
     task_id, member_id = int(payload["task_id"]), int(payload["member_id"])
     mine = Task.objects.filter(pk=task_id, state=Task.State.RUNNING, member_id=member_id)
-    if not mine.filter(celery_seen_at__isnull=True).update(started_at=Now(),
-                                                           celery_seen_at=Now()):
-        log.warning("task %s: not started, it is no longer running on its member or was "
-                    "started already", task_id)
+    # Not started once the node may be about to end it "not taken" (start_timeout() after its
+    # claim, on the database's clock, less a margin for the node's look): a start is never
+    # overwritten by that failure.
+    latest_claim = ExpressionWrapper(Now() - timedelta(seconds=start_timeout() - _take_margin()),
+                                     output_field=DateTimeField())
+    if not mine.filter(celery_seen_at__isnull=True, claimed_at__gt=latest_claim).update(
+            started_at=Now(), celery_seen_at=Now()):
+        log.warning("task %s: not started, it is no longer running on its member, was "
+                    "started already or waited too long for a worker", task_id)
         return "refused"
     run = _run_from_json(task_id, payload["run"])
     buffer = LogBuffer()
@@ -283,6 +290,10 @@ def run_on_worker(payload: dict) -> str:
         log.warning("task %s: its result was discarded (no longer its member's)", task_id)
         return "discarded"
     return finished.state
+
+
+def _take_margin() -> float:
+    return min(5.0, start_timeout() / 2)
 
 
 def _drop_connection() -> None:

@@ -35,6 +35,7 @@ import keyword
 import time
 from typing import Any
 
+from scheduler.executors import base
 from scheduler.executors.base import (
     ERROR_MAX,
     REPR_MAX,
@@ -221,8 +222,9 @@ def _fetch(results: list) -> dict[str, Any]:
             if DatabaseBackend is not None and isinstance(backend, DatabaseBackend):
                 from django_tasks_db.models import DBTaskResult
 
-                fresh.update((str(row.id), row.task_result)
-                             for row in DBTaskResult.objects.filter(id__in=ids))
+                for chunk in base.chunked(ids):
+                    fresh.update((str(row.id), row.task_result)
+                                 for row in DBTaskResult.objects.filter(id__in=chunk))
             else:
                 for result_id in ids:
                     try:

@@ -722,6 +722,11 @@ LIVE_MEMBER = ("EXISTS (SELECT 1 FROM scheduler_member m WHERE m.id = t.member_i
                "AND m.state IN ('active', 'standby', 'stopping'))")
 
 
+# A task a Celery worker started keeps the worker's own start (celery_seen_at is its lease),
+# also when the node ends it (cancel, stop, lease run out) before it saw that start.
+WORKER_START = "CASE WHEN {t}.celery_seen_at IS NULL THEN {v} ELSE {t}.started_at END"
+
+
 def _finish_rows(member_id: int, now: datetime, finished: list[Finished]) -> set[int]:
     """Conditional on the task still being ours and running: a result of a task that was
     declared lost (and perhaps re-run elsewhere) must not overwrite the ledger."""
@@ -731,7 +736,8 @@ def _finish_rows(member_id: int, now: datetime, finished: list[Finished]) -> set
             for chunk in _chunks(finished, 5000):
                 cursor.execute(
                     "UPDATE scheduler_task AS t SET state = v.state, finished_at = %s, "
-                    "exit_code = v.code, error = v.error, started_at = v.started "
+                    "exit_code = v.code, error = v.error, started_at = "
+                    f"{WORKER_START.format(t='t', v='v.started')} "
                     "FROM (SELECT unnest(%s::bigint[]) AS id, unnest(%s::text[]) AS state, "
                     "unnest(%s::int[]) AS code, unnest(%s::text[]) AS error, "
                     "unnest(%s::timestamptz[]) AS started) AS v "
@@ -747,7 +753,9 @@ def _finish_rows(member_id: int, now: datetime, finished: list[Finished]) -> set
             for f in finished:
                 cursor.execute(
                     "UPDATE scheduler_task SET state = %s, finished_at = %s, exit_code = %s, "
-                    "error = %s, started_at = %s WHERE id = %s AND state = 'running' "
+                    "error = %s, started_at = "
+                    f"{WORKER_START.format(t='scheduler_task', v='%s')} "
+                    "WHERE id = %s AND state = 'running' "
                     "AND member_id = %s "
                     f"AND {LIVE_MEMBER.replace('t.member_id', 'scheduler_task.member_id')}",
                     [f.state, nowp, f.exit_code, f.error[:10000], _param(f.started_at),
