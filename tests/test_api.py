@@ -724,3 +724,16 @@ def test_pagination_is_bounded(viewer, cluster):
     body = viewer.get("/api/jobs/?limit=100000&offset=99999999999999999999").json()
     assert body["results"] == [] and body["count"] == 3
     assert len(viewer.get("/api/jobs/?limit=2").json()["results"]) == 2
+
+
+def test_the_executors_and_what_they_support_are_listed(viewer):
+    rows = viewer.get("/api/executors/").json()
+    by_key = {(row["executor"], row["kind"]): row for row in rows}
+    assert {("node", "shell"), ("node", "python"), ("node", "task"), ("celery", "shell"),
+            ("celery", "python")} <= set(by_key)
+    assert ("celery", "task") not in by_key
+    assert by_key[("node", "python")]["isolations"] == ["thread", "process"]
+    assert by_key[("node", "python")]["data_map"] is True
+    assert by_key[("node", "shell")]["data_map"] is False
+    assert "Celery worker" in by_key[("celery", "shell")]["runs_on"]
+    assert viewer.post("/api/executors/", {}, format="json").status_code in (403, 405)

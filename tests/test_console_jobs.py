@@ -422,6 +422,18 @@ def test_the_job_page_shows_where_the_work_runs(viewer_client, cluster, jobs):
     Job.objects.filter(pk=job.pk).update(celery_queue="")
     html = viewer_client.get(detail(job)).content.decode()
     assert "<dt>Executor</dt><dd>Celery queue: <code>celery</code></dd>" in html
+    assert "a Celery worker consuming the job&#x27;s queue; a timeout stops the work" in html
+
+
+def test_the_job_page_says_where_the_work_runs_and_what_a_timeout_does(viewer_client, cluster):
+    shell = add_job(cluster, "on-node", kind="shell", command="true")
+    html = viewer_client.get(detail(shell)).content.decode()
+    assert "<dt>Runs on</dt>" in html and "a timeout stops the work" in html
+    assert "<dt>Isolation</dt>" not in html  # python jobs only
+    # A row saved around the doors, which no executor runs: the page says so, no 500.
+    Job.objects.filter(pk=shell.pk).update(executor="celery", kind="task")
+    html = viewer_client.get(detail(shell)).content.decode()
+    assert "its tasks fail" in html
 
 
 def test_the_job_page_links_to_the_admin_for_who_may_edit(jobs):

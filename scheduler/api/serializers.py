@@ -185,6 +185,22 @@ class OrderSerializer(serializers.ModelSerializer):
                   "updated_at"]
 
 
+class ExecutorSupportSerializer(serializers.Serializer):
+    """What one executor supports for one job kind (scheduler/executors/registry.py)."""
+
+    executor = serializers.CharField(help_text="Job.executor: node or celery.")
+    kind = serializers.CharField(help_text="Job.kind: shell, python or task.")
+    runs_on = serializers.CharField(help_text="Where the work runs.")
+    isolations = serializers.ListField(child=serializers.CharField(),
+                                       help_text="The isolations a job may choose.")
+    time_limit = serializers.BooleanField(help_text="A timeout stops the work.")
+    cancel = serializers.BooleanField(help_text="A cancel stops the work.")
+    live_log = serializers.BooleanField(help_text="The output reaches the log while it runs.")
+    data_map = serializers.BooleanField(help_text="A run returns the data map (stateful).")
+    needs = serializers.CharField(help_text="What must be configured and running.")
+    note = serializers.CharField()
+
+
 class EventSerializer(serializers.ModelSerializer):
     class Meta:
         model = Event

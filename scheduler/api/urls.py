@@ -20,6 +20,7 @@ router.register("tasks", views.TaskViewSet)
 router.register("chains", views.JobChainViewSet)
 router.register("orders", views.OrderViewSet)
 router.register("events", views.EventViewSet)
+router.register("executors", views.ExecutorViewSet, basename="executor")
 
 urlpatterns = [
     path("schema/", SpectacularAPIView.as_view(), name="schema"),

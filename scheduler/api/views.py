@@ -23,6 +23,7 @@ from scheduler.api import serializers as s
 from scheduler.api.filters import Filters
 from scheduler.console.access import NOT_SWITCHER, SWITCHOVER_PERMISSION
 from scheduler.eventlog import Actor
+from scheduler.executors import registry
 from scheduler.membership import MemberRefused, request_switchover
 from scheduler.models import Cluster, Event, Job, JobChain, Member, Order, Schedule, Task
 
@@ -471,3 +472,15 @@ class EventViewSet(FilteredMixin, viewsets.ReadOnlyModelViewSet):
         if self.action == "list" and "since" in self.request.query_params:
             queryset = queryset.order_by("id")
         return queryset
+
+
+class ExecutorViewSet(viewsets.ViewSet):
+    """What each executor supports for each job kind; a job that no row allows is refused
+    (400 naming the field) when it is created or changed."""
+
+    serializer_class = s.ExecutorSupportSerializer
+    pagination_class = None
+
+    @extend_schema(responses=s.ExecutorSupportSerializer(many=True))
+    def list(self, request):
+        return Response(s.ExecutorSupportSerializer(registry.declared(), many=True).data)

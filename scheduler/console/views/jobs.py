@@ -30,6 +30,7 @@ from scheduler.console.access import NOT_OPERATOR, can_operate, console_actor, c
 from scheduler.console.forms import JOB_SORTS, NEVER_RAN, JobActionForm, JobFilterForm
 from scheduler.console.paging import page_size
 from scheduler.console.views import query_with
+from scheduler.executors import registry
 from scheduler.models import Cluster, Event, Job, Schedule, Task
 
 PREVIEW_COUNT = 10
@@ -146,7 +147,9 @@ def job_context(job: Job) -> dict:
         schedules.append({"schedule": schedule, "fires": fires, "why_none": why_none})
     recent = list(job.tasks.select_related("member").order_by("-scheduled_for", "-id")
                   [:RECENT_TASKS])
-    return {"job": job, "schedules": schedules, "recent_tasks": recent}
+    found = registry.find(job.executor, job.kind)
+    return {"job": job, "schedules": schedules, "recent_tasks": recent,
+            "support": found.support if found else None}
 
 
 @console_view
