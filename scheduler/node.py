@@ -578,8 +578,16 @@ class Node:
                     and run.outcome.state != executors.RECORDED:
                 groups.setdefault(run.follower, {})[run.started.task_id] = run
         for away, runs in groups.items():
-            for followed in away.follow(self.member.pk,
-                                        {task_id: run.sent for task_id, run in runs.items()}):
+            try:
+                looks = away.follow(self.member.pk,
+                                    {task_id: run.sent for task_id, run in runs.items()})
+            except DB_ERRORS:
+                raise
+            except Exception as exc:  # as in step_follow_away: never stop the recording
+                log.error("looking at %d task(s) handed away failed: %s", len(runs),
+                          _reason(exc))
+                continue
+            for followed in looks:
                 if followed.started_at is not None:
                     runs[followed.task_id].entry.at = \
                         followed.started_at.timestamp() - self.clock.offset
@@ -922,7 +930,9 @@ class Node:
                 and time.monotonic() < deadline:
             self.wake.wait(0.1)
             self.wake.clear()
-        runs = list(self.running.values())
+        # Work handed away is stopped by its own worker, whose writes are guarded: not ours
+        # to write down as run unowned.
+        runs = [run for run in self.running.values() if run.sent is None]
         self.running.clear()
         self._record_ran_unowned(runs)
 

@@ -134,3 +134,35 @@ def test_a_worker_that_loses_the_database_stops_its_job_before_the_task_is_decla
         assert "no lease renewal" in worker.output()
     finally:
         worker.stop()
+
+
+def test_a_job_its_worker_stopped_for_a_database_blip_is_lost_and_recovered(
+        cluster, start_node, relay, tmp_path):
+    """The database comes back before the lease runs out, but after the worker stopped its job:
+    the worker writes the task `lost` (nobody asked for a cancel) and the cluster recovers it."""
+    require_broker("Redis", REDIS_URL)
+    beats = Path(tmp_path) / "beats"
+    queue = f"opsc-lease-{uuid.uuid4().hex[:10]}"
+    job = add_job(cluster, "cel-blip", f"while true; do date +%s.%N >> {beats}; sleep 0.05; "
+                  "done", kind="shell", executor="celery", celery_queue=queue,
+                  recover_lost=True, timeout_seconds=600)
+    env = {"OPSCENTER_CELERY_BROKER": REDIS_URL, "OPSCENTER_CELERY_LEASE_TIMEOUT": "6"}
+    url = database_url().replace(f"127.0.0.1:{relay.target[1]}", f"127.0.0.1:{relay.port}")
+    worker = Worker(queue, REDIS_URL, {**env, "DATABASE_URL": url})
+    try:
+        node = start_node("--cluster", "test", "--node", "n1", *FAST, env=env)
+        task = job.run_now("test")
+        wait_for(lambda: beats.exists() and beats.read_text().count("\n") > 5, timeout=60,
+                 message=f"the job runs on the worker\n{worker.output()}\n{node.output()}")
+        relay.freeze()
+        wait_for(lambda: "no lease renewal" in worker.output(), timeout=10,
+                 message=f"the worker stops its job\n{worker.output()}")
+        relay.frozen.clear()  # back before the 6 s lease runs out
+        lost = wait_for(lambda: Task.objects.filter(pk=task.pk, state="lost").first(),
+                        timeout=20, message=f"the task ends lost\n{worker.output()}\n"
+                                            f"{node.output()}")
+        assert "the Celery worker stopped its job" in lost.error, lost.error
+        wait_for(lambda: Task.objects.filter(retry_of=task, trigger="recovery").exists(),
+                 timeout=10, message="a recovery")
+    finally:
+        worker.stop()

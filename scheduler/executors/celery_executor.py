@@ -220,7 +220,10 @@ def run_on_worker(payload: dict) -> str:
     cancel = Cancel()
     result: dict[str, Any] = {}
     bound = lease_timeout()
+    # A short lease is renewed more often: the watchdog acts after half of it.
+    every = min(RENEW, bound / 5)
     renewed = [time.monotonic()]  # the last successful renewal, read by the watchdog
+    stopped_by_watchdog = threading.Event()
 
     def target() -> None:
         try:
@@ -239,15 +242,16 @@ def run_on_worker(payload: dict) -> str:
             if silent > bound / 2 and not cancel.requested:
                 log.error("task %s: no lease renewal for %.1f s; stopping its job (the cluster "
                           "will declare it lost and run it again)", task_id, silent)
+                stopped_by_watchdog.set()
                 cancel.request(f"the worker could not renew its lease for {silent:.1f} s")
-            thread.join(min(RENEW, bound / 8))
+            thread.join(min(every, bound / 8))
 
     thread = threading.Thread(target=target, name=f"opscenter-celery-{task_id}", daemon=True)
     thread.start()
     threading.Thread(target=watchdog, name=f"opscenter-lease-{task_id}", daemon=True).start()
     pending = ""
     while thread.is_alive():
-        thread.join(RENEW)
+        thread.join(every)
         if not thread.is_alive():
             break
         pending += text.storable_text(buffer.drain())
@@ -268,6 +272,10 @@ def run_on_worker(payload: dict) -> str:
             cancel.request("the task was declared lost, cancelled or its member stopped")
     outcome: Outcome = result.get("outcome") or Outcome(
         "failed", None, "executor error: no outcome")
+    if stopped_by_watchdog.is_set() and outcome.state == "cancelled":
+        # Nobody asked for this stop: the task is lost, and recovered as its job says.
+        outcome = Outcome("lost", outcome.exit_code, f"lost: {cancel.reason} (the Celery "
+                                                     "worker stopped its job)")
     pending += text.storable_text(buffer.drain())
     # The end is worth writing while the task may still be ours: until the lease has run out.
     give_up = renewed[0] + bound
@@ -285,7 +293,7 @@ def run_on_worker(payload: dict) -> str:
                 log.error("task %s: its end (%s) could not be written: %s; the cluster will "
                           "declare it lost", task_id, outcome.state, _describe(exc))
                 return "unrecorded"
-            time.sleep(min(RENEW, bound / 8))
+            time.sleep(min(every, bound / 8))
     if discarded:
         log.warning("task %s: its result was discarded (no longer its member's)", task_id)
         return "discarded"

@@ -107,6 +107,7 @@ def send(run: TaskRun, log: LogBuffer, cancel: Cancel, entry: Entry,
     """Enqueue the task (or, for a recovery, find the result its lost attempt enqueued), once
     the entry gate lets it in; store the result id and return at once: Outcome SENT with the
     result as its handle, whose end `follow` finds out."""
+    from django.db import DatabaseError
     from django.tasks.exceptions import TaskResultDoesNotExist
 
     try:
@@ -118,7 +119,13 @@ def send(run: TaskRun, log: LogBuffer, cancel: Cancel, entry: Entry,
     if refused is not None:
         return refused
     result = None
-    earlier = _earlier_result_id(run)
+    try:
+        earlier = _earlier_result_id(run)
+    except DatabaseError as exc:
+        # Nothing enqueued yet: lost before entry, so the ledger runs it again (and a
+        # recovery finds the earlier result then).
+        return Outcome("lost", None, f"could not read the task's earlier result: "
+                                     f"{describe(exc)}")
     if earlier:
         try:
             result = task.get_result(earlier)
@@ -132,7 +139,20 @@ def send(run: TaskRun, log: LogBuffer, cancel: Cancel, entry: Entry,
         log.write(f"[opscenter] enqueued {task.module_path} on backend {task.backend!r} "
                   f"(queue {task.queue_name!r}): result {result.id}\n")
     entry.at = time.monotonic()
-    _store_result_id(run.task_id, str(result.id))
+    # Enqueued: from here on the task must never end failed by our own hand (its retry would
+    # enqueue a second time while this result runs). The id is worth a few tries: a recovery
+    # follows it instead of enqueuing again.
+    for attempt in range(3):
+        try:
+            _store_result_id(run.task_id, str(result.id))
+            break
+        except DatabaseError as exc:
+            _close_connection()
+            if attempt == 2:
+                log.write(f"[opscenter] could not store the result id {result.id} on the task "
+                          f"({describe(exc)}); following it all the same\n")
+            else:
+                time.sleep(0.2)
     log.write(f"[opscenter] result {result.id}: {result.status}\n")
     return Outcome(SENT, None, handle=result)
 
@@ -260,7 +280,17 @@ def _store_result_id(task_id: int, result_id: str) -> None:
     """On the task row at once (not with the log's next flush): a recovery reads it."""
     from scheduler.models import Task
 
-    Task.objects.filter(pk=task_id, state=Task.State.RUNNING).update(external_id=result_id)
+    # Whatever the task's state: a task declared lost meanwhile still tells its recovery.
+    Task.objects.filter(pk=task_id).update(external_id=result_id)
+
+
+def _close_connection() -> None:
+    from django.db import DatabaseError, connection
+
+    try:
+        connection.close()
+    except DatabaseError:
+        pass
 
 
 EXECUTOR = Executor(
