@@ -69,3 +69,23 @@ def test_the_nodes_end_of_a_task_keeps_the_start_its_worker_wrote(cluster, membe
     ledger.record_finished(cluster.pk, member.pk, [ended], [])
     never.refresh_from_db()
     assert never.state == "failed" and never.started_at is None
+
+
+def test_a_task_its_worker_started_is_recovered_only_if_its_job_says_so(cluster, member):
+    """The node ends it lost (its stop) before its look saw the worker's start: the ledger
+    judges by the start on the row, so a job that does not recover lost tasks is not run
+    again beside its worker; one that never started always runs again."""
+    job = add_job(cluster, "cel", "sleep 60", kind="shell", executor="celery",
+                  recover_lost=False)
+    started = running(job, member, claimed_ago=1)
+    Task.objects.filter(pk=started.pk).update(started_at=timezone.now(),
+                                              celery_seen_at=timezone.now())
+    never = running(job, member, claimed_ago=1)
+    ends = []
+    for task in (started, never):
+        ended = _finished(task.pk, Outcome("lost", None, "interrupted by the stop"))
+        ended.started_at = None
+        ends.append(ended)
+    assert ledger.record_finished(cluster.pk, member.pk, ends, []) == []
+    assert not Task.objects.filter(retry_of=started).exists()
+    assert Task.objects.filter(retry_of=never, trigger="recovery").count() == 1

@@ -634,7 +634,7 @@ def record_finished(cluster_id: int, member_id: int, finished: list[Finished],
             if f.state == Task.State.SUCCEEDED and f.job.stateful and f.data is not None:
                 Job.objects.filter(pk=f.job.id).update(data_map=f.data)
             # A step of an order always runs again: its order waits for it.
-            if f.state == Task.State.LOST and (f.job.recover_lost or f.started_at is None
+            if f.state == Task.State.LOST and (f.job.recover_lost or kept[f.task_id] is None
                                                or f.order_id is not None):
                 # Interrupted by its member's stop, or never entered (the start fence): another
                 # member (or this one, back) runs it. One never entered always runs again.
@@ -688,7 +688,7 @@ def _step_end(f: Finished, outcome: str) -> _orders.StepEnd:
 UNRECORDABLE = "its result could not be recorded: "
 
 
-def _cancel_lost_if_asked(finished: list[Finished], kept: set[int]) -> set[int]:
+def _cancel_lost_if_asked(finished: list[Finished], kept) -> set[int]:
     """Tasks that ended `lost` here (interrupted by a stop, or refused by the start fence)
     although an operator had asked to cancel them: they end `cancelled`, and are not run
     again, as lose_member_tasks does for a dead member's. A query only when one ended lost."""
@@ -727,10 +727,13 @@ LIVE_MEMBER = ("EXISTS (SELECT 1 FROM scheduler_member m WHERE m.id = t.member_i
 WORKER_START = "CASE WHEN {t}.celery_seen_at IS NULL THEN {v} ELSE {t}.started_at END"
 
 
-def _finish_rows(member_id: int, now: datetime, finished: list[Finished]) -> set[int]:
+def _finish_rows(member_id: int, now: datetime,
+                 finished: list[Finished]) -> dict[int, object]:
     """Conditional on the task still being ours and running: a result of a task that was
-    declared lost (and perhaps re-run elsewhere) must not overwrite the ledger."""
-    kept: set[int] = set()
+    declared lost (and perhaps re-run elsewhere) must not overwrite the ledger. Returns the
+    rows written, each with the start it keeps, or None when it never started (the start may
+    be a Celery worker's own, see WORKER_START: not the one in `finished`)."""
+    kept: dict[int, object] = {}
     with connection.cursor() as cursor:
         if _is_pg():
             for chunk in _chunks(finished, 5000):
@@ -742,12 +745,12 @@ def _finish_rows(member_id: int, now: datetime, finished: list[Finished]) -> set
                     "unnest(%s::int[]) AS code, unnest(%s::text[]) AS error, "
                     "unnest(%s::timestamptz[]) AS started) AS v "
                     "WHERE t.id = v.id AND t.state = 'running' AND t.member_id = %s "
-                    f"AND {LIVE_MEMBER} RETURNING t.id",
+                    f"AND {LIVE_MEMBER} RETURNING t.id, t.started_at",
                     [now, [f.task_id for f in chunk], [f.state for f in chunk],
                      [f.exit_code for f in chunk], [f.error[:10000] for f in chunk],
                      [f.started_at for f in chunk], member_id],
                 )
-                kept.update(r[0] for r in cursor.fetchall())
+                kept.update((r[0], r[1]) for r in cursor.fetchall())
         else:
             nowp = _param(now)
             for f in finished:
@@ -762,7 +765,11 @@ def _finish_rows(member_id: int, now: datetime, finished: list[Finished]) -> set
                      f.task_id, member_id],
                 )
                 if cursor.rowcount == 1:
-                    kept.add(f.task_id)
+                    kept[f.task_id] = f.started_at
+                    if f.started_at is None:  # a worker's own start may have been kept
+                        cursor.execute("SELECT started_at FROM scheduler_task WHERE id = %s",
+                                       [f.task_id])
+                        kept[f.task_id] = cursor.fetchone()[0]
     return kept
 
 
