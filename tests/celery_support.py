@@ -93,3 +93,19 @@ def delete_queue(url: str, queue: str) -> None:
 
     with Connection(url, connect_timeout=3) as conn:
         conn.default_channel.queue_delete(queue)
+
+
+def log_text(task) -> str:
+    """The task's whole log, in order."""
+    from scheduler.models import TaskLog
+
+    return "".join(TaskLog.objects.filter(task=task).order_by("pk").values_list("text",
+                                                                                flat=True))
+
+
+def ended(task):
+    """For wait_for: the task once it has ended (None before)."""
+    from scheduler.models import Task
+
+    return lambda: Task.objects.filter(pk=task.pk).exclude(state__in=("queued", "running")) \
+        .first()

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from scheduler.models import Task, TaskLog
-from tests.celery_support import RABBITMQ_URL, Worker, delete_queue, require_broker
+from scheduler.models import Task
+from tests.celery_support import RABBITMQ_URL, Worker, delete_queue, ended, log_text, require_broker
 from tests.conftest import add_job, wait_for
 
 pytestmark = [pytest.mark.processes, pytest.mark.django_db(transaction=True)]
@@ -65,16 +65,6 @@ def worker(broker, queue):
         w.stop()
 
 
-def _log_text(task: Task) -> str:
-    return "".join(TaskLog.objects.filter(task=task).order_by("pk").values_list("text",
-                                                                                flat=True))
-
-
-def _ended(task: Task):
-    return lambda: Task.objects.filter(pk=task.pk).exclude(state__in=("queued", "running")) \
-        .first()
-
-
 def test_a_celery_job_runs_on_the_worker_through_the_broker(
         broker, cluster, start_node, worker, queue):
     ok = add_job(cluster, "cel-ok", "echo hello via $OPSCENTER_PARAM_VIA", kind="shell",
@@ -84,15 +74,15 @@ def test_a_celery_job_runs_on_the_worker_through_the_broker(
     w = worker()
     node = start_node("--cluster", "test", "--node", "n1", *FAST, env=broker.env)
     t_ok, t_bad = ok.run_now("test"), bad.run_now("test")
-    done_ok = wait_for(_ended(t_ok), timeout=60, message=f"ok task\n{w.output()}\n"
+    done_ok = wait_for(ended(t_ok), timeout=60, message=f"ok task\n{w.output()}\n"
                                                           f"{node.output()}")
-    done_bad = wait_for(_ended(t_bad), timeout=30, message="failing task")
+    done_bad = wait_for(ended(t_bad), timeout=30, message="failing task")
     assert done_ok.state == "succeeded", (done_ok.error, w.output())
     assert done_ok.exit_code == 0 and done_ok.started_at and done_ok.finished_at
     assert done_ok.celery_seen_at is not None  # the worker ran it, not the node
-    assert f"hello via {broker.name}" in _log_text(done_ok)
+    assert f"hello via {broker.name}" in log_text(done_ok)
     assert done_bad.state == "failed" and done_bad.exit_code == 3
-    assert "going down" in _log_text(done_bad)
+    assert "going down" in log_text(done_bad)
     output = w.output()
     assert "opscenter.run_task" in output
     assert broker.url.split("://")[0] + "://" in output  # the worker's banner names its broker
@@ -112,7 +102,7 @@ def test_a_worker_killed_mid_task_leaves_the_task_lost_and_recovered(
     wait_for(lambda: Task.objects.filter(pk=task.pk, celery_seen_at__isnull=False).exists(),
              timeout=60, message=f"the worker takes the task\n{first.output()}")
     first.kill()
-    lost = wait_for(_ended(task), timeout=30, message="the task ends")
+    lost = wait_for(ended(task), timeout=30, message="the task ends")
     assert lost.state == "lost", lost.error
     assert "Celery worker" in lost.error
     recovery = wait_for(lambda: Task.objects.filter(retry_of=task).first(), timeout=10,
@@ -169,11 +159,11 @@ def test_the_same_message_delivered_twice_runs_the_job_once(
     for _ in range(2):
         sender.send_task("opscenter.run_task", args=[payload], queue=queue)
     w = worker()
-    done = wait_for(_ended(task), timeout=60, message=f"the first message runs\n{w.output()}")
+    done = wait_for(ended(task), timeout=60, message=f"the first message runs\n{w.output()}")
     wait_for(lambda: f"task {task.pk}: not started" in w.output(), timeout=30,
              message=f"the second message is refused\n{w.output()}")
     assert done.state == "succeeded" and done.exit_code == 0
     assert runs.read_text() == "ran\n"
-    assert _log_text(done).count("done") == 1
+    assert log_text(done).count("done") == 1
     assert Task.objects.filter(pk=task.pk).values_list("state", "finished_at").get() == \
         ("succeeded", done.finished_at)

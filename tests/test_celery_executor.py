@@ -7,7 +7,7 @@ import uuid
 import pytest
 
 from scheduler.models import Task
-from tests.celery_support import REDIS_URL, Worker, require_broker
+from tests.celery_support import REDIS_URL, Worker, ended, log_text, require_broker
 from tests.conftest import add_job, wait_for
 
 pytestmark = [pytest.mark.processes, pytest.mark.django_db(transaction=True)]
@@ -38,18 +38,6 @@ def queue():
     return f"opsc-test-{uuid.uuid4().hex[:10]}"
 
 
-def _log_text(task: Task) -> str:
-    from scheduler.models import TaskLog
-
-    return "".join(TaskLog.objects.filter(task=task).order_by("pk").values_list("text",
-                                                                                flat=True))
-
-
-def _ended(task: Task):
-    return lambda: Task.objects.filter(pk=task.pk).exclude(state__in=("queued", "running")) \
-        .first()
-
-
 def test_a_celery_job_runs_on_the_worker_and_its_row_ends_succeeded_or_failed(
         cluster, start_node, worker, queue):
     ok = add_job(cluster, "cel-ok", "echo hello from $OPSCENTER_PARAM_WHO", kind="shell",
@@ -59,15 +47,15 @@ def test_a_celery_job_runs_on_the_worker_and_its_row_ends_succeeded_or_failed(
     w = worker(queue)
     node = start_node("--cluster", "test", "--node", "n1", *FAST, env=BROKER)
     t_ok, t_bad = ok.run_now("test"), bad.run_now("test")
-    done_ok = wait_for(_ended(t_ok), timeout=60, message=f"ok task\n{w.output()}\n"
+    done_ok = wait_for(ended(t_ok), timeout=60, message=f"ok task\n{w.output()}\n"
                                                           f"{node.output()}")
-    done_bad = wait_for(_ended(t_bad), timeout=30, message="failing task")
+    done_bad = wait_for(ended(t_bad), timeout=30, message="failing task")
     assert done_ok.state == "succeeded", (done_ok.error, w.output())
     assert done_ok.exit_code == 0 and done_ok.started_at and done_ok.finished_at
     assert done_ok.celery_seen_at is not None  # the worker ran it, not the node
-    assert "hello from celery" in _log_text(done_ok)
+    assert "hello from celery" in log_text(done_ok)
     assert done_bad.state == "failed" and done_bad.exit_code == 3
-    assert "going down" in _log_text(done_bad)
+    assert "going down" in log_text(done_bad)
     assert "opscenter.run_task" in w.output()
     # The node forgot them without a write of its own and stays healthy.
     wait_for(lambda: not Task.objects.filter(state="running").exists(), timeout=5)
@@ -84,7 +72,7 @@ def test_a_worker_killed_mid_task_leaves_the_task_lost_and_recovered(
     wait_for(lambda: Task.objects.filter(pk=task.pk, celery_seen_at__isnull=False).exists(),
              timeout=60, message=f"the worker takes the task\n{w.output()}")
     w.kill()
-    lost = wait_for(_ended(task), timeout=30, message="the task ends")
+    lost = wait_for(ended(task), timeout=30, message="the task ends")
     assert lost.state == "lost", lost.error
     assert "Celery worker" in lost.error
     recovery = wait_for(lambda: Task.objects.filter(retry_of=task).first(), timeout=10,
@@ -104,12 +92,12 @@ def test_a_task_no_worker_takes_ends_failed_and_a_late_worker_runs_nothing(
     start_node("--cluster", "test", "--node", "n1", *FAST,
                env={**BROKER, "OPSCENTER_CELERY_START_TIMEOUT": "2"})
     task = job.run_now("test")
-    ended = wait_for(_ended(task), timeout=30, message="the task ends without a worker")
-    assert ended.state == "failed" and "no Celery worker took the task" in ended.error
+    done = wait_for(ended(task), timeout=30, message="the task ends without a worker")
+    assert done.state == "failed" and "no Celery worker took the task" in done.error
     # A worker that comes later takes the waiting message and runs nothing.
     w = worker(queue)
     wait_for(lambda: "opscenter.run_task" in w.output(), timeout=60,
              message="the late worker takes the message")
-    ended.refresh_from_db()
-    assert ended.state == "failed" and ended.celery_seen_at is None
-    assert "should not run" not in _log_text(ended)
+    done.refresh_from_db()
+    assert done.state == "failed" and done.celery_seen_at is None
+    assert "should not run" not in log_text(done)

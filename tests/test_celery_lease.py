@@ -12,6 +12,7 @@ import socket
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -99,70 +100,81 @@ def relay():
     r.close()
 
 
+@dataclass
+class Running:
+    """A job that writes a beat every 50 ms forever, running on a worker behind the relay."""
+
+    task: Task
+    beats: Path
+    worker: Worker
+    node: object
+
+    def count(self) -> int:
+        return self.beats.read_text().count("\n") if self.beats.exists() else 0
+
+    def output(self) -> str:
+        return f"{self.worker.output()}\n{self.node.output()}"
+
+
+@pytest.fixture
+def forever(cluster, start_node, relay, tmp_path):
+    """Start the job on a worker that reaches the database through the relay, with the given
+    lease; wait until it runs."""
+    require_broker("Redis", REDIS_URL)
+    workers: list[Worker] = []
+
+    def start(lease: float, recover_lost: bool) -> Running:
+        beats = Path(tmp_path) / "beats"
+        queue = f"opsc-lease-{uuid.uuid4().hex[:10]}"
+        job = add_job(cluster, "cel-forever",
+                      f"while true; do date +%s.%N >> {beats}; sleep 0.05; done",
+                      kind="shell", executor="celery", celery_queue=queue,
+                      recover_lost=recover_lost, timeout_seconds=600)
+        env = {"OPSCENTER_CELERY_BROKER": REDIS_URL,
+               "OPSCENTER_CELERY_LEASE_TIMEOUT": str(lease)}
+        url = database_url().replace(f"127.0.0.1:{relay.target[1]}",
+                                     f"127.0.0.1:{relay.port}")
+        assert str(relay.port) in url
+        worker = Worker(queue, REDIS_URL, {**env, "DATABASE_URL": url})
+        workers.append(worker)
+        node = start_node("--cluster", "test", "--node", "n1", *FAST, env=env)
+        run = Running(job.run_now("test"), beats, worker, node)
+        wait_for(lambda: run.count() > 5, timeout=60,
+                 message=f"the job runs on the worker\n{run.output()}")
+        return run
+
+    yield start
+    for worker in workers:
+        worker.stop()
+
+
 @pytest.mark.parametrize("loss", ["freeze", "cut"])
 def test_a_worker_that_loses_the_database_stops_its_job_before_the_task_is_declared_lost(
-        cluster, start_node, relay, tmp_path, loss):
-    require_broker("Redis", REDIS_URL)
-    beats = Path(tmp_path) / "beats"
-    job = add_job(cluster, "cel-forever",
-                  f"while true; do date +%s.%N >> {beats}; sleep 0.05; done",
-                  kind="shell", executor="celery", celery_queue="", recover_lost=False,
-                  timeout_seconds=600)
-    queue = f"opsc-lease-{uuid.uuid4().hex[:10]}"
-    job.celery_queue = queue
-    job.save(update_fields=["celery_queue"])
-    env = {"OPSCENTER_CELERY_BROKER": REDIS_URL, "OPSCENTER_CELERY_LEASE_TIMEOUT": str(LEASE)}
-    url = database_url().replace(f"127.0.0.1:{relay.target[1]}", f"127.0.0.1:{relay.port}")
-    assert str(relay.port) in url
-    worker = Worker(queue, REDIS_URL, {**env, "DATABASE_URL": url})
-    try:
-        node = start_node("--cluster", "test", "--node", "n1", *FAST, env=env)
-        task = job.run_now("test")
-        wait_for(lambda: beats.exists() and beats.read_text().count("\n") > 5, timeout=60,
-                 message=f"the job runs on the worker\n{worker.output()}\n{node.output()}")
-        getattr(relay, loss)()
-        lost = wait_for(lambda: Task.objects.filter(pk=task.pk, state="lost").first(),
-                        timeout=LEASE * 4, message=f"the task is declared lost\n"
-                                                   f"{worker.output()}\n{node.output()}")
-        assert "did not renew its lease" in lost.error
-        last_beat = float(beats.read_text().split()[-1])
-        # The job had stopped when the node declared the task lost.
-        assert last_beat < lost.finished_at.timestamp(), (last_beat, lost.finished_at)
-        count = beats.read_text().count("\n")
-        time.sleep(1.0)  # the job stays stopped: nothing left running that writes beats
-        assert beats.read_text().count("\n") == count
-        assert "no lease renewal" in worker.output()
-    finally:
-        worker.stop()
+        forever, relay, loss):
+    run = forever(LEASE, recover_lost=False)
+    getattr(relay, loss)()
+    lost = wait_for(lambda: Task.objects.filter(pk=run.task.pk, state="lost").first(),
+                    timeout=LEASE * 4, message=f"the task is declared lost\n{run.output()}")
+    assert "did not renew its lease" in lost.error
+    last_beat = float(run.beats.read_text().split()[-1])
+    # The job had stopped when the node declared the task lost.
+    assert last_beat < lost.finished_at.timestamp(), (last_beat, lost.finished_at)
+    count = run.count()
+    time.sleep(1.0)  # the job stays stopped: nothing left running that writes beats
+    assert run.count() == count
+    assert "no lease renewal" in run.worker.output()
 
 
-def test_a_job_its_worker_stopped_for_a_database_blip_is_lost_and_recovered(
-        cluster, start_node, relay, tmp_path):
+def test_a_job_its_worker_stopped_for_a_database_blip_is_lost_and_recovered(forever, relay):
     """The database comes back before the lease runs out, but after the worker stopped its job:
     the worker writes the task `lost` (nobody asked for a cancel) and the cluster recovers it."""
-    require_broker("Redis", REDIS_URL)
-    beats = Path(tmp_path) / "beats"
-    queue = f"opsc-lease-{uuid.uuid4().hex[:10]}"
-    job = add_job(cluster, "cel-blip", f"while true; do date +%s.%N >> {beats}; sleep 0.05; "
-                  "done", kind="shell", executor="celery", celery_queue=queue,
-                  recover_lost=True, timeout_seconds=600)
-    env = {"OPSCENTER_CELERY_BROKER": REDIS_URL, "OPSCENTER_CELERY_LEASE_TIMEOUT": "6"}
-    url = database_url().replace(f"127.0.0.1:{relay.target[1]}", f"127.0.0.1:{relay.port}")
-    worker = Worker(queue, REDIS_URL, {**env, "DATABASE_URL": url})
-    try:
-        node = start_node("--cluster", "test", "--node", "n1", *FAST, env=env)
-        task = job.run_now("test")
-        wait_for(lambda: beats.exists() and beats.read_text().count("\n") > 5, timeout=60,
-                 message=f"the job runs on the worker\n{worker.output()}\n{node.output()}")
-        relay.freeze()
-        wait_for(lambda: "no lease renewal" in worker.output(), timeout=10,
-                 message=f"the worker stops its job\n{worker.output()}")
-        relay.frozen.clear()  # back before the 6 s lease runs out
-        lost = wait_for(lambda: Task.objects.filter(pk=task.pk, state="lost").first(),
-                        timeout=20, message=f"the task ends lost\n{worker.output()}\n"
-                                            f"{node.output()}")
-        assert "the Celery worker stopped its job" in lost.error, lost.error
-        wait_for(lambda: Task.objects.filter(retry_of=task, trigger="recovery").exists(),
-                 timeout=10, message="a recovery")
-    finally:
-        worker.stop()
+    run = forever(6, recover_lost=True)
+    relay.freeze()
+    wait_for(lambda: "no lease renewal" in run.worker.output(), timeout=10,
+             message=f"the worker stops its job\n{run.output()}")
+    relay.frozen.clear()  # back before the 6 s lease runs out
+    lost = wait_for(lambda: Task.objects.filter(pk=run.task.pk, state="lost").first(),
+                    timeout=20, message=f"the task ends lost\n{run.output()}")
+    assert "the Celery worker stopped its job" in lost.error, lost.error
+    wait_for(lambda: Task.objects.filter(retry_of=run.task, trigger="recovery").exists(),
+             timeout=10, message="a recovery")
