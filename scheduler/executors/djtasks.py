@@ -243,8 +243,13 @@ def _fetch(results: list) -> dict[str, Any]:
                 from django_tasks_db.models import DBTaskResult
 
                 for chunk in base.chunked(ids):
-                    fresh.update((str(row.id), row.task_result)
-                                 for row in DBTaskResult.objects.filter(id__in=chunk))
+                    for row in DBTaskResult.objects.filter(id__in=chunk):
+                        try:
+                            fresh[str(row.id)] = row.task_result
+                        except (OperationalError, InterfaceError):
+                            raise
+                        except Exception as exc:  # this row only (its task path, say)
+                            fresh[str(row.id)] = exc
             else:
                 for result_id in ids:
                     try:
