@@ -337,7 +337,10 @@ class Sampler:
                     client = "(" in title or "[local]" in title
                     pg[p.pid] = p if (not client or f" {self.db_name} " in title) else None
                     if pg[p.pid] is not None:
-                        pg[p.pid].cpu_percent(None)
+                        try:
+                            pg[p.pid].cpu_percent(None)
+                        except psutil.Error:  # a short-lived session, ended meanwhile
+                            pg.pop(p.pid, None)
                     continue
                 known = pg[p.pid]
                 if known is None:
