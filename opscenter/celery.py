@@ -86,6 +86,10 @@ app.conf.update(
     broker_transport_options=TRANSPORT_OPTIONS,
     broker_connection_retry_on_startup=True,
 )
+# Celery's Django fix-up closes the database connection before and after every task unless
+# this is set: a new PostgreSQL session per task. Kept for 100 tasks instead; a connection
+# that went bad meanwhile is replaced at the task's start (celery_executor.run_on_worker).
+app.conf["CELERY_DB_REUSE_MAX"] = 100
 
 
 @app.task(name="opscenter.run_task")

@@ -101,3 +101,44 @@ def test_a_task_no_worker_takes_ends_failed_and_a_late_worker_runs_nothing(
     done.refresh_from_db()
     assert done.state == "failed" and done.celery_seen_at is None
     assert "should not run" not in log_text(done)
+
+
+def test_a_worker_keeps_its_connection_and_replaces_one_that_broke(
+        cluster, start_node, worker, queue):
+    """The worker keeps its database session across tasks (not one per task), and a session
+    the database dropped meanwhile is replaced at the next task's start."""
+    from django.db import connection
+
+    from tests.conftest import is_postgres
+
+    if not is_postgres():
+        pytest.skip("counts and ends PostgreSQL sessions")
+    job = add_job(cluster, "cel-again", "echo again", kind="shell", executor="celery",
+                  celery_queue=queue)
+    w = worker(queue)
+    start_node("--cluster", "test", "--node", "n1", *FAST, env=BROKER)
+
+    def run_once() -> Task:
+        done = wait_for(ended(job.run_now("test")), timeout=60,
+                        message=f"the task ends\n{w.output()}")
+        assert done.state == "succeeded", (done.error, w.output())
+        return done
+
+    def sessions() -> int:
+        """Sessions established to the test database so far (PostgreSQL 14+)."""
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_stat_clear_snapshot()")
+            cursor.execute("SELECT sessions FROM pg_stat_database "
+                           "WHERE datname = current_database()")
+            return cursor.fetchone()[0]
+
+    run_once()
+    before = sessions()
+    for _ in range(5):
+        run_once()
+    new = sessions() - before
+    assert new <= 2, f"{new} sessions for 5 tasks"  # not one (or two) per task
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = "
+                       "current_database() AND pid <> pg_backend_pid()")
+    run_once()  # the worker's dropped session is replaced; the node reconnects too

@@ -196,13 +196,16 @@ def run_on_worker(payload: dict) -> str:
     import time
     from datetime import timedelta
 
-    from django.db import DatabaseError, transaction
+    from django.db import DatabaseError, close_old_connections, transaction
     from django.db.models import DateTimeField, ExpressionWrapper
     from django.db.models.functions import Now
 
     from scheduler import executors, ledger, text
     from scheduler.models import Task
 
+    # The worker keeps its connection across tasks (CELERY_DB_REUSE_MAX): one that broke
+    # meanwhile (the database restarted) is closed here, not met by the guarded start.
+    close_old_connections()
     task_id, member_id = int(payload["task_id"]), int(payload["member_id"])
     mine = Task.objects.filter(pk=task_id, state=Task.State.RUNNING, member_id=member_id)
     # Not started once the node may be about to end it "not taken" (start_timeout() after its
