@@ -164,8 +164,8 @@ class Command(OperatorCommand):
                 self._cluster(name, description, jobs, with_chain)
         self.stdout.write("\n".join(self.lines))
         names = ", ".join(name for name, _ in demos)
-        self.stdout.write(f"Demo loaded ({names}). Start a node with: "
-                          f"manage.py runscheduler --cluster {demos[0][0]}")
+        self.stdout.write(f"Demo loaded ({names}). `./run demo` starts its nodes; by hand: "
+                          f"./run node --cluster {demos[0][0]}")
 
     def _cluster(self, name: str, description: str, jobs: list, with_chain: bool) -> None:
         cluster = Cluster.objects.filter(name=name).first()
