@@ -1,8 +1,9 @@
-"""The celery executor on RabbitMQ and on kombu's filesystem transport (the demo's broker):
-a real node sends the work to a real Celery worker through each. (Redis: test_celery_executor.)
+"""The celery executor on each broker: Redis (the default), RabbitMQ and kombu's filesystem
+transport (the demo's): a real node sends the work to a real Celery worker through each.
 
-RabbitMQ: OPSCENTER_TEST_RABBITMQ_URL, default amqp://guest:guest@127.0.0.1:5672//; without
-it these tests skip, under CI=true they fail.
+Redis: OPSCENTER_TEST_REDIS_URL, default redis://127.0.0.1:6379/0; RabbitMQ:
+OPSCENTER_TEST_RABBITMQ_URL, default amqp://guest:guest@127.0.0.1:5672//; without them these
+tests skip, under CI=true they fail.
 """
 
 from __future__ import annotations
@@ -13,7 +14,15 @@ from dataclasses import dataclass, field
 import pytest
 
 from scheduler.models import Task
-from tests.celery_support import RABBITMQ_URL, Worker, delete_queue, ended, log_text, require_broker
+from tests.celery_support import (
+    RABBITMQ_URL,
+    REDIS_URL,
+    Worker,
+    delete_queue,
+    ended,
+    log_text,
+    require_broker,
+)
 from tests.conftest import add_job, wait_for
 
 pytestmark = [pytest.mark.processes, pytest.mark.django_db(transaction=True)]
@@ -28,9 +37,12 @@ class Broker:
     env: dict = field(default_factory=dict)  # for the nodes and the workers alike
 
 
-@pytest.fixture(params=["rabbitmq", "filesystem"])
+@pytest.fixture(params=["redis", "rabbitmq", "filesystem"])
 def broker(request, tmp_path):
-    if request.param == "rabbitmq":
+    if request.param == "redis":
+        require_broker("Redis", REDIS_URL)
+        yield Broker("redis", REDIS_URL, {"OPSCENTER_CELERY_BROKER": REDIS_URL})
+    elif request.param == "rabbitmq":
         require_broker("RabbitMQ", RABBITMQ_URL)
         yield Broker("rabbitmq", RABBITMQ_URL, {"OPSCENTER_CELERY_BROKER": RABBITMQ_URL})
     else:
@@ -86,6 +98,8 @@ def test_a_celery_job_runs_on_the_worker_through_the_broker(
     output = w.output()
     assert "opscenter.run_task" in output
     assert broker.url.split("://")[0] + "://" in output  # the worker's banner names its broker
+    # The node forgot them without a write of its own and stays healthy.
+    wait_for(lambda: not Task.objects.filter(state="running").exists(), timeout=5)
 
 
 def test_a_worker_killed_mid_task_leaves_the_task_lost_and_recovered(

@@ -38,53 +38,6 @@ def queue():
     return f"opsc-test-{uuid.uuid4().hex[:10]}"
 
 
-def test_a_celery_job_runs_on_the_worker_and_its_row_ends_succeeded_or_failed(
-        cluster, start_node, worker, queue):
-    ok = add_job(cluster, "cel-ok", "echo hello from $OPSCENTER_PARAM_WHO", kind="shell",
-                 executor="celery", celery_queue=queue, parameters={"WHO": "celery"})
-    bad = add_job(cluster, "cel-bad", "echo going down; exit 3", kind="shell",
-                  executor="celery", celery_queue=queue)
-    w = worker(queue)
-    node = start_node("--cluster", "test", "--node", "n1", *FAST, env=BROKER)
-    t_ok, t_bad = ok.run_now("test"), bad.run_now("test")
-    done_ok = wait_for(ended(t_ok), timeout=60, message=f"ok task\n{w.output()}\n"
-                                                          f"{node.output()}")
-    done_bad = wait_for(ended(t_bad), timeout=30, message="failing task")
-    assert done_ok.state == "succeeded", (done_ok.error, w.output())
-    assert done_ok.exit_code == 0 and done_ok.started_at and done_ok.finished_at
-    assert done_ok.celery_seen_at is not None  # the worker ran it, not the node
-    assert "hello from celery" in log_text(done_ok)
-    assert done_bad.state == "failed" and done_bad.exit_code == 3
-    assert "going down" in log_text(done_bad)
-    assert "opscenter.run_task" in w.output()
-    # The node forgot them without a write of its own and stays healthy.
-    wait_for(lambda: not Task.objects.filter(state="running").exists(), timeout=5)
-
-
-def test_a_worker_killed_mid_task_leaves_the_task_lost_and_recovered(
-        cluster, start_node, worker, queue):
-    job = add_job(cluster, "cel-slow", "echo started; sleep 20", kind="shell",
-                  executor="celery", celery_queue=queue, recover_lost=True)
-    w = worker(queue)
-    start_node("--cluster", "test", "--node", "n1", *FAST,
-               env={**BROKER, "OPSCENTER_CELERY_LEASE_TIMEOUT": "3"})
-    task = job.run_now("test")
-    wait_for(lambda: Task.objects.filter(pk=task.pk, celery_seen_at__isnull=False).exists(),
-             timeout=60, message=f"the worker takes the task\n{w.output()}")
-    w.kill()
-    lost = wait_for(ended(task), timeout=30, message="the task ends")
-    assert lost.state == "lost", lost.error
-    assert "Celery worker" in lost.error
-    recovery = wait_for(lambda: Task.objects.filter(retry_of=task).first(), timeout=10,
-                        message="a recovery")
-    assert recovery.trigger == "recovery"
-    # A new worker runs the recovery; the lost row stays as it was.
-    worker(queue)
-    wait_for(lambda: Task.objects.filter(pk=recovery.pk, celery_seen_at__isnull=False).exists(),
-             timeout=60, message="the recovery runs on the new worker")
-    assert Task.objects.get(pk=task.pk).state == "lost"
-
-
 def test_a_task_no_worker_takes_ends_failed_and_a_late_worker_runs_nothing(
         cluster, start_node, worker, queue):
     job = add_job(cluster, "cel-nobody", "echo should not run", kind="shell",
